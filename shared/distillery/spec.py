@@ -1,0 +1,398 @@
+"""The experiment spec: one pydantic contract for the CLI, the gateway, the workers and `distillery run`.
+
+A spec names registered components only (models, losses, datasets, schedules). It can never
+import or run code: YAML is read with ``yaml.safe_load`` and every name is checked against a
+registry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    """Unknown fields are errors: a typo in a spec must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+#: (height, width) in pixels.
+HW = tuple[PositiveInt, PositiveInt]
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+class DatasetRef(_Strict):
+    """One dataset in its native layout: a local folder (`root`) or a platform dataset (`dataset_id`)."""
+
+    format: Literal["cityscapes", "bdd100k"]
+    root: str | None = None
+    dataset_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_location(self) -> DatasetRef:
+        if (self.root is None) == (self.dataset_id is None):
+            raise ValueError("give exactly one of root or dataset_id")
+        return self
+
+
+class SyntheticSpec(_Strict):
+    """Generate the synthetic driving-scene data set (both native layouts) if it is absent."""
+
+    num_train: PositiveInt = 64
+    num_val: PositiveInt = 16
+    image_size: HW = (64, 128)
+    seed: int = 0
+
+
+
+class AugmentSpec(_Strict):
+    """Training augmentation (in torch, no torchvision). Validation only normalises."""
+
+    scale_range: tuple[PositiveFloat, PositiveFloat] = (0.75, 1.5)
+    hflip: bool = True
+    brightness: NonNegFloat = 0.2
+    contrast: NonNegFloat = 0.2
+    saturation: NonNegFloat = 0.2
+
+    @field_validator("scale_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise ValueError(f"scale_range must be (low, high) with low <= high, got {v}")
+        return v
+
+
+class DataSpec(_Strict):
+    train: list[DatasetRef] = Field(min_length=1)
+    val: list[DatasetRef] = Field(min_length=1)
+    train_split: str = "train"
+    val_split: str = "val"
+    #: (height, width) of training crops and of validation images (resized), in pixels.
+    image_size: HW = (64, 128)
+    augment: AugmentSpec = AugmentSpec()
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    synthetic: SyntheticSpec | None = None
+
+
+
+# -------------------------------------------------------------------------------------- models
+
+
+class ModelSpec(_Strict):
+    """A registered segmentation model. The UNet family spans large teachers and tiny students."""
+
+    arch: str = "unet"
+    #: Encoder levels (each halves the resolution); the input must be divisible by 2**depth.
+    depth: Annotated[int, Field(ge=1, le=6)] = 4
+    #: Channels of the first level; doubles every level. `auto` (students only): the profiler
+    #: picks the largest width whose latency fits `profiling.latency_budget_ms`.
+    width: PositiveInt | Literal["auto"] = 16
+    norm: Literal["batch", "group"] = "batch"
+    upsample: Literal["transpose", "bilinear"] = "bilinear"
+    separable: bool = False
+    num_classes: PositiveInt = 19
+    #: A checkpoint to start from (a teacher given here skips teacher training).
+    checkpoint: str | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from distillery.models import MODELS
+
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r}; registered: {', '.join(MODELS.names())}")
+        return v
+
+
+# -------------------------------------------------------------------------------------- losses
+
+
+class _Term(_Strict):
+    weight: NonNegFloat = 1.0
+
+
+class CrossEntropyTerm(_Term):
+    """Pixel cross-entropy, ignore index 255; optional class weights and label smoothing."""
+
+    kind: Literal["cross_entropy"] = "cross_entropy"
+    class_weights: Literal["none", "median_frequency", "enet"] = "none"
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class FocalTerm(_Term):
+    kind: Literal["focal"] = "focal"
+    gamma: NonNegFloat = 2.0
+
+
+class OhemTerm(_Term):
+    kind: Literal["ohem"] = "ohem"
+    #: Pixels whose probability of the true class is below `threshold` are hard.
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.7
+    #: ... but at least this fraction of valid pixels is always kept.
+    min_kept_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+
+class ConfidencePenaltyTerm(_Term):
+    """Entropy bonus for teachers: loss = -beta * mean pixel entropy (a softer, richer teacher)."""
+
+    kind: Literal["confidence_penalty"] = "confidence_penalty"
+
+
+class LogitKDTerm(_Term):
+    kind: Literal["logit_kd"] = "logit_kd"
+    temperature: PositiveFloat = 4.0
+
+
+class ChannelWiseKDTerm(_Term):
+    kind: Literal["channel_wise_kd"] = "channel_wise_kd"
+    temperature: PositiveFloat = 4.0
+    #: `logits` or a feature tap; on a tap, a 1x1 adapter maps student to teacher channels.
+    tap: str = "logits"
+
+
+class FeatureMSETerm(_Term):
+    kind: Literal["feature_mse"] = "feature_mse"
+    student_tap: str
+    teacher_tap: str
+
+
+class AttentionTransferTerm(_Term):
+    kind: Literal["attention_transfer"] = "attention_transfer"
+    student_tap: str
+    teacher_tap: str
+
+
+LossTerm = Annotated[
+    CrossEntropyTerm
+    | FocalTerm
+    | OhemTerm
+    | ConfidencePenaltyTerm
+    | LogitKDTerm
+    | ChannelWiseKDTerm
+    | FeatureMSETerm
+    | AttentionTransferTerm,
+    Field(discriminator="kind"),
+]
+
+SUPERVISED_KINDS = {"cross_entropy", "focal", "ohem", "confidence_penalty"}
+DISTILL_KINDS = {"logit_kd", "channel_wise_kd", "feature_mse", "attention_transfer"}
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+class TrainSpec(_Strict):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 8
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: PositiveFloat = 2e-3
+    weight_decay: NonNegFloat = 1e-4
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    schedule: str = "poly"
+    poly_power: PositiveFloat = 0.9
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    grad_accum_steps: PositiveInt = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    #: Processes for `accelerate launch` (GPUs on a GPU node; gloo processes on a CPU).
+    num_processes: PositiveInt = 1
+    #: Cap on optimizer steps per epoch (tiny smoke runs); null = the whole training set.
+    max_steps_per_epoch: PositiveInt | None = None
+    grad_clip_norm: PositiveFloat | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from distillery.training.schedules import SCHEDULES
+
+        if v not in SCHEDULES:
+            raise ValueError(f"unknown schedule {v!r}; registered: {', '.join(SCHEDULES.names())}")
+        return v
+
+
+class ModelStageSpec(_Strict):
+    """A model and how it is trained on its own."""
+
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    losses: list[LossTerm] = Field(default_factory=lambda: [CrossEntropyTerm()], min_length=1)
+
+    @field_validator("losses")
+    @classmethod
+    def _supervised_only(cls, v: list[Any]) -> list[Any]:
+        for i, term in enumerate(v):
+            if term.kind not in SUPERVISED_KINDS:
+                raise ValueError(
+                    f"losses.{i}: {term.kind!r} needs a teacher; put it under distillation.losses"
+                )
+        return v
+
+
+class AlternateSpec(_Strict):
+    """Alternate every `every` steps or epochs.
+
+    - `objectives`: the student trains on the supervised terms, then on the distillation terms.
+    - `models` (online mode): teacher and student take turns being updated.
+    """
+
+    between: Literal["objectives", "models"] = "objectives"
+    every: PositiveInt = 1
+    unit: Literal["steps", "epochs"] = "epochs"
+
+
+class DistillationSpec(_Strict):
+    mode: Literal["offline", "online"] = "offline"
+    #: Weighted sum of supervised and distillation terms for the student.
+    losses: list[LossTerm] = Field(
+        default_factory=lambda: [CrossEntropyTerm(), LogitKDTerm()], min_length=1
+    )
+    #: Online mode: the teacher's own objective (supervised terms + a mutual logit_kd term).
+    teacher_losses: list[LossTerm] = Field(
+        default_factory=lambda: [CrossEntropyTerm(), LogitKDTerm(weight=0.5, temperature=1.0)]
+    )
+    #: Training settings; default: the student's.
+    train: TrainSpec | None = None
+    alternate: AlternateSpec | None = None
+
+    @model_validator(mode="after")
+    def _checks(self) -> DistillationSpec:
+        if not any(t.kind in DISTILL_KINDS for t in self.losses):
+            raise ValueError("losses: give at least one distillation term (" + ", ".join(
+                sorted(DISTILL_KINDS)) + ")")
+        if self.alternate and self.alternate.between == "models" and self.mode != "online":
+            raise ValueError("alternate.between=models needs mode=online")
+        return self
+
+
+# ----------------------------------------------------------------------------------- profiling
+
+
+class ProfilingSpec(_Strict):
+    #: (height, width) at which latency is measured.
+    input_size: HW = (64, 128)
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1])
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    variants: list[Literal["eager", "channels_last", "compile", "onnx"]] = Field(
+        default_factory=lambda: ["eager"]
+    )
+    warmup: Annotated[int, Field(ge=0)] = 3
+    min_repeats: PositiveInt = 5
+    max_repeats: PositiveInt = 50
+    #: Stop repeating once the coefficient of variation of the latency is below this.
+    target_cv: PositiveFloat = 0.05
+    latency_budget_ms: PositiveFloat | None = None
+    #: Batch size at which the budget applies.
+    budget_batch_size: PositiveInt = 1
+    #: Widths tried by `student.model.width: auto`, largest that fits wins.
+    auto_widths: list[PositiveInt] = Field(default_factory=lambda: [4, 8, 12, 16, 24, 32, 48, 64])
+
+
+
+# ------------------------------------------------------------------------------------ tracking
+
+
+class TrackingSpec(_Strict):
+    #: wandb mode; `online` needs WANDB_API_KEY. `disabled` logs nothing.
+    mode: Literal["online", "offline", "disabled"] = "offline"
+    project: str = "distillery"
+    entity: str | None = None
+    log_images: bool = True
+    #: Log feature maps at every tap for one fixed validation image.
+    log_feature_maps: bool = True
+
+
+# ---------------------------------------------------------------------------------- experiment
+
+Stage = Literal["teacher", "student", "distill", "profile"]
+STAGE_ORDER: tuple[Stage, ...] = ("teacher", "student", "distill", "profile")
+
+
+class ExperimentSpec(_Strict):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 0
+    data: DataSpec
+    teacher: ModelStageSpec = ModelStageSpec(model=ModelSpec(width=32))
+    student: ModelStageSpec = ModelStageSpec(model=ModelSpec(width=8))
+    distillation: DistillationSpec = DistillationSpec()
+    profiling: ProfilingSpec = ProfilingSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    #: Stages to run; `student` is the baseline (student trained alone).
+    stages: list[Stage] = Field(default_factory=lambda: list(STAGE_ORDER))
+
+    @model_validator(mode="after")
+    def _checks(self) -> ExperimentSpec:
+        if self.teacher.model.width == "auto":
+            raise ValueError("teacher.model.width: auto is only for students")
+        if self.student.model.width == "auto" and self.profiling.latency_budget_ms is None:
+            raise ValueError(
+                "student.model.width: auto needs profiling.latency_budget_ms"
+            )
+        factor = 2 ** max(self.teacher.model.depth, self.student.model.depth)
+        for field, (h, w) in (
+            ("data.image_size", self.data.image_size),
+            ("profiling.input_size", self.profiling.input_size),
+        ):
+            if h % factor or w % factor:
+                raise ValueError(
+                    f"{field} {h}x{w} must be divisible by {factor} (2**depth of the UNets)"
+                )
+        self.stages = [s for s in STAGE_ORDER if s in self.stages]
+        return self
+
+    def planned_stages(self) -> list[Stage]:
+        """Stages to run in order; a teacher given as a checkpoint is not trained again."""
+        return [
+            s
+            for s in self.stages
+            if not (s == "teacher" and self.teacher.model.checkpoint is not None)
+        ]
+
+    @property
+    def distill_train(self) -> TrainSpec:
+        return self.distillation.train or self.student.train
+
+
+class SpecError(ValueError):
+    """A spec file that cannot be read or validated; the message names the file and fields."""
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(spec)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read a YAML or JSON spec with `yaml.safe_load` (no tags that run code)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML/JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec is a mapping, got {type(raw).__name__}")
+    try:
+        return ExperimentSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(f"{path}: invalid spec\n{format_validation_error(e)}") from None

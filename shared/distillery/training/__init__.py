@@ -1,0 +1,1 @@
+"""Training stages (teacher, student, offline and online distillation) with Accelerate."""
