@@ -1,0 +1,184 @@
+"""Tables: users, api_tokens, datasets, experiments, stages, metrics, artifacts.
+
+Postgres is the source of truth for what exists and in what state. A stage lives
+`queued -> running -> succeeded | failed | cancelled`, with progress, a lease while running and
+the storage key of its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType}
+
+
+class StageStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (StageStatus.succeeded, StageStatus.failed, StageStatus.cancelled)
+
+
+_status = Enum(StageStatus, name="stage_status", native_enum=False, length=16)
+_ts = DateTime(timezone=True)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow)
+
+    tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete")
+
+
+class ApiToken(Base):
+    """Only the SHA-256 of a token is stored; the token itself is shown once at creation."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(_ts)
+
+    user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class Dataset(Base):
+    """A dataset in its native layout under `prefix` of the datasets bucket."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    format: Mapped[str] = mapped_column(String(16))  # cityscapes | bdd100k
+    prefix: Mapped[str] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(16), default="checking")  # checking|ready|invalid
+    error: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[dict[str, Any] | None] = mapped_column()  # images per split, ...
+    stats: Mapped[dict[str, Any] | None] = mapped_column()  # DatasetStats of the train split
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow)
+
+    owner: Mapped[User | None] = relationship()
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[StageStatus] = mapped_column(_status, default=StageStatus.queued, index=True)
+    owner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    results: Mapped[dict[str, Any] | None] = mapped_column()  # the comparison table
+    created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(_ts, default=utcnow, onupdate=utcnow)
+
+    owner: Mapped[User | None] = relationship()
+    stages: Mapped[list[Stage]] = relationship(
+        back_populates="experiment", order_by="Stage.position", cascade="all, delete-orphan"
+    )
+    artifacts: Mapped[list[Artifact]] = relationship(
+        back_populates="experiment", cascade="all, delete-orphan"
+    )
+
+
+class Stage(Base):
+    __tablename__ = "stages"
+    __table_args__ = (UniqueConstraint("experiment_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[str] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(16))  # teacher | student | distill | profile
+    position: Mapped[int] = mapped_column()
+    status: Mapped[StageStatus] = mapped_column(_status, default=StageStatus.queued, index=True)
+    queue: Mapped[str] = mapped_column(String(100))
+    epoch: Mapped[int] = mapped_column(default=0)
+    epochs: Mapped[int] = mapped_column(default=0)
+    step: Mapped[int] = mapped_column(default=0)
+    steps: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(_ts)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(_ts)
+    enqueued_at: Mapped[datetime | None] = mapped_column(_ts)
+    started_at: Mapped[datetime | None] = mapped_column(_ts)
+    finished_at: Mapped[datetime | None] = mapped_column(_ts)
+    checkpoint_key: Mapped[str | None] = mapped_column(String(500))
+    model_key: Mapped[str | None] = mapped_column(String(500))
+    result: Mapped[dict[str, Any] | None] = mapped_column()
+    wandb: Mapped[dict[str, Any] | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="stages")
+    metrics: Mapped[list[Metric]] = relationship(
+        back_populates="stage", order_by="Metric.id", cascade="all, delete-orphan"
+    )
+
+
+class Metric(Base):
+    """One row per stage and epoch: the epoch's validation metrics and mean loss components."""
+
+    __tablename__ = "metrics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int] = mapped_column()
+    step: Mapped[int] = mapped_column()
+    values: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow)
+
+    stage: Mapped[Stage] = relationship(back_populates="metrics")
+
+
+class Artifact(Base):
+    """An object in the artifacts store: checkpoint, model, results, profile, report, image."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("experiment_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[str] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    stage: Mapped[str | None] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(500))
+    size: Mapped[int | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="artifacts")
