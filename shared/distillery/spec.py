@@ -61,7 +61,6 @@ class SyntheticSpec(_Strict):
     seed: int = 0
 
 
-
 class AugmentSpec(_Strict):
     """Training augmentation (in torch, no torchvision). Validation only normalises."""
 
@@ -89,7 +88,6 @@ class DataSpec(_Strict):
     augment: AugmentSpec = AugmentSpec()
     num_workers: Annotated[int, Field(ge=0)] = 0
     synthetic: SyntheticSpec | None = None
-
 
 
 # -------------------------------------------------------------------------------------- models
@@ -128,21 +126,27 @@ class _Term(_Strict):
     weight: NonNegFloat = 1.0
 
 
+#: Per-class loss weights computed from the training set's label statistics (or none).
+ClassWeighting = Literal["none", "median_frequency", "enet"]
+
+
 class CrossEntropyTerm(_Term):
     """Pixel cross-entropy, ignore index 255; optional class weights and label smoothing."""
 
     kind: Literal["cross_entropy"] = "cross_entropy"
-    class_weights: Literal["none", "median_frequency", "enet"] = "none"
+    class_weights: ClassWeighting = "none"
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
 class FocalTerm(_Term):
     kind: Literal["focal"] = "focal"
     gamma: NonNegFloat = 2.0
+    class_weights: ClassWeighting = "none"
 
 
 class OhemTerm(_Term):
     kind: Literal["ohem"] = "ohem"
+    class_weights: ClassWeighting = "none"
     #: Pixels whose probability of the true class is below `threshold` are hard.
     threshold: Annotated[float, Field(gt=0, le=1)] = 0.7
     #: ... but at least this fraction of valid pixels is always kept.
@@ -273,8 +277,11 @@ class DistillationSpec(_Strict):
     @model_validator(mode="after")
     def _checks(self) -> DistillationSpec:
         if not any(t.kind in DISTILL_KINDS for t in self.losses):
-            raise ValueError("losses: give at least one distillation term (" + ", ".join(
-                sorted(DISTILL_KINDS)) + ")")
+            raise ValueError(
+                "losses: give at least one distillation term ("
+                + ", ".join(sorted(DISTILL_KINDS))
+                + ")"
+            )
         if self.alternate and self.alternate.between == "models" and self.mode != "online":
             raise ValueError("alternate.between=models needs mode=online")
         return self
@@ -284,25 +291,50 @@ class DistillationSpec(_Strict):
 
 
 class ProfilingSpec(_Strict):
-    #: (height, width) at which latency is measured.
+    #: (height, width) at which latency is measured (and at which the budget applies).
     input_size: HW = (64, 128)
     batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1])
     device: Literal["cpu", "cuda", "auto"] = "auto"
+    #: Precision of a variant that names none, and the precision at which the budget applies.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    variants: list[Literal["eager", "channels_last", "compile", "onnx"]] = Field(
-        default_factory=lambda: ["eager"]
-    )
+    #: `runtime[+precision]`: runtime eager | channels_last | compile | onnx, precision fp32 |
+    #: bf16 | fp16 (autocast). A bare precision (`bf16`) means `eager+bf16`.
+    variants: list[str] = Field(default_factory=lambda: ["eager"], min_length=1)
     warmup: Annotated[int, Field(ge=0)] = 3
     min_repeats: PositiveInt = 5
     max_repeats: PositiveInt = 50
-    #: Stop repeating once the coefficient of variation of the latency is below this.
+    #: Stop repeating once the (robust) coefficient of variation of the latency is below this.
     target_cv: PositiveFloat = 0.05
+    #: Stop repeating one measurement after this many seconds (once `min_repeats` are done).
+    max_time_s: PositiveFloat | None = 30.0
     latency_budget_ms: PositiveFloat | None = None
     #: Batch size at which the budget applies.
     budget_batch_size: PositiveInt = 1
+    #: The latency statistic compared with the budget.
+    budget_statistic: Literal["p50", "p90", "p99", "mean"] = "p50"
     #: Widths tried by `student.model.width: auto`, largest that fits wins.
-    auto_widths: list[PositiveInt] = Field(default_factory=lambda: [4, 8, 12, 16, 24, 32, 48, 64])
+    auto_widths: list[PositiveInt] = Field(
+        default_factory=lambda: [4, 8, 12, 16, 24, 32, 48, 64], min_length=1
+    )
 
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, v: list[str]) -> list[str]:
+        from distillery.profiler.variants import parse_variant
+
+        for name in v:
+            parse_variant(name)  # raises ValueError naming the allowed runtimes and precisions
+        if len(set(v)) != len(v):
+            raise ValueError(f"variants repeat a name: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _repeats(self) -> ProfilingSpec:
+        if self.min_repeats > self.max_repeats:
+            raise ValueError(
+                f"min_repeats ({self.min_repeats}) must be <= max_repeats ({self.max_repeats})"
+            )
+        return self
 
 
 # ------------------------------------------------------------------------------------ tracking
@@ -322,6 +354,8 @@ class TrackingSpec(_Strict):
 
 Stage = Literal["teacher", "student", "distill", "profile"]
 STAGE_ORDER: tuple[Stage, ...] = ("teacher", "student", "distill", "profile")
+#: `size` is planned (first) when `student.model.width` is `auto`: the profiler picks the width.
+PlannedStage = Literal["size", "teacher", "student", "distill", "profile"]
 
 
 class ExperimentSpec(_Strict):
@@ -341,9 +375,7 @@ class ExperimentSpec(_Strict):
         if self.teacher.model.width == "auto":
             raise ValueError("teacher.model.width: auto is only for students")
         if self.student.model.width == "auto" and self.profiling.latency_budget_ms is None:
-            raise ValueError(
-                "student.model.width: auto needs profiling.latency_budget_ms"
-            )
+            raise ValueError("student.model.width: auto needs profiling.latency_budget_ms")
         factor = 2 ** max(self.teacher.model.depth, self.student.model.depth)
         for field, (h, w) in (
             ("data.image_size", self.data.image_size),
@@ -356,13 +388,25 @@ class ExperimentSpec(_Strict):
         self.stages = [s for s in STAGE_ORDER if s in self.stages]
         return self
 
-    def planned_stages(self) -> list[Stage]:
-        """Stages to run in order; a teacher given as a checkpoint is not trained again."""
-        return [
+    def planned_stages(self) -> list[PlannedStage]:
+        """Stages to run in order; a teacher given as a checkpoint is not trained again, and a
+        student of width `auto` is sized first."""
+        planned: list[PlannedStage] = [
             s
             for s in self.stages
             if not (s == "teacher" and self.teacher.model.checkpoint is not None)
         ]
+        uses_student = any(s in planned for s in ("student", "distill", "profile"))
+        if self.student.model.width == "auto" and uses_student:
+            planned.insert(0, "size")
+        return planned
+
+    def with_student_width(self, width: int) -> ExperimentSpec:
+        """This spec with the student's `auto` width resolved."""
+        student = self.student.model_copy(
+            update={"model": self.student.model.model_copy(update={"width": width})}
+        )
+        return self.model_copy(update={"student": student})
 
     @property
     def distill_train(self) -> TrainSpec:

@@ -1,9 +1,80 @@
-"""`distillery` commands: run."""
+"""`distillery run SPEC.yaml`: the whole pipeline on this machine, no servers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from distillery.spec import SpecError, load_spec
+
+console = Console()
+
+
+def run(
+    spec_path: Annotated[Path, typer.Argument(help="Experiment spec (YAML or JSON).")],
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run folder; default runs/<spec name>.")
+    ] = None,
+    fresh: Annotated[bool, typer.Option(help="Start over instead of resuming.")] = False,
+) -> None:
+    """Make the data if absent, train teacher, student baseline and distilled student, profile
+    the student, and print the comparison table."""
+    from distillery.pipeline import ExperimentFailed, run_local
+
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    run_dir = run_dir or Path("runs") / spec.name
+    console.print(
+        f"[bold]{spec.name}[/bold]: stages {', '.join(spec.planned_stages())} → {run_dir}"
+    )
+
+    bars = Progress(
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    tasks: dict[str, Any] = {}
+
+    def on_stage(name: str, status: str) -> None:
+        if name not in tasks:
+            tasks[name] = bars.add_task(name, total=None, info=status)
+        if status == "done":
+            total = bars.tasks[tasks[name]].total or 1
+            bars.update(tasks[name], total=total, completed=total, info="done")
+
+    def on_progress(name: str, p: Any) -> None:
+        total = p.epochs * p.steps
+        done = (p.epoch - 1) * p.steps + p.step
+        info = f"epoch {p.epoch}/{p.epochs}"
+        if "miou" in p.metrics:
+            info += f"  mIoU {100 * p.metrics['miou']:.1f}"
+        elif "loss" in p.metrics:
+            info += f"  loss {p.metrics['loss']:.3f}"
+        bars.update(tasks[name], total=total, completed=done, info=info)
+
+    try:
+        with bars:
+            results = run_local(
+                spec, run_dir, fresh=fresh, on_progress=on_progress, on_stage=on_stage
+            )
+    except ExperimentFailed as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    console.print(Markdown((run_dir / "results.md").read_text()))
+    console.print(f"Run folder: {run_dir} (results.json, results.md, checkpoints, wandb)")
+    del results
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `distillery` app."""
+    app.command()(run)

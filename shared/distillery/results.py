@@ -1,0 +1,126 @@
+"""The comparison table of an experiment: teacher, student baseline and distilled student.
+
+`gap_closed` = (mIoU_distilled - mIoU_baseline) / (mIoU_teacher - mIoU_baseline): the fraction of
+the teacher-student gap that distillation closed (published methods close ~35-75% on Cityscapes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+ROWS = (
+    ("teacher", "teacher"),
+    ("student", "student (baseline)"),
+    ("distill", "student (distilled)"),
+)
+
+
+class _StageLike(Protocol):
+    name: str
+    result: dict[str, Any] | None
+
+
+def build_results(stages: Iterable[_StageLike]) -> dict[str, Any]:
+    """JSON-able table from the stages' stored results (train stages and the profile stage)."""
+    by_name = {s.name: (s.result or {}) for s in stages}
+    profile = by_name.get("profile", {})
+    size = by_name.get("size")
+    rows = []
+    for name, label in ROWS:
+        if name not in by_name:
+            continue
+        res = by_name[name]
+        metrics = res.get("metrics", {})
+        prof = profile.get("teacher" if name == "teacher" else "student") or {}
+        rows.append(
+            {
+                "stage": name,
+                "model": label,
+                "miou": metrics.get("miou"),
+                "pixel_accuracy": metrics.get("pixel_accuracy"),
+                "params": res.get("params") or prof.get("params"),
+                "gflops": _gflops(prof),
+                "latency_ms": _latency_ms(prof),
+                "latency_at": _latency_at(prof),
+            }
+        )
+    miou = {r["stage"]: r["miou"] for r in rows}
+    base = miou.get("student")
+    for r in rows:
+        r["gain_over_baseline"] = (
+            r["miou"] - base if r["miou"] is not None and base is not None else None
+        )
+    gap = None
+    if None not in (miou.get("teacher"), base, miou.get("distill")):
+        denom = miou["teacher"] - base
+        gap = (miou["distill"] - base) / denom if abs(denom) > 1e-9 else None
+    out: dict[str, Any] = {"rows": rows, "gap_closed": gap}
+    if size:
+        out["student_width"] = size.get("width")
+    if profile:
+        budget = (profile.get("student") or {}).get("budget")
+        if budget:
+            out["budget"] = budget
+    return out
+
+
+def _gflops(prof: dict[str, Any]) -> float | None:
+    flops = prof.get("flops_per_image") or prof.get("flops")
+    return flops / 1e9 if flops else None
+
+
+def _best_row(prof: dict[str, Any]) -> dict[str, Any] | None:
+    rows = prof.get("rows") or []
+    ones = [r for r in rows if r.get("batch_size") == 1] or rows
+    if not ones:
+        return None
+    return min(ones, key=lambda r: r.get("latency_ms", {}).get("p50", float("inf")))
+
+
+def _latency_ms(prof: dict[str, Any]) -> float | None:
+    row = _best_row(prof)
+    return row["latency_ms"]["p50"] if row else None
+
+
+def _latency_at(prof: dict[str, Any]) -> str | None:
+    row = _best_row(prof)
+    if not row:
+        return None
+    size = prof.get("input_size") or row.get("input_size")
+    size_s = f"{size[0]}x{size[1]}" if size else "?"
+    precision = row.get("precision", "fp32")
+    return f"{size_s}, batch {row.get('batch_size')}, {row.get('variant')}, {precision}"
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The comparison table as Markdown (also what `distillery run` prints)."""
+    lines = [
+        "| model | mIoU | gain over baseline | params (M) | GFLOPs | latency (ms) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        gain = r["gain_over_baseline"]
+        lines.append(
+            f"| {r['model']} | {_fmt(r['miou'] and 100 * r['miou'], '.1f')} "
+            f"| {'—' if gain is None or r['stage'] == 'student' else format(100 * gain, '+.1f')} "
+            f"| {_fmt(r['params'] and r['params'] / 1e6, '.3f')} | {_fmt(r['gflops'], '.3f')} "
+            f"| {_fmt(r['latency_ms'], '.2f')} |"
+        )
+    gap = results.get("gap_closed")
+    lines.append("")
+    lines.append(
+        "mIoU in %, on the validation split. Gap closed by distillation: "
+        + ("—" if gap is None else f"{100 * gap:.0f}%")
+        + " of the teacher–baseline mIoU gap."
+    )
+    at = next((r["latency_at"] for r in results["rows"] if r.get("latency_at")), None)
+    if at:
+        lines.append(f"Latency: median per batch at {at}.")
+    if results.get("student_width"):
+        lines.append(f"Student width chosen for the latency budget: {results['student_width']}.")
+    return "\n".join(lines) + "\n"
