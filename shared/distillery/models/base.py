@@ -38,7 +38,9 @@ class SegmentationModel(nn.Module):
         try:
             return self.feature_channels[tap]
         except KeyError:
-            raise KeyError(f"unknown tap {tap!r}; this model has {', '.join(self.tap_names)}") from None
+            raise KeyError(
+                f"unknown tap {tap!r}; this model has {', '.join(self.tap_names)}"
+            ) from None
 
     def tap_stride(self, tap: str) -> int:
         """Down-sampling factor of a tap's feature map relative to the input."""

@@ -33,7 +33,9 @@ class UNet(SegmentationModel):
         ch = [width * 2**i for i in range(depth + 1)]
         self.downsample = nn.MaxPool2d(2)
         self.encoder = nn.ModuleList(
-            ConvBlock(in_channels if i == 0 else ch[i - 1], ch[i], norm, separable=separable and i > 0)
+            ConvBlock(
+                in_channels if i == 0 else ch[i - 1], ch[i], norm, separable=separable and i > 0
+            )
             for i in range(depth)
         )
         self.bottleneck = ConvBlock(ch[depth - 1], ch[depth], norm, separable)
