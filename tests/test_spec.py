@@ -1,0 +1,96 @@
+"""The experiment spec: defaults, validation errors that name the field, no code in configs."""
+
+from pathlib import Path
+
+import pytest
+from distillery.spec import ExperimentSpec, SpecError, format_validation_error, load_spec
+from pydantic import ValidationError
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+DATA = {
+    "train": [{"format": "cityscapes", "root": "a"}],
+    "val": [{"format": "bdd100k", "root": "b"}],
+}
+
+
+def errors(raw: dict) -> str:
+    with pytest.raises(ValidationError) as e:
+        ExperimentSpec.model_validate(raw)
+    return format_validation_error(e.value)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_are_valid(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.planned_stages()[-1] == "profile"
+
+
+def test_defaults_plan_all_stages() -> None:
+    spec = ExperimentSpec.model_validate({"name": "x", "data": DATA})
+    assert spec.planned_stages() == ["teacher", "student", "distill", "profile"]
+    assert spec.distill_train == spec.student.train
+
+
+def test_teacher_checkpoint_skips_teacher_training() -> None:
+    spec = ExperimentSpec.model_validate(
+        {"name": "x", "data": DATA, "teacher": {"model": {"checkpoint": "t.pt"}}}
+    )
+    assert spec.planned_stages() == ["student", "distill", "profile"]
+
+
+def test_auto_width_plans_a_size_stage_and_needs_a_budget() -> None:
+    raw = {"name": "x", "data": DATA, "student": {"model": {"width": "auto"}}}
+    assert "latency_budget_ms" in errors(raw)
+    raw["profiling"] = {"latency_budget_ms": 33}
+    spec = ExperimentSpec.model_validate(raw)
+    assert spec.planned_stages()[0] == "size"
+    assert spec.with_student_width(12).student.model.width == 12
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"teacher": {"model": {"width": 0}}}, "teacher.model.width"),
+        ({"teacher": {"model": {"arch": "resnet9000"}}}, "teacher.model.arch"),
+        ({"student": {"train": {"epochs": 0}}}, "student.train.epochs"),
+        ({"student": {"train": {"schedule": "cosine!"}}}, "student.train.schedule"),
+        (
+            {"distillation": {"losses": [{"kind": "logit_kd", "temperature": -1}]}},
+            "distillation.losses.0.logit_kd.temperature",
+        ),
+        ({"distillation": {"losses": [{"kind": "eval"}]}}, "distillation.losses.0"),
+        ({"teacher": {"losses": [{"kind": "logit_kd"}]}}, "teacher.losses"),
+        ({"distillation": {"losses": [{"kind": "cross_entropy"}]}}, "distillation"),
+        ({"tracking": {"mode": "loud"}}, "tracking.mode"),
+        ({"typo_field": 1}, "typo_field"),
+    ],
+)
+def test_errors_name_the_field(patch: dict, field: str) -> None:
+    raw = {"name": "x", "data": DATA, **patch}
+    assert field in errors(raw)
+
+
+def test_image_size_must_fit_the_unet_depth() -> None:
+    raw = {"name": "x", "data": {**DATA, "image_size": [60, 128]}}
+    assert "data.image_size 60x128 must be divisible by 16" in errors(raw)
+
+
+def test_dataset_ref_needs_exactly_one_location() -> None:
+    raw = {"name": "x", "data": {**DATA, "val": [{"format": "cityscapes"}]}}
+    assert "data.val.0" in errors(raw)
+
+
+def test_yaml_tags_cannot_run_code(tmp_path: Path) -> None:
+    bad = tmp_path / "evil.yaml"
+    bad.write_text("name: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(SpecError, match="evil.yaml"):
+        load_spec(bad)
+    assert not Path("pwned").exists()
+
+
+def test_load_spec_names_file_and_field(tmp_path: Path) -> None:
+    p = tmp_path / "s.yaml"
+    p.write_text("name: x\ndata: {train: [], val: []}\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    assert "s.yaml" in str(e.value) and "data.train" in str(e.value)
