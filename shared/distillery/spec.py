@@ -1,4 +1,4 @@
-"""The experiment spec: one pydantic contract for the CLI, the gateway, the workers and `distillery run`.
+"""The experiment spec: one pydantic contract for the CLI, gateway, workers and `distillery run`.
 
 A spec names registered components only (models, losses, datasets, schedules). It can never
 import or run code: YAML is read with ``yaml.safe_load`` and every name is checked against a
@@ -39,7 +39,7 @@ HW = tuple[PositiveInt, PositiveInt]
 
 
 class DatasetRef(_Strict):
-    """One dataset in its native layout: a local folder (`root`) or a platform dataset (`dataset_id`)."""
+    """A dataset in its native layout: a local folder (`root`) or a platform `dataset_id`."""
 
     format: Literal["cityscapes", "bdd100k"]
     root: str | None = None
