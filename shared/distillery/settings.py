@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     s3_secret_key: str = "minioadmin"
     s3_secure: bool = False
     s3_region: str = "us-east-1"
+    #: Endpoint put into presigned URLs when users reach S3 by another name than the services
+    #: (e.g. `s3.example.org` outside, `minio:9000` inside the cluster); empty = `s3_endpoint`.
+    s3_public_endpoint: str = ""
     datasets_bucket: str = "datasets"
     artifacts_bucket: str = "artifacts"
 
@@ -37,6 +40,9 @@ class Settings(BaseSettings):
     lease_seconds: int = 600
     #: Redis visibility timeout: longer than the longest stage, so a slow stage is not redelivered.
     visibility_timeout_s: int = 7 * 24 * 3600
+
+    #: The gateway runs `alembic upgrade head` when it starts (tests migrate their own schema).
+    migrate_on_start: bool = True
 
     #: wandb mode for workers: online needs WANDB_API_KEY.
     wandb_mode: str = "offline"

@@ -1,0 +1,1 @@
+"""Distillery's services: thin adapters around the engine in `distillery` (HTTP, Celery)."""

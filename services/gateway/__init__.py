@@ -1,0 +1,1 @@
+"""The HTTP gateway: submit experiments, register datasets, watch the shared queue."""

@@ -1,0 +1,104 @@
+"""The gateway's app factory. `uvicorn services.gateway.main:app` serves the default app.
+
+`create_app(settings)` wires the database, the dispatcher (Celery, by task name), the two
+buckets and the dataset cache onto `app.state.gateway`; tests pass their own settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from distillery.db import make_session_factory
+from distillery.s3 import DatasetCache, make_storage
+from distillery.settings import Settings, get_settings
+from distillery.storage import Storage
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from services.celery_app import make_celery
+from services.gateway.database import engine_for, migrate_locked
+from services.gateway.deps import GatewayState
+from services.gateway.dispatch import CeleryDispatcher, Dispatcher
+from services.gateway.routes import datasets, experiments, health, queue
+
+DESCRIPTION = """\
+Submit segmentation-distillation experiments to the team's shared queue, register datasets
+and follow progress. Every call except `/health` and `/ready` needs `Authorization: Bearer
+<token>` (`distillery admin create-user NAME` prints one).
+"""
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """`("body", "teacher", "train", "lr")` -> `teacher.train.lr` (the spec's own dotted path)."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "form"):
+        parts = parts[1:]
+    return ".".join(str(p) for p in parts) or "(body)"
+
+
+async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 body plus a dotted `field` per error; whole-spec inputs are left out."""
+    errors = []
+    for err in jsonable_encoder(exc.errors()):
+        err["field"] = field_path(err.get("loc", ()))
+        if isinstance(err.get("input"), dict | list):
+            err.pop("input")
+        errors.append(err)
+    return JSONResponse(status_code=422, content={"detail": errors})
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    dispatcher: Dispatcher | None = None,
+    datasets_storage: Storage | None = None,
+    artifacts_storage: Storage | None = None,
+    migrate_on_start: bool | None = None,
+) -> FastAPI:
+    """Build the gateway. Nothing connects until the first request (or the startup migration)."""
+    settings = settings or get_settings()
+    engine = engine_for(settings)
+    state = GatewayState(
+        settings=settings,
+        engine=engine,
+        session_factory=make_session_factory(engine),
+        dispatcher=dispatcher or CeleryDispatcher(make_celery(settings)),
+        datasets_storage=datasets_storage or make_storage(settings, settings.datasets_bucket),
+        artifacts_storage=artifacts_storage or make_storage(settings, settings.artifacts_bucket),
+        dataset_cache=DatasetCache(settings.cache_dir / "datasets"),
+    )
+    do_migrate = settings.migrate_on_start if migrate_on_start is None else migrate_on_start
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if do_migrate:
+            migrate_locked(engine, settings.database_schema or None)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="Distillery gateway",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.gateway = state
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.include_router(health.router)
+    app.include_router(experiments.router)
+    app.include_router(datasets.router)
+    app.include_router(queue.router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`services.gateway.main:app`: built on first access, from the environment's settings."""
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

@@ -1,0 +1,152 @@
+"""Response models of the gateway (requests are typed by `distillery.spec` and form fields)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from distillery.db import StageStatus
+from pydantic import BaseModel, ConfigDict
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class UserOut(_Out):
+    id: int
+    name: str
+    is_admin: bool
+
+
+class StageBrief(_Out):
+    name: str
+    position: int
+    status: StageStatus
+    queue: str
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+
+
+class MetricPoint(_Out):
+    epoch: int
+    step: int
+    values: dict[str, Any]
+    created_at: datetime
+
+
+class StageOut(StageBrief):
+    attempts: int
+    worker_id: str | None
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    finished_at: datetime | None
+    checkpoint_key: str | None
+    model_key: str | None
+    result: dict[str, Any] | None
+    #: wandb run information as the worker recorded it (e.g. `url`, `id`, `project`).
+    wandb: dict[str, Any] | None
+    error: str | None
+    #: The stage's last Metric row (values of the latest epoch), if any.
+    latest_metrics: MetricPoint | None = None
+
+
+class ArtifactOut(_Out):
+    stage: str | None
+    kind: str
+    key: str
+    size: int | None
+    created_at: datetime
+    #: A presigned GET URL, valid for an hour.
+    url: str
+
+
+class ExperimentSummary(_Out):
+    id: str
+    name: str
+    owner: str | None
+    status: StageStatus
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    stages: list[StageBrief]
+
+
+class ExperimentPage(BaseModel):
+    items: list[ExperimentSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class ExperimentDetail(ExperimentSummary):
+    spec: dict[str, Any]
+    stages: list[StageOut]  # type: ignore[assignment]
+    #: The final comparison table (teacher / student baseline / distilled student).
+    results: dict[str, Any] | None
+    artifacts: list[ArtifactOut]
+
+
+class StageMetrics(BaseModel):
+    stage: str
+    history: list[MetricPoint]
+
+
+class ExperimentMetrics(BaseModel):
+    experiment_id: str
+    stages: list[StageMetrics]
+
+
+class QueueEntry(BaseModel):
+    experiment_id: str
+    experiment_name: str
+    owner: str | None
+    stage: str
+    queue: str
+    status: StageStatus
+    worker_id: str | None
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+
+
+class QueueOut(BaseModel):
+    running: int
+    queued: int
+    entries: list[QueueEntry]
+
+
+class DatasetOut(_Out):
+    id: str
+    name: str
+    format: str
+    prefix: str
+    status: Literal["checking", "ready", "invalid"] | str
+    error: str | None
+    owner: str | None
+    created_at: datetime
+    #: Per split: what the check found (images, pairs, ...).
+    summary: dict[str, Any] | None
+    #: Class statistics of the training split (pixel frequencies, ...).
+    stats: dict[str, Any] | None
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    total: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str]

@@ -1,0 +1,213 @@
+"""The gateway client commands (`distillery submit`, `list`, ...) against uvicorn."""
+
+from __future__ import annotations
+
+import yaml
+from distillery.cli.main import app
+from distillery.db import Experiment, Stage, StageStatus
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+SPEC = {
+    "name": "cli-exp",
+    "data": {
+        "train": [{"format": "cityscapes", "root": "/data/cs"}],
+        "val": [{"format": "cityscapes", "root": "/data/cs"}],
+    },
+    "teacher": {"model": {"width": 8, "depth": 2}},
+    "student": {"model": {"width": 4, "depth": 2}},
+}
+
+
+def cli(*args: str, env: dict[str, str] | None = None):
+    runner = CliRunner(env={"COLUMNS": "200", **(env or {})})
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_cli_against_the_gateway(gateway_url, make_user, tmp_path, session_factory):
+    token = make_user("carol")
+    opts = ["--url", gateway_url, "--token", token]
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(SPEC))
+
+    r = cli("submit", str(spec_path), *opts)
+    assert r.exit_code == 0, r.output
+    assert "teacher → student → distill → profile" in r.output
+    r = cli("submit", str(spec_path), "-q", *opts)
+    exp_id = r.stdout.strip()
+    assert len(exp_id) == 32, r.output
+
+    r = cli("list", *opts)
+    assert r.exit_code == 0 and exp_id in r.output and "carol" in r.output
+    assert "experiments 1-2 of 2" in r.output
+    r = cli("list", "--status", "succeeded", *opts)
+    assert r.exit_code == 0 and exp_id not in r.output
+
+    r = cli("status", exp_id, *opts)
+    assert r.exit_code == 0, r.output
+    for stage in ("teacher", "student", "distill", "profile"):
+        assert stage in r.output
+    assert "queued" in r.output
+
+    r = cli("queue", *opts)
+    assert r.exit_code == 0 and "cli-exp" in r.output and "carol" in r.output
+    assert "0 running, 2 queued" in r.output
+
+    r = cli("results", exp_id, *opts)
+    assert r.exit_code == 1 and "no results yet" in r.output
+
+    r = cli("cancel", exp_id, *opts)
+    assert r.exit_code == 0 and f"{exp_id}: cancelled" in r.output
+    r = cli("cancel", exp_id, *opts)
+    assert r.exit_code == 1 and "HTTP 409" in r.output
+
+    # Through the environment instead of flags.
+    r = cli("delete", exp_id, env={"DISTILLERY_URL": gateway_url, "DISTILLERY_TOKEN": token})
+    assert r.exit_code == 0 and f"deleted {exp_id}" in r.output
+    r = cli("status", exp_id, *opts)
+    assert r.exit_code == 1 and "HTTP 404" in r.output
+
+
+def test_cli_errors_are_readable_and_nonzero(gateway_url, make_user, tmp_path):
+    token = make_user("dave")
+    bad = dict(SPEC, teacher={"train": {"lr": -1}, "model": {"widht": 3}})
+    spec_path = tmp_path / "bad.yaml"
+    spec_path.write_text(yaml.safe_dump(bad))
+    r = cli("submit", str(spec_path), "--url", gateway_url, "--token", token)
+    assert r.exit_code == 1
+    assert "HTTP 422" in r.output
+    assert "teacher.train.lr: Input should be greater than 0" in r.output
+    assert "teacher.model.widht: Extra inputs are not permitted" in r.output
+
+    r = cli("list", "--url", gateway_url)  # no token
+    assert r.exit_code == 2 and "DISTILLERY_TOKEN" in r.output
+    r = cli("list", "--url", gateway_url, "--token", "wrong")
+    assert r.exit_code == 1 and "HTTP 401" in r.output and "unknown token" in r.output
+    r = cli("list", "--url", "http://127.0.0.1:9", "--token", token)
+    assert r.exit_code == 1 and "cannot reach the gateway" in r.output
+    r = cli("submit", str(tmp_path / "missing.yaml"), "--url", gateway_url, "--token", token)
+    assert r.exit_code == 1 and "no such file" in r.output
+
+
+def test_cli_watch_and_results_of_a_finished_experiment(
+    gateway_url, make_user, tmp_path, session_factory
+):
+    token = make_user("erin")
+    opts = ["--url", gateway_url, "--token", token]
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(SPEC))
+    exp_id = cli("submit", str(spec_path), "-q", *opts).stdout.strip()
+    with session_factory() as s:
+        for st in s.scalars(select(Stage).where(Stage.experiment_id == exp_id)):
+            st.status, st.epoch, st.epochs, st.step, st.steps = StageStatus.succeeded, 2, 2, 5, 5
+        exp = s.get(Experiment, exp_id)
+        exp.status = StageStatus.succeeded
+        exp.results = {
+            "rows": [
+                {
+                    "stage": "teacher",
+                    "model": "teacher",
+                    "miou": 0.61,
+                    "params": 2e6,
+                    "gflops": 1.5,
+                    "latency_ms": 9.0,
+                    "gain_over_baseline": 0.2,
+                },
+                {
+                    "stage": "student",
+                    "model": "student (baseline)",
+                    "miou": 0.41,
+                    "params": 1e5,
+                    "gflops": 0.1,
+                    "latency_ms": 1.0,
+                    "gain_over_baseline": 0.0,
+                },
+                {
+                    "stage": "distill",
+                    "model": "student (distilled)",
+                    "miou": 0.5,
+                    "params": 1e5,
+                    "gflops": 0.1,
+                    "latency_ms": 1.0,
+                    "gain_over_baseline": 0.09,
+                },
+            ],
+            "gap_closed": 0.45,
+        }
+        s.commit()
+    r = cli("status", exp_id, "--watch", "--interval", "0.1", *opts)
+    assert r.exit_code == 0, r.output
+    assert "succeeded" in r.output
+
+    r = cli("results", exp_id, *opts)
+    assert r.exit_code == 0, r.output
+    assert "student (distilled)" in r.output and "61.0" in r.output and "+9.0" in r.output
+    assert "gap closed by distillation: 45%" in r.output
+
+
+def test_cli_watch_follows_progress_until_the_end(
+    gateway_url, make_user, tmp_path, session_factory
+):
+    """`status --watch` polls while a (simulated) worker advances, and exits 1 on failure."""
+    import threading
+    import time
+
+    token = make_user("gina")
+    opts = ["--url", gateway_url, "--token", token]
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(dict(SPEC, stages=["student"])))
+    exp_id = cli("submit", str(spec_path), "-q", *opts).stdout.strip()
+
+    def worker() -> None:
+        with session_factory() as s:
+            st = s.scalar(select(Stage).where(Stage.experiment_id == exp_id))
+            exp = s.get(Experiment, exp_id)
+            for step in range(1, 4):
+                st.status, exp.status = StageStatus.running, StageStatus.running
+                st.epoch, st.epochs, st.step, st.steps = 1, 1, step, 3
+                s.commit()
+                time.sleep(0.3)
+            st.status, st.error = StageStatus.failed, "RuntimeError: out of memory"
+            exp.status = StageStatus.failed
+            s.commit()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        r = cli("status", exp_id, "--watch", "--interval", "0.1", *opts)
+    finally:
+        thread.join()
+    assert r.exit_code == 1, r.output
+    assert "failed" in r.output and "out of memory" in r.output
+
+
+def test_cli_datasets_upload_and_list(gateway_url, make_user, cityscapes_dir):
+    token = make_user("frank")
+    opts = ["--url", gateway_url, "--token", token]
+    r = cli(
+        "datasets",
+        "upload",
+        str(cityscapes_dir),
+        "--name",
+        "cs-cli",
+        "--format",
+        "cityscapes",
+        *opts,
+    )
+    assert r.exit_code == 0, r.output
+    assert "cs-cli (cityscapes) ready" in r.output and "train: 3, val: 2 images" in r.output
+    r = cli("datasets", "list", *opts)
+    assert r.exit_code == 0 and "cs-cli" in r.output and "train:3 val:2" in r.output
+
+    (cityscapes_dir / "gtFine").rename(cityscapes_dir / "labels")
+    r = cli(
+        "datasets",
+        "upload",
+        str(cityscapes_dir),
+        "--name",
+        "broken",
+        "--format",
+        "cityscapes",
+        *opts,
+    )
+    assert r.exit_code == 1 and "HTTP 422" in r.output and "file:" in r.output

@@ -1,0 +1,154 @@
+"""`/datasets`: upload an archive or register a prefix; checked before it is accepted."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from distillery.s3 import make_storage
+from distillery.storage import put_dir
+from PIL import Image
+
+from .helpers import spec_dict
+
+
+def tar_gz(folder: Path, top: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for p in sorted(folder.iterdir()):
+            tf.add(p, arcname=f"{top}/{p.name}" if top else p.name)
+    return buf.getvalue()
+
+
+def zipped(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(folder).as_posix())
+    return buf.getvalue()
+
+
+def upload(user, data: bytes, name: str = "cs-mini", filename: str = "cs.tar.gz", **form):
+    return user.post(
+        "/datasets",
+        data={"name": name, "format": "cityscapes", **form},
+        files={"file": (filename, data, "application/octet-stream")},
+    )
+
+
+def test_upload_archive_is_checked_stored_and_usable(as_user, settings, cityscapes_dir):
+    r = upload(as_user("alice"), tar_gz(cityscapes_dir, top="cityscapes"))
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["status"] == "ready" and ds["owner"] == "alice" and ds["error"] is None
+    assert ds["prefix"] == f"datasets/{ds['id']}"
+    assert ds["summary"]["train"]["images"] == 3 and ds["summary"]["val"]["images"] == 2
+    stats = ds["stats"]  # class statistics of the training split
+    assert stats["split"] == "train" and stats["num_images"] == 3
+    assert stats["num_pixels"] == 3 * 32 * 64 and len(stats["class_pixels"]) == 19
+    assert abs(sum(stats["pixel_frequency"]) - 1) < 1e-6
+    storage = make_storage(settings, settings.datasets_bucket)
+    keys = [o.key for o in storage.list(ds["prefix"] + "/")]
+    assert len(keys) == 11  # 5 images + 5 masks + the generator's marker, native layout kept
+    assert f"{ds['prefix']}/gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png" in keys
+
+    listed = as_user("bob").get("/datasets").json()
+    assert listed["total"] == 1 and listed["items"][0]["id"] == ds["id"]
+    assert as_user("bob").get(f"/datasets/{ds['id']}").json()["stats"] == ds["stats"]
+    assert as_user("bob").get("/datasets/nope").status_code == 404
+
+    spec = spec_dict("on-uploaded")
+    spec["data"]["train"] = [{"format": "cityscapes", "dataset_id": ds["id"]}]
+    assert as_user("bob").post("/experiments", json=spec).status_code == 201
+
+
+def test_zip_upload(as_user, cityscapes_dir):
+    r = upload(as_user("alice"), zipped(cityscapes_dir), filename="cs.zip")
+    assert r.status_code == 201, r.text
+    assert r.json()["summary"]["train"]["images"] == 3
+
+
+def test_register_by_prefix(as_user, settings, cityscapes_dir, bdd100k_dir):
+    storage = make_storage(settings, settings.datasets_bucket)
+    put_dir(storage, "shared/cityscapes-mini", cityscapes_dir)
+    r = as_user("alice").post(
+        "/datasets",
+        data={"name": "cs-shared", "format": "cityscapes", "prefix": "shared/cityscapes-mini/"},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["prefix"] == "shared/cityscapes-mini" and r.json()["status"] == "ready"
+    # Registering leaves the data where it is.
+    assert len(storage.list("shared/cityscapes-mini/")) == 11
+
+    put_dir(storage, "bdd/mini", bdd100k_dir)
+    r = as_user("bob").post(
+        "/datasets", data={"name": "bdd-mini", "format": "bdd100k", "prefix": "bdd/mini"}
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["summary"]["val"]["images"] == 2 and r.json()["stats"]["format"] == "bdd100k"
+
+    r = as_user("alice").post(
+        "/datasets", data={"name": "x", "format": "cityscapes", "prefix": "not/there"}
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "prefix"
+
+
+def test_bad_label_value_rejected_naming_the_file(as_user, settings, cityscapes_dir):
+    bad = cityscapes_dir / "gtFine/train/aachen/aachen_000001_000019_gtFine_labelIds.png"
+    mask = np.array(Image.open(bad))
+    mask[0, 0] = 200  # not a Cityscapes labelId
+    Image.fromarray(mask).save(bad)
+    r = upload(as_user("alice"), tar_gz(cityscapes_dir), name="broken")
+    assert r.status_code == 422
+    (err,) = r.json()["detail"]
+    assert err["field"] == "file"
+    assert "gtFine/train/aachen/aachen_000001_000019_gtFine_labelIds.png" in err["msg"]
+    assert "200" in err["msg"]
+    assert str(settings.cache_dir) not in err["msg"]  # named by its place in the bucket
+    # It stays listed as invalid with the reason; the uploaded objects are removed.
+    (ds,) = as_user("alice").get("/datasets").json()["items"]
+    assert ds["status"] == "invalid" and "labelIds" in ds["error"]
+    storage = make_storage(settings, settings.datasets_bucket)
+    assert storage.list(ds["prefix"] + "/") == []
+    # An experiment cannot use it.
+    spec = spec_dict("on-broken")
+    spec["data"]["val"] = [{"format": "cityscapes", "dataset_id": ds["id"]}]
+    r = as_user("alice").post("/experiments", json=spec)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "data.val.0.dataset_id"
+
+
+def test_image_without_mask_rejected_naming_it(as_user, cityscapes_dir):
+    (cityscapes_dir / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png").unlink()
+    r = upload(as_user("alice"), tar_gz(cityscapes_dir))
+    assert r.status_code == 422
+    assert "lindau_000000_000019_leftImg8bit.png: no mask" in r.json()["detail"][0]["msg"]
+
+
+def test_wrong_layout_and_bad_archives(as_user, cityscapes_dir):
+    r = upload(as_user("alice"), tar_gz(cityscapes_dir), **{"format": "bdd100k"})
+    assert r.status_code == 422 and "images/10k/train" in r.json()["detail"][0]["msg"]
+
+    r = upload(as_user("alice"), b"this is not an archive")
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["field"] == "file" and "archive" in r.json()["detail"][0]["msg"]
+
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w:gz") as tf:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    r = upload(as_user("alice"), evil.getvalue())
+    assert r.status_code == 422 and "outside" in r.json()["detail"][0]["msg"]
+
+
+def test_prefix_xor_file(as_user, cityscapes_dir):
+    r = as_user("alice").post("/datasets", data={"name": "x", "format": "cityscapes"})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "prefix"
+    r = upload(as_user("alice"), tar_gz(cityscapes_dir), prefix="also/this")
+    assert r.status_code == 422
+    r = upload(as_user("alice"), tar_gz(cityscapes_dir), **{"format": "kitti"})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "format"

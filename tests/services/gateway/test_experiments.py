@@ -1,0 +1,345 @@
+"""`/experiments`: submission (validation, planning, enqueueing), reading, cancel, delete."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+from distillery.db import Artifact, Dataset, Experiment, Metric, Stage, StageStatus
+from distillery.db.models import utcnow
+from sqlalchemy import select
+
+from services.celery_app import RUN_STAGE_TASK
+
+from .helpers import spec_dict
+
+
+def stages_of(session_factory, experiment_id: str) -> list[Stage]:
+    with session_factory() as s:
+        return list(
+            s.scalars(
+                select(Stage).where(Stage.experiment_id == experiment_id).order_by(Stage.position)
+            )
+        )
+
+
+# ---------------------------------------------------------------------------------- submission
+
+
+def test_submit_plans_stages_and_enqueues_only_the_first(
+    as_user, session_factory, queues, celery_messages
+):
+    r = as_user("alice").post("/experiments", json=spec_dict("exp-a"))
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["status"] == "queued" and body["owner"] == "alice" and len(body["id"]) == 32
+    assert [s["name"] for s in body["stages"]] == ["teacher", "student", "distill", "profile"]
+
+    stages = stages_of(session_factory, body["id"])
+    assert [(s.name, s.position) for s in stages] == [
+        ("teacher", 0),
+        ("student", 1),
+        ("distill", 2),
+        ("profile", 3),
+    ]
+    assert [s.queue for s in stages] == [queues.gpu, queues.gpu, queues.gpu, queues.profiler]
+    assert all(s.status == StageStatus.queued for s in stages)
+    # Only the first stage is on a queue; each finishing stage enqueues the next.
+    assert stages[0].enqueued_at is not None
+    assert [s.enqueued_at for s in stages[1:]] == [None, None, None]
+    assert celery_messages(queues.gpu) == [(RUN_STAGE_TASK, [stages[0].id])]
+    assert celery_messages(queues.profiler) == []
+
+    with session_factory() as s:
+        exp = s.get(Experiment, body["id"])
+        assert exp.spec["name"] == "exp-a" and exp.spec["student"]["model"]["width"] == 4
+
+
+def test_teacher_checkpoint_skips_teacher_training(
+    as_user, session_factory, queues, celery_messages
+):
+    spec = spec_dict("from-ckpt")
+    spec["teacher"]["model"]["checkpoint"] = "artifacts/old/teacher/model.pt"
+    r = as_user("alice").post("/experiments", json=spec)
+    assert r.status_code == 201, r.text
+    stages = stages_of(session_factory, r.json()["id"])
+    assert [s.name for s in stages] == ["student", "distill", "profile"]
+    assert [s.position for s in stages] == [0, 1, 2]
+    assert celery_messages(queues.gpu) == [(RUN_STAGE_TASK, [stages[0].id])]
+
+
+def test_profile_only_experiment_goes_to_the_profiler_queue(
+    as_user, session_factory, queues, celery_messages
+):
+    r = as_user("bob").post("/experiments", json=spec_dict("prof", stages=["profile"]))
+    assert r.status_code == 201, r.text
+    (stage,) = stages_of(session_factory, r.json()["id"])
+    assert stage.queue == queues.profiler
+    assert celery_messages(queues.profiler) == [(RUN_STAGE_TASK, [stage.id])]
+    assert celery_messages(queues.gpu) == []
+
+
+def test_nothing_to_run_is_422(as_user):
+    spec = spec_dict("nothing", stages=["teacher"])
+    spec["teacher"]["model"]["checkpoint"] = "teacher.pt"
+    r = as_user("alice").post("/experiments", json=spec)
+    assert r.status_code == 422
+    assert [e["field"] for e in r.json()["detail"]] == ["stages"]
+
+
+def test_invalid_spec_is_422_naming_each_bad_field(as_user, queues, celery_messages):
+    spec = spec_dict("bad")
+    spec["teacher"]["train"]["lr"] = -1
+    spec["student"]["model"]["widht"] = 8  # typo: unknown fields are errors
+    spec["distillation"] = {"losses": [{"kind": "logit_kd", "temperature": 0}]}
+    spec["data"]["train"][0]["format"] = "kitti"
+    r = as_user("alice").post("/experiments", json=spec)
+    assert r.status_code == 422
+    errors = r.json()["detail"]
+    fields = {e["field"] for e in errors}
+    assert {
+        "teacher.train.lr",
+        "student.model.widht",
+        "data.train.0.format",
+        "distillation.losses.0.logit_kd.temperature",
+    } <= fields, fields
+    for e in errors:  # FastAPI's own shape, with a readable loc path
+        assert e["loc"][0] == "body" and e["msg"] and e["type"]
+    assert celery_messages(queues.gpu) == []
+
+
+def test_whole_spec_errors_name_the_field_in_the_message(as_user):
+    r = as_user("alice").post(
+        "/experiments",
+        json=spec_dict(
+            "odd",
+            data={
+                "train": [{"format": "cityscapes", "root": "x"}],
+                "val": [{"format": "cityscapes", "root": "x"}],
+                "image_size": [62, 128],
+            },
+        ),
+    )
+    assert r.status_code == 422
+    (err,) = r.json()["detail"]
+    assert "data.image_size" in err["msg"] and err["field"] == "(body)"
+    assert "input" not in err  # the whole spec is not echoed back
+
+
+def test_missing_and_malformed_bodies_are_422(as_user):
+    r = as_user("alice").post("/experiments", json={"name": "no-data"})
+    assert r.status_code == 422 and [e["field"] for e in r.json()["detail"]] == ["data"]
+    r = as_user("alice").post(
+        "/experiments", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 422
+
+
+def test_dataset_ids_must_name_ready_datasets(as_user, session_factory, tokens):
+    with session_factory() as s:
+        s.add_all(
+            [
+                Dataset(
+                    id="d" * 32, name="ready-cs", format="cityscapes", prefix="p1", status="ready"
+                ),
+                Dataset(
+                    id="c" * 32, name="busy", format="cityscapes", prefix="p2", status="checking"
+                ),
+                Dataset(id="b" * 32, name="bdd", format="bdd100k", prefix="p3", status="ready"),
+            ]
+        )
+        s.commit()
+    spec = spec_dict("refs")
+    spec["data"]["train"] = [
+        {"format": "cityscapes", "dataset_id": "d" * 32},
+        {"format": "cityscapes", "dataset_id": "nope"},
+        {"format": "cityscapes", "dataset_id": "c" * 32},
+    ]
+    spec["data"]["val"] = [{"format": "cityscapes", "dataset_id": "b" * 32}]
+    r = as_user("alice").post("/experiments", json=spec)
+    assert r.status_code == 422
+    by_field = {e["field"]: e["msg"] for e in r.json()["detail"]}
+    assert set(by_field) == {
+        "data.train.1.dataset_id",
+        "data.train.2.dataset_id",
+        "data.val.0.format",
+    }
+    assert "no dataset 'nope'" in by_field["data.train.1.dataset_id"]
+    assert "checking" in by_field["data.train.2.dataset_id"]
+
+    spec["data"]["train"] = [{"format": "cityscapes", "dataset_id": "d" * 32}]
+    spec["data"]["val"] = [{"format": "bdd100k", "dataset_id": "b" * 32}]
+    assert as_user("alice").post("/experiments", json=spec).status_code == 201
+
+
+# ------------------------------------------------------------------------------------- reading
+
+
+def test_list_filters_paginates_newest_first(as_user, session_factory):
+    ids = []
+    for i in range(5):
+        ids.append(as_user("alice").post("/experiments", json=spec_dict(f"a{i}")).json()["id"])
+    for i in range(2):
+        ids.append(as_user("bob").post("/experiments", json=spec_dict(f"b{i}")).json()["id"])
+    # Spread creation times so "newest first" is unambiguous, and finish two of them.
+    with session_factory() as s:
+        base = utcnow()
+        for k, exp_id in enumerate(ids):
+            exp = s.get(Experiment, exp_id)
+            exp.created_at = base - timedelta(minutes=len(ids) - k)
+        s.get(Experiment, ids[1]).status = StageStatus.succeeded
+        s.get(Experiment, ids[5]).status = StageStatus.failed
+        s.commit()
+
+    page = as_user("alice").get("/experiments").json()
+    assert page["total"] == 7
+    assert [e["id"] for e in page["items"]] == ids[::-1]
+
+    page = as_user("alice").get("/experiments", params={"limit": 3, "offset": 2}).json()
+    assert page["total"] == 7 and page["limit"] == 3 and page["offset"] == 2
+    assert [e["id"] for e in page["items"]] == ids[::-1][2:5]
+
+    page = as_user("bob").get("/experiments", params={"owner": "bob"}).json()
+    assert page["total"] == 2 and {e["owner"] for e in page["items"]} == {"bob"}
+
+    page = as_user("bob").get("/experiments", params={"status": "queued", "owner": "alice"}).json()
+    assert page["total"] == 4 and ids[1] not in [e["id"] for e in page["items"]]
+
+    page = as_user("bob").get("/experiments", params={"status": "failed"}).json()
+    assert [e["id"] for e in page["items"]] == [ids[5]]
+
+    r = as_user("bob").get("/experiments", params={"status": "exploded", "limit": 0})
+    assert r.status_code == 422
+    assert {e["field"] for e in r.json()["detail"]} == {"status", "limit"}
+
+
+def test_detail_has_stages_metrics_results_artifacts_and_wandb(as_user, session_factory, settings):
+    exp_id = as_user("alice").post("/experiments", json=spec_dict("detail")).json()["id"]
+    from distillery.s3 import make_storage
+
+    storage = make_storage(settings, settings.artifacts_bucket)
+    key = f"artifacts/{exp_id}/teacher/results.json"
+    storage.put_bytes(key, b'{"miou": 0.5}', "application/json")
+    with session_factory() as s:
+        teacher = s.scalar(select(Stage).where(Stage.experiment_id == exp_id, Stage.position == 0))
+        teacher.status, teacher.worker_id = StageStatus.running, "gpu@node1"
+        teacher.epoch, teacher.epochs, teacher.step, teacher.steps = 2, 2, 5, 10
+        teacher.wandb = {"url": "https://wandb.example/run/1", "id": "run1"}
+        s.add_all(
+            [
+                Metric(stage_id=teacher.id, epoch=1, step=10, values={"miou": 0.3, "loss": 1.2}),
+                Metric(stage_id=teacher.id, epoch=2, step=20, values={"miou": 0.5, "loss": 0.9}),
+                Artifact(experiment_id=exp_id, stage="teacher", kind="results", key=key, size=13),
+            ]
+        )
+        exp = s.get(Experiment, exp_id)
+        exp.status = StageStatus.running
+        exp.results = {"rows": [{"stage": "teacher", "miou": 0.5}], "gap_closed": None}
+        s.commit()
+
+    d = as_user("bob").get(f"/experiments/{exp_id}").json()  # everyone reads everything
+    assert d["owner"] == "alice" and d["status"] == "running"
+    assert d["spec"]["name"] == "detail"
+    t = d["stages"][0]
+    assert (t["name"], t["status"], t["worker_id"]) == ("teacher", "running", "gpu@node1")
+    assert (t["epoch"], t["epochs"], t["step"], t["steps"]) == (2, 2, 5, 10)
+    assert t["latest_metrics"]["epoch"] == 2 and t["latest_metrics"]["values"]["miou"] == 0.5
+    assert t["wandb"]["url"] == "https://wandb.example/run/1"
+    assert d["stages"][1]["latest_metrics"] is None
+    assert d["results"]["rows"][0]["miou"] == 0.5
+    (a,) = d["artifacts"]
+    assert a["key"] == key and a["kind"] == "results"
+    assert httpx.get(a["url"]).content == b'{"miou": 0.5}'  # a working presigned URL
+
+    m = as_user("bob").get(f"/experiments/{exp_id}/metrics").json()
+    assert [st["stage"] for st in m["stages"]] == ["teacher", "student", "distill", "profile"]
+    assert [p["values"]["miou"] for p in m["stages"][0]["history"]] == [0.3, 0.5]
+    assert m["stages"][1]["history"] == []
+
+    assert as_user("bob").get("/experiments/0123").status_code == 404
+    assert as_user("bob").get("/experiments/0123/metrics").status_code == 404
+
+
+# ------------------------------------------------------------------------------ cancel, delete
+
+
+def test_cancel_marks_queued_stages_cancelled_at_once(as_user, session_factory):
+    exp_id = as_user("alice").post("/experiments", json=spec_dict("c1")).json()["id"]
+    r = as_user("alice").post(f"/experiments/{exp_id}/cancel")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "cancelled" and body["cancel_requested"] is True
+    assert {s["status"] for s in body["stages"]} == {"cancelled"}
+    stages = stages_of(session_factory, exp_id)
+    assert all(s.finished_at is not None for s in stages)
+    # Cancelling a finished experiment is a conflict.
+    assert as_user("alice").post(f"/experiments/{exp_id}/cancel").status_code == 409
+
+
+def test_cancel_leaves_a_running_stage_to_its_worker(as_user, session_factory):
+    exp_id = as_user("alice").post("/experiments", json=spec_dict("c2")).json()["id"]
+    with session_factory() as s:
+        first = s.scalar(select(Stage).where(Stage.experiment_id == exp_id, Stage.position == 0))
+        first.status = StageStatus.running
+        s.get(Experiment, exp_id).status = StageStatus.running
+        s.commit()
+    body = as_user("alice").post(f"/experiments/{exp_id}/cancel").json()
+    assert body["status"] == "running" and body["cancel_requested"] is True
+    assert [s["status"] for s in body["stages"]] == ["running"] + ["cancelled"] * 3
+    # Not deletable while the stage still runs.
+    assert as_user("alice").delete(f"/experiments/{exp_id}").status_code == 409
+
+
+def test_delete_rules_and_artifacts_removed(as_user, session_factory, settings):
+    from distillery.s3 import make_storage
+
+    storage = make_storage(settings, settings.artifacts_bucket)
+    keep_id = as_user("alice").post("/experiments", json=spec_dict("keep")).json()["id"]
+    exp_id = as_user("alice").post("/experiments", json=spec_dict("gone")).json()["id"]
+    for k in ("teacher/ckpt/epoch-1.pt", "teacher/results.json", "report.md"):
+        storage.put_bytes(f"artifacts/{exp_id}/{k}", b"x")
+    storage.put_bytes(f"artifacts/{keep_id}/teacher/results.json", b"y")
+
+    assert as_user("alice").delete(f"/experiments/{exp_id}").status_code == 409  # queued
+    assert as_user("alice").post(f"/experiments/{exp_id}/cancel").status_code == 200
+    assert as_user("bob").delete(f"/experiments/{exp_id}").status_code == 403  # not the owner
+    assert len(storage.list(f"artifacts/{exp_id}/")) == 3
+
+    assert as_user("alice").delete(f"/experiments/{exp_id}").status_code == 204
+    assert storage.list(f"artifacts/{exp_id}/") == []
+    remaining = [o.key for o in storage.list("artifacts/")]
+    assert remaining == [f"artifacts/{keep_id}/teacher/results.json"]
+    assert as_user("alice").get(f"/experiments/{exp_id}").status_code == 404
+    assert stages_of(session_factory, exp_id) == []
+    assert as_user("alice").delete(f"/experiments/{exp_id}").status_code == 404
+
+    # A succeeded experiment can be deleted too (by an admin).
+    with session_factory() as s:
+        s.get(Experiment, keep_id).status = StageStatus.succeeded
+        s.commit()
+    assert as_user("root").delete(f"/experiments/{keep_id}").status_code == 204
+    assert storage.list("artifacts/") == []
+
+
+def test_broker_down_keeps_the_stage_for_the_reconciler(settings, make_user, session_factory):
+    """The experiment is stored (Postgres is the truth); its first stage stays queued with no
+    `enqueued_at`, which is what the reconciler re-sends."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from services.gateway.main import create_app
+
+    from .helpers import auth, free_port
+
+    token = make_user("alice")
+    down = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    with TestClient(create_app(down)) as c:
+        t0 = time.monotonic()
+        r = c.post("/experiments", json=spec_dict("no-broker"), headers=auth(token))
+        elapsed = time.monotonic() - t0
+    assert r.status_code == 201, r.text
+    print(f"submit with the broker down took {elapsed:.2f} s")
+    assert elapsed < 15
+    stages = stages_of(session_factory, r.json()["id"])
+    assert stages[0].status == StageStatus.queued and stages[0].enqueued_at is None

@@ -1,0 +1,47 @@
+"""`/queue`: the one shared view of what is queued and running, in enqueue order."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from distillery.db import Stage, StageStatus
+from distillery.db.models import utcnow
+from sqlalchemy import select
+
+from .helpers import spec_dict
+
+
+def test_queue_shows_running_and_queued_stages_by_enqueue_time(as_user, session_factory):
+    first = as_user("alice").post("/experiments", json=spec_dict("first")).json()["id"]
+    second = as_user("bob").post("/experiments", json=spec_dict("second")).json()["id"]
+    third = as_user("bob").post("/experiments", json=spec_dict("third")).json()["id"]
+    t0 = utcnow()
+    with session_factory() as s:
+        stages = {
+            e: s.scalar(select(Stage).where(Stage.experiment_id == e, Stage.position == 0))
+            for e in (first, second, third)
+        }
+        run = stages[first]
+        run.status, run.worker_id = StageStatus.running, "gpu@node-7"
+        run.enqueued_at, run.started_at = t0 - timedelta(minutes=10), t0 - timedelta(minutes=9)
+        run.epoch, run.epochs, run.step, run.steps = 1, 2, 4, 8
+        stages[second].enqueued_at = t0 - timedelta(minutes=5)
+        stages[third].enqueued_at = t0 - timedelta(minutes=7)
+        s.commit()
+    assert as_user("root").post(f"/experiments/{third}/cancel").status_code == 200
+
+    q = as_user("bob").get("/queue").json()
+    assert (q["running"], q["queued"]) == (1, 1)
+    (running, waiting) = q["entries"]
+    assert running["experiment_id"] == first and running["owner"] == "alice"
+    assert running["stage"] == "teacher" and running["worker_id"] == "gpu@node-7"
+    assert (running["epoch"], running["epochs"], running["step"], running["steps"]) == (1, 2, 4, 8)
+    assert running["started_at"] is not None
+    assert waiting["experiment_id"] == second and waiting["owner"] == "bob"
+    assert waiting["status"] == "queued" and waiting["worker_id"] is None
+    # Later stages wait in Postgres, not on the queue: only first stages are listed.
+    assert {e["stage"] for e in q["entries"]} == {"teacher"}
+
+
+def test_empty_queue(as_user):
+    assert as_user("alice").get("/queue").json() == {"running": 0, "queued": 0, "entries": []}
