@@ -1,4 +1,4 @@
-"""Learning-rate schedules, registered by name. Each maps (step, total_steps) to an LR multiplier."""
+"""Learning-rate schedules, registered by name. Each maps (step, total_steps) to an LR factor."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _warmup(step: int, warmup: int) -> float:
 
 @SCHEDULES.register("poly")
 def poly(step: int, total: int, warmup: int, power: float) -> float:
-    """lr = base * (1 - step / total) ** power, after a linear warm-up (the segmentation default)."""
+    """lr = base * (1 - step / total) ** power, after a linear warm-up (segmentation's default)."""
     if step < warmup:
         return _warmup(step, warmup)
     return max(0.0, 1.0 - step / max(1, total)) ** power

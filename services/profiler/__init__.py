@@ -1,0 +1,1 @@
+"""The profiler worker: the workers' tasks on the `profiler` queue, one task at a time."""

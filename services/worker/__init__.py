@@ -1,0 +1,1 @@
+"""The GPU worker: Celery tasks that run experiment stages, and the reconciler."""

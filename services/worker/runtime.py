@@ -1,0 +1,143 @@
+"""What a worker's pool process needs to run one stage: database sessions, storage, datasets,
+a lease kept alive by a heartbeat, and sending the next stage.
+
+Imported in the pool process only (the task and `tasks.preload_engine`), never in the parent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from celery import Celery
+from distillery.db import Dataset, Stage, StageStatus, make_engine, make_session_factory
+from distillery.runner import StageRunner
+from distillery.s3 import DatasetCache, make_storage
+from distillery.settings import Settings
+from distillery.spec import DatasetRef
+from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.gateway.dispatch import CeleryDispatcher, enqueue_stage
+
+log = logging.getLogger(__name__)
+
+
+def dataset_resolver(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> Callable[[DatasetRef], Path]:
+    """`DatasetRef -> local folder`: platform datasets (`dataset_id`) come from the datasets
+    bucket through the worker's cache (keyed by ETag, so a dataset is downloaded once)."""
+    datasets = make_storage(settings, settings.datasets_bucket)
+    cache = DatasetCache(settings.cache_dir)
+
+    def resolve(ref: DatasetRef) -> Path:
+        if ref.dataset_id is None:
+            return Path(ref.root)  # a folder on the worker (e.g. a mounted volume)
+        with sessions() as s:
+            ds = s.get(Dataset, ref.dataset_id)
+            if ds is None:
+                raise ValueError(f"data: dataset_id {ref.dataset_id!r} does not exist")
+            if ds.status != "ready":
+                raise ValueError(
+                    f"data: dataset {ref.dataset_id!r} is {ds.status}, not ready"
+                    + (f": {ds.error}" if ds.error else "")
+                )
+            prefix = ds.prefix
+        return cache.materialize(datasets, prefix)
+
+    return resolve
+
+
+@contextmanager
+def heartbeat(
+    sessions: sessionmaker[Session], stage_id: int, worker: str, lease_seconds: int
+) -> Iterator[None]:
+    """Renew this worker's lease on the stage every `lease_seconds / 5` from a thread.
+
+    The runner renews the lease when training reports progress; this keeps it alive through
+    long silent phases (start-up, dataset download, validation, profiling) so that only a dead
+    process loses its lease. It touches the stage only while this worker holds it running.
+    """
+    stop = threading.Event()
+    interval = max(0.5, lease_seconds / 5)
+    lease = timedelta(seconds=lease_seconds)
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            t = datetime.now(UTC)
+            try:
+                with sessions.begin() as s:
+                    r = s.execute(
+                        update(Stage)
+                        .where(
+                            Stage.id == stage_id,
+                            Stage.worker_id == worker,
+                            Stage.status == StageStatus.running,
+                        )
+                        .values(heartbeat_at=t, lease_expires_at=t + lease)
+                    )
+                log.debug("heartbeat: stage %s, %s row(s) renewed", stage_id, r.rowcount)
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
+                log.warning("heartbeat for stage %s failed", stage_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{stage_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def execute_stage(app: Celery, settings: Settings, stage_id: int, worker: str) -> int | None:
+    """Run stage `stage_id` with a `StageRunner`; enqueue the next stage on its own queue."""
+    engine = make_engine(settings.database_url, settings.database_schema or None)
+    sessions = make_session_factory(engine)
+    runner = StageRunner(
+        sessions,
+        make_storage(settings, settings.artifacts_bucket),
+        Path(settings.work_dir),
+        worker,
+        resolve_root=dataset_resolver(settings, sessions),
+        lease_seconds=settings.lease_seconds,
+    )
+    try:
+        try:
+            with heartbeat(sessions, stage_id, worker, settings.lease_seconds):
+                next_id = runner.run(stage_id)
+        except DBAPIError:
+            raise  # the database is away: the reconciler sends the stage again later
+        except Exception as exc:
+            # The runner records a stage's own failures; what escapes it (e.g. a spec or an
+            # engine that cannot even be loaded) would leave the stage queued, and the reconciler
+            # would send it again and again. Record it unless another worker holds the stage.
+            log.exception("stage %s: the runner raised", stage_id)
+            with sessions() as s:
+                stage = s.get(Stage, stage_id)
+                mine = stage is not None and (
+                    stage.status == StageStatus.queued
+                    or (stage.status == StageStatus.running and stage.worker_id == worker)
+                )
+            if mine:
+                runner._finish(stage_id, StageStatus.failed, f"{type(exc).__name__}: {exc}")
+            raise
+        if next_id is None:
+            return None
+        with sessions() as s:
+            if s.get(Stage, stage_id).worker_id != worker:
+                # A duplicate message for a stage another process ran: that process sends the
+                # next stage (or the reconciler does, if it could not).
+                return None
+            stage = s.get(Stage, next_id)
+            if stage is not None and stage.status == StageStatus.queued:
+                enqueue_stage(s, CeleryDispatcher(app), stage)
+                log.info("stage %s enqueued on %s", next_id, stage.queue)
+        return next_id
+    finally:
+        engine.dispose()

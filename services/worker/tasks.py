@@ -1,0 +1,49 @@
+"""Celery tasks of the workers: `distillery.run_stage`.
+
+A task loads nothing itself: it builds a `StageRunner` (the stage lifecycle shared with
+`distillery run`) in the fresh child process, runs the stage and, on success, sends the next stage
+to that stage's own queue (profiling goes to the `profiler` queue).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+
+from celery import Task, shared_task
+from celery.signals import worker_process_init
+from distillery.settings import get_settings
+
+from services.celery_app import RUN_STAGE_TASK
+
+log = logging.getLogger(__name__)
+
+#: Imported by each fresh pool process while it waits for a task, so that an idle worker starts
+#: a stage without first paying for these imports. Importing torch does not initialise CUDA.
+PRELOAD = ()
+
+
+def worker_id() -> str:
+    """Unique per process: a lease held by a dead process is never mistaken for a live one."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@worker_process_init.connect
+def preload_engine(**_: object) -> None:
+    for module in PRELOAD:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the task imports it again and reports the error
+            log.exception("could not preload %s", module)
+
+
+@shared_task(
+    name=RUN_STAGE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+)
+def run_stage(self: Task, stage_id: int) -> int | None:
+    """Run stage `stage_id`; returns the id of the stage it enqueued next, if any."""
+    from services.worker.runtime import execute_stage  # the engine: torch is imported here
+
+    return execute_stage(self.app, get_settings(), stage_id, worker_id())

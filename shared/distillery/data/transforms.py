@@ -1,0 +1,202 @@
+"""Image/mask transforms in torch (no torchvision).
+
+Every transform is called as ``transform(image, mask, generator)`` with
+
+- ``image``: uint8 tensor 3xHxW (RGB),
+- ``mask``: int64 tensor HxW of trainIds (0..18, 255 = ignore),
+- ``generator``: the ``torch.Generator`` all randomness is drawn from (deterministic given it),
+
+and returns ``(float32 3xhxw normalised image, int64 hxw mask)``. Masks are only ever resized
+with nearest-neighbour sampling, so no new label values appear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distillery.data.labels import IGNORE_INDEX
+from distillery.spec import AugmentSpec
+
+#: ImageNet channel statistics (RGB, on images scaled to [0, 1]).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+#: ITU-R 601 luma weights, as used for grey-scale in PIL.
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+
+
+class SegTransform(Protocol):
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """uint8 (or [0, 1] float) 3xHxW -> float32 normalised with the ImageNet mean/std."""
+    if image.dtype == torch.uint8:
+        image = image.float().div_(255.0)
+    return (image - _MEAN) / _STD
+
+
+def denormalize(image: torch.Tensor) -> np.ndarray:
+    """A normalised 3xHxW tensor -> HxWx3 uint8 array (for plots and logged images)."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected a 3xHxW image, got shape {tuple(image.shape)}")
+    rgb = image.detach().float().cpu() * _STD + _MEAN
+    return (rgb.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of a float 3xHxW image (antialiased when shrinking)."""
+    h, w = int(size[0]), int(size[1])
+    if tuple(image.shape[-2:]) == (h, w):
+        return image
+    shrink = h < image.shape[-2] or w < image.shape[-1]
+    return F.interpolate(
+        image[None], size=(h, w), mode="bilinear", align_corners=False, antialias=shrink
+    )[0]
+
+
+def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Nearest-neighbour resize of an int64 HxW mask (pixel centres, like PIL's NEAREST)."""
+    h, w = int(size[0]), int(size[1])
+    if tuple(mask.shape[-2:]) == (h, w):
+        return mask
+    out = F.interpolate(mask[None, None].float(), size=(h, w), mode="nearest-exact")
+    return out[0, 0].long()
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+class Normalize:
+    """Only normalise (keeps the native size): the default when a data set is given no transform."""
+
+    random = False
+
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return normalize(image), mask.long()
+
+
+class ValTransform:
+    """Validation: resize the image (bilinear) and the mask (nearest) to `size`, then normalise."""
+
+    random = False
+
+    def __init__(self, size: Sequence[int] | None) -> None:
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        img = image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
+        mask = mask.long()
+        if self.size is not None:
+            img, mask = resize_image(img, self.size), resize_mask(mask, self.size)
+        return normalize(img), mask
+
+
+class TrainTransform:
+    """Training augmentation, in this order:
+
+    1. random scale: the image is first scaled so that it just covers the crop (the same
+       framing as validation), then by ``s ~ U(scale_range)``; image bilinear, mask nearest;
+    2. photometric jitter in random order: brightness ``x*b``, contrast ``(x-m)*c+m`` (m = mean
+       grey level), saturation ``(x-g)*s+g`` (g = per-pixel grey), factors ``~ U(1-a, 1+a)``;
+    3. ImageNet normalisation;
+    4. random crop to ``size``; where the scaled image is smaller than the crop it is placed at a
+       random offset and padded with 0 (the mean colour) and the mask with 255 (ignore);
+    5. horizontal flip with probability 1/2 (image and mask together).
+
+    All randomness comes from the generator passed to ``__call__``.
+    """
+
+    random = True
+
+    def __init__(self, size: Sequence[int], augment: AugmentSpec | None = None) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.augment = augment or AugmentSpec()
+
+    # -- pieces (public so tests can check them one by one) --------------------------------
+
+    def scale_factor(self, hw: Sequence[int], generator: torch.Generator) -> float:
+        lo, hi = self.augment.scale_range
+        cover = max(self.size[0] / hw[0], self.size[1] / hw[1])
+        return cover * _uniform(generator, lo, hi)
+
+    def jitter(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Photometric jitter of a [0, 1] float image."""
+        a = self.augment
+        factors = [
+            _uniform(generator, max(0.0, 1 - s), 1 + s)
+            for s in (a.brightness, a.contrast, a.saturation)
+        ]
+        order = torch.randperm(3, generator=generator).tolist()
+        for op in order:
+            f = factors[op]
+            if f == 1.0:
+                continue
+            if op == 0:
+                image = image * f
+            elif op == 1:
+                m = (image * _LUMA).sum(0).mean()
+                image = (image - m) * f + m
+            else:
+                g = (image * _LUMA).sum(0, keepdim=True)
+                image = (image - g) * f + g
+            image = image.clamp(0.0, 1.0)
+        return image
+
+    def crop(
+        self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random crop to `size`; pads the image with 0 and the mask with 255 where needed."""
+        ch, cw = self.size
+        h, w = mask.shape
+        oy = _offset(h, ch, generator)
+        ox = _offset(w, cw, generator)
+        if h >= ch and w >= cw:
+            return image[:, oy : oy + ch, ox : ox + cw], mask[oy : oy + ch, ox : ox + cw]
+        out_img = image.new_zeros((image.shape[0], ch, cw))
+        out_mask = mask.new_full((ch, cw), IGNORE_INDEX)
+        # source window [sy, sy+n) of the input lands at [dy, dy+n) of the output
+        sy, dy = max(oy, 0), max(-oy, 0)
+        sx, dx = max(ox, 0), max(-ox, 0)
+        nh, nw = min(h - sy, ch - dy), min(w - sx, cw - dx)
+        out_img[:, dy : dy + nh, dx : dx + nw] = image[:, sy : sy + nh, sx : sx + nw]
+        out_mask[dy : dy + nh, dx : dx + nw] = mask[sy : sy + nh, sx : sx + nw]
+        return out_img, out_mask
+
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        img = image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
+        mask = mask.long()
+        h, w = mask.shape
+        s = self.scale_factor((h, w), generator)
+        new_hw = (max(1, round(h * s)), max(1, round(w * s)))
+        img, mask = resize_image(img, new_hw), resize_mask(mask, new_hw)
+        img = normalize(self.jitter(img, generator))
+        img, mask = self.crop(img, mask, generator)
+        flip = bool(torch.rand((), generator=generator) < 0.5)
+        if self.augment.hflip and flip:
+            img, mask = img.flip(-1), mask.flip(-1)
+        return img.contiguous(), mask.contiguous()
+
+
+def _offset(n: int, crop: int, generator: torch.Generator) -> int:
+    """Top-left offset of the crop window: in [0, n-crop] if the input is bigger, else in
+    [-(crop-n), 0] (the input is placed at a random position inside a padded crop)."""
+    span = abs(n - crop)
+    r = int(torch.randint(0, span + 1, (), generator=generator))
+    return r if n >= crop else -r

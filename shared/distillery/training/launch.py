@@ -1,0 +1,79 @@
+"""Entry point of one stage in the current process(es):
+
+    python -m distillery.training.launch --spec SPEC.json --stage STAGE --workdir DIR \
+        [--teacher PATH]
+
+Run it plainly for one process, or under ``accelerate launch`` for several (as `run_stage`
+does when ``train.num_processes > 1``). The main rank writes ``DIR/<stage>/result.json`` and
+appends progress to ``--events``; every rank writes ``DIR/<stage>/result/rank-<i>.json`` with a
+hash of its final weights and what it evaluated, to check that processes agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from distillery.spec import SpecError, load_spec
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m distillery.training.launch", description=__doc__)
+    p.add_argument("--spec", type=Path, required=True, help="experiment spec (YAML or JSON)")
+    p.add_argument("--stage", required=True, choices=("teacher", "student", "distill"))
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--teacher", type=Path, default=None, help="the teacher's exported model.pt")
+    p.add_argument("--events", type=Path, default=None, help="JSON-lines progress file")
+    p.add_argument("--tracker-group", default=None)
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as e:
+        print(e, file=sys.stderr)
+        return 2
+
+    from distillery.training.trainer import train_stage
+
+    outcome = train_stage(
+        spec,
+        args.stage,
+        args.workdir.resolve(),
+        teacher_path=args.teacher,
+        resume=not args.no_resume,
+        tracker_group=args.tracker_group,
+        events_path=args.events,
+    )
+    report_dir = args.workdir.resolve() / args.stage / "result"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    ev = outcome.evaluation
+    report = {
+        "rank": outcome.rank,
+        "world_size": outcome.world_size,
+        "state_hash": outcome.state_hash,
+        "val_names": ev.local_names if ev else [],
+        "val_pixels_local": ev.local_pixels if ev else 0,
+        "val_pixels_total": ev.metrics.num_pixels if ev else 0,
+        "miou": ev.metrics.miou if ev else None,
+    }
+    (report_dir / f"rank-{outcome.rank}.json").write_text(json.dumps(report, indent=2))
+    if outcome.rank == 0:
+        r = outcome.result
+        print(f"{args.stage}: mIoU {r.metrics.get('miou', float('nan')):.4f}, model {r.model_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

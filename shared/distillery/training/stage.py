@@ -1,0 +1,95 @@
+"""`run_stage`: the one entry point the platform and `distillery run` call to train a stage.
+
+It runs the stage in this process, or, when ``train.num_processes > 1`` (and this is not
+already one of several processes), under ``accelerate launch`` in a subprocess group (see
+`launcher`). Either way the caller gets the same callbacks and the same `StageResult`.
+
+Layout of ``workdir/<stage>/``: ``ckpt/epoch-<n>/`` (accelerate state of epoch n, newest two
+kept), ``model.pt`` (the exported model), ``result.json`` (present once the stage finished: a
+re-run just returns it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from distillery.spec import DatasetRef, ExperimentSpec
+from distillery.training.plan import check_precision, plan_stage
+from distillery.training.progress import Progress
+from distillery.training.result import RESULT_FILE, StageResult
+
+TrainStage = Literal["teacher", "student", "distill"]
+
+
+def run_stage(
+    spec: ExperimentSpec,
+    stage: TrainStage,
+    workdir: Path,
+    *,
+    teacher_path: Path | None = None,
+    resume: bool = True,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
+    resolve_root: Callable[[DatasetRef], Path] | None = None,
+    tracker_group: str | None = None,
+) -> StageResult:
+    """Train `stage` of `spec` in ``workdir/<stage>/`` and return its result.
+
+    - `teacher_path`: the teacher's exported model for ``distill`` (else
+      ``spec.teacher.model.checkpoint``).
+    - `resume`: continue from the newest epoch checkpoint (and return a finished stage's result
+      as is); False starts over, deleting what the stage wrote before.
+    - `on_progress(Progress)`: after every optimizer step and at every epoch end (validation
+      scores); `on_checkpoint(epoch, dir)`: after each epoch's checkpoint is saved.
+    - `should_stop()`: polled every step; True stops the stage, which raises `StageCancelled`
+      and keeps the last epoch checkpoint.
+    - `resolve_root`: local folder of a platform dataset (`DatasetRef.dataset_id`).
+    - `tracker_group`: the wandb group (default: the spec's name).
+    """
+    plan = plan_stage(spec, stage)  # validates the stage and its settings early
+    check_precision(plan.train)
+    workdir = Path(workdir).resolve()
+    stage_dir = workdir / stage
+    result_file = stage_dir / RESULT_FILE
+    if resume and result_file.is_file():
+        return StageResult.load(result_file)
+    if not resume and stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+
+    if plan.train.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        from distillery.training.launcher import launch_stage
+
+        return launch_stage(
+            spec,
+            stage,
+            workdir,
+            num_processes=plan.train.num_processes,
+            mixed_precision=plan.train.mixed_precision,
+            teacher_path=teacher_path,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            on_checkpoint=on_checkpoint,
+            resolve_root=resolve_root,
+            tracker_group=tracker_group,
+        )
+
+    from distillery.training.trainer import train_stage
+
+    return train_stage(
+        spec,
+        stage,
+        workdir,
+        teacher_path=teacher_path,
+        resume=resume,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        on_checkpoint=on_checkpoint,
+        resolve_root=resolve_root,
+        tracker_group=tracker_group,
+    ).result

@@ -1,0 +1,116 @@
+"""The Dockerfiles: bases, what they copy, and commands that name modules which exist."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .manifests import (
+    ROOT,
+    as_argv,
+    celery_app_module,
+    dockerfile_instructions,
+    option,
+    settings_env_names,
+    settings_from_env,
+)
+
+DOCKERFILES = {
+    "gateway": ROOT / "services/gateway/Dockerfile",
+    "worker": ROOT / "services/worker/Dockerfile",
+    "profiler": ROOT / "services/profiler/Dockerfile",
+}
+
+
+def _ignored(pattern_lines: list[str], path: str) -> bool:
+    return any(Path(path).match(p) or path == p or path.startswith(p.rstrip("/") + "/")
+               for p in pattern_lines)
+
+
+@pytest.mark.parametrize("service", sorted(DOCKERFILES))
+def test_dockerfile_copies_what_exists_and_is_not_ignored(service):
+    instructions = dockerfile_instructions(DOCKERFILES[service])
+    ignore = [
+        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    copies = [shlex.split(args) for instr, args in instructions if instr == "COPY"]
+    assert copies
+    for args in copies:
+        for src in args[:-1]:
+            assert (ROOT / src).exists(), f"{service}: COPY {src} but {src} is not in the repo"
+            assert not _ignored(ignore, src), f"{service}: COPY {src} but .dockerignore drops it"
+    assert any(a[0] == "pyproject.toml" for a in copies)
+
+
+@pytest.mark.parametrize("service", ["worker", "profiler"])
+def test_workers_build_on_a_cuda_pytorch_image(service):
+    instructions = dockerfile_instructions(DOCKERFILES[service])
+    froms = [args for instr, args in instructions if instr == "FROM"]
+    assert len(froms) == 1
+    image = froms[0].split()[0]
+    assert re.fullmatch(r"pytorch/pytorch:2\.\d+\.\d+-cuda1[2-9]\.\d+-cudnn\d+-runtime", image)
+    # The base's torch must satisfy the project's pin, or pip would replace it with a CPU wheel.
+    torch_version = tuple(int(x) for x in image.split(":")[1].split("-")[0].split("."))
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    low, high = re.search(r'"torch>=([\d.]+),<([\d.]+)"', pyproject).groups()
+    assert tuple(map(int, low.split("."))) <= torch_version < tuple(map(int, high.split(".")))
+
+
+def test_gateway_installs_a_torch_within_the_project_pin():
+    runs = " ".join(a for i, a in dockerfile_instructions(DOCKERFILES["gateway"]) if i == "RUN")
+    version = re.search(r'torch==([\d.]+)', runs).group(1)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    low, high = re.search(r'"torch>=([\d.]+),<([\d.]+)"', pyproject).groups()
+    as_tuple = lambda v: tuple(map(int, v.split(".")))  # noqa: E731
+    assert as_tuple(low) <= as_tuple(version) < as_tuple(high)
+
+
+@pytest.mark.parametrize("service", sorted(DOCKERFILES))
+def test_cmd_names_modules_that_import(service):
+    cmds = [a for i, a in dockerfile_instructions(DOCKERFILES[service]) if i == "CMD"]
+    argv = as_argv(yaml.safe_load(cmds[-1]))
+    if argv[0] == "uvicorn":
+        module, _, attr = argv[1].partition(":")
+        assert getattr(importlib.import_module(module), attr) is not None
+        assert option(argv, "--host") == "0.0.0.0"
+        exposed = [a for i, a in dockerfile_instructions(DOCKERFILES[service]) if i == "EXPOSE"]
+        assert exposed == [option(argv, "--port")]
+    else:
+        assert argv[0] == "celery"
+        importlib.import_module(celery_app_module(argv))
+
+
+@pytest.mark.parametrize("module", ["services.worker.app", "services.profiler.app"])
+def test_worker_parent_process_never_imports_torch(module):
+    """The prefork parent must not touch CUDA: its app and task modules import no torch."""
+    code = (
+        f"import sys, {module} as m; m.app.loader.import_default_modules(); "
+        "assert 'distillery.run_stage' in m.app.tasks; "
+        "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"torch imported at module level: {out.stdout[:300]}"
+
+
+@pytest.mark.parametrize("service", sorted(DOCKERFILES))
+def test_env_settings_are_settings_fields(service):
+    env: dict[str, str] = {}
+    for instr, args in dockerfile_instructions(DOCKERFILES[service]):
+        if instr == "ENV":
+            env |= dict(pair.split("=", 1) for pair in shlex.split(args))
+    names = {k for k in env if k.startswith("DISTILLERY_")}
+    assert names <= settings_env_names(), names - settings_env_names()
+    settings_from_env(env)
+    # The image creates those folders for its non-root user.
+    runs = " ".join(a for i, a in dockerfile_instructions(DOCKERFILES[service]) if i == "RUN")
+    assert env["DISTILLERY_CACHE_DIR"] in runs and env["DISTILLERY_WORK_DIR"] in runs
