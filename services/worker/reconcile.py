@@ -95,9 +95,7 @@ def _aware(ts: datetime | None) -> datetime | None:
     return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
 
 
-def reconcile_once(
-    app: Celery, sessions: sessionmaker[Session], stale_after_s: float
-) -> list[int]:
+def reconcile_once(app: Celery, sessions: sessionmaker[Session], stale_after_s: float) -> list[int]:
     """One pass; returns the ids of the stages sent again.
 
     - A stage whose worker died (reset by `stages_to_enqueue`, it has run before) is sent now.
@@ -144,7 +142,9 @@ def run_loop(
     app, sessions = connect(settings)
     log.info(
         "reconciler: every %.1fs, stale after %.0fs, lease %ss",
-        interval_s, stale_after_s, settings.lease_seconds,
+        interval_s,
+        stale_after_s,
+        settings.lease_seconds,
     )
     while not stop.is_set():
         try:
@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between passes")
     parser.add_argument(
-        "--stale-after", type=float, default=300.0,
+        "--stale-after",
+        type=float,
+        default=300.0,
         help="re-send a queued stage whose message is not in its queue after this many seconds",
     )
     parser.add_argument("--once", action="store_true", help="one pass, then exit (e.g. cron)")

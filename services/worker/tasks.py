@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 #: Imported by each fresh pool process while it waits for a task, so that an idle worker starts
 #: a stage without first paying for these imports. Importing torch does not initialise CUDA.
-PRELOAD = ()
+PRELOAD = ("services.worker.runtime", "distillery.models", "distillery.training.stage")
 
 
 def worker_id() -> str:

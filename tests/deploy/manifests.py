@@ -20,8 +20,15 @@ OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yam
 #: Kubernetes version the manifests are validated against (schemas ship with kubernetes-validate).
 K8S_VERSION = "1.32"
 #: Kinds without a namespace (kustomize's `namespace:` leaves them alone).
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
-                  "StorageClass", "CustomResourceDefinition", "PriorityClass"}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PersistentVolume",
+    "StorageClass",
+    "CustomResourceDefinition",
+    "PriorityClass",
+}
 
 
 # ------------------------------------------------------------------------------------ settings
@@ -137,8 +144,15 @@ def render_kustomization(directory: Path) -> list[dict[str, Any]]:
     if not kfile.is_file():
         raise FileNotFoundError(f"{kfile}: no kustomization.yaml")
     k = yaml.safe_load(kfile.read_text())
-    unknown = set(k) - {"apiVersion", "kind", "resources", "namespace", "images", "replicas",
-                        "patches"}
+    unknown = set(k) - {
+        "apiVersion",
+        "kind",
+        "resources",
+        "namespace",
+        "images",
+        "replicas",
+        "patches",
+    }
     if unknown:
         raise ValueError(f"{kfile}: this renderer does not handle {sorted(unknown)}")
     docs: list[dict[str, Any]] = []
@@ -166,8 +180,11 @@ def render_kustomization(directory: Path) -> list[dict[str, Any]]:
         else:
             docs[match[0]] = _merge(docs[match[0]], patch)
     for rep in k.get("replicas", []):
-        match = [d for d in docs if d["metadata"]["name"] == rep["name"] and "replicas" in
-                 d.get("spec", {})]
+        match = [
+            d
+            for d in docs
+            if d["metadata"]["name"] == rep["name"] and "replicas" in d.get("spec", {})
+        ]
         if not match:
             raise ValueError(f"{kfile}: replicas for unknown workload {rep['name']!r}")
         for d in match:
@@ -192,7 +209,8 @@ def kubectl_kustomize(directory: Path) -> list[dict[str, Any]] | None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         return None
-    out = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]

@@ -24,8 +24,17 @@ from .manifests import (
     settings_from_env,
 )
 
-PLATFORM = {"postgres", "redis", "minio", "createbuckets", "gateway", "reconciler", "worker",
-            "profiler", "flower"}
+PLATFORM = {
+    "postgres",
+    "redis",
+    "minio",
+    "createbuckets",
+    "gateway",
+    "reconciler",
+    "worker",
+    "profiler",
+    "flower",
+}
 DEFAULTS = Settings(_env_file=None)
 
 
@@ -45,7 +54,10 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
         )
     out = subprocess.run(
         [binary, "-f", str(COMPOSE_FILE), "config"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     resolved = yaml.safe_load(out.stdout)
@@ -96,7 +108,8 @@ def test_urls_point_at_compose_services(compose):
     )
     minio = compose["services"]["minio"]["environment"]
     assert (settings.s3_access_key, settings.s3_secret_key) == (
-        minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"],
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
     )
 
 
@@ -113,8 +126,10 @@ def test_createbuckets_makes_the_configured_buckets(compose):
 
 @pytest.mark.parametrize(
     ("service", "module", "queue_field"),
-    [("worker", "services.worker.app", "gpu_queue"),
-     ("profiler", "services.profiler.app", "profiler_queue")],
+    [
+        ("worker", "services.worker.app", "gpu_queue"),
+        ("profiler", "services.profiler.app", "profiler_queue"),
+    ],
 )
 def test_worker_commands_match_settings_and_import(compose, service, module, queue_field):
     svc = compose["services"][service]
@@ -156,7 +171,8 @@ def test_helper_services_use_importable_modules(compose, service):
     importlib.import_module(module)
     if "flower" in argv:  # the image that runs it installs the `platform` extra, with flower
         extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-            "optional-dependencies"]["platform"]
+            "optional-dependencies"
+        ]["platform"]
         assert any(dep.startswith("flower") for dep in extras)
 
 

@@ -30,15 +30,18 @@ DOCKERFILES = {
 
 
 def _ignored(pattern_lines: list[str], path: str) -> bool:
-    return any(Path(path).match(p) or path == p or path.startswith(p.rstrip("/") + "/")
-               for p in pattern_lines)
+    return any(
+        Path(path).match(p) or path == p or path.startswith(p.rstrip("/") + "/")
+        for p in pattern_lines
+    )
 
 
 @pytest.mark.parametrize("service", sorted(DOCKERFILES))
 def test_dockerfile_copies_what_exists_and_is_not_ignored(service):
     instructions = dockerfile_instructions(DOCKERFILES[service])
     ignore = [
-        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     copies = [shlex.split(args) for instr, args in instructions if instr == "COPY"]
@@ -66,7 +69,7 @@ def test_workers_build_on_a_cuda_pytorch_image(service):
 
 def test_gateway_installs_a_torch_within_the_project_pin():
     runs = " ".join(a for i, a in dockerfile_instructions(DOCKERFILES["gateway"]) if i == "RUN")
-    version = re.search(r'torch==([\d.]+)', runs).group(1)
+    version = re.search(r"torch==([\d.]+)", runs).group(1)
     pyproject = (ROOT / "pyproject.toml").read_text()
     low, high = re.search(r'"torch>=([\d.]+),<([\d.]+)"', pyproject).groups()
     as_tuple = lambda v: tuple(map(int, v.split(".")))  # noqa: E731
@@ -96,8 +99,9 @@ def test_worker_parent_process_never_imports_torch(module):
         "assert 'distillery.run_stage' in m.app.tasks; "
         "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"torch imported at module level: {out.stdout[:300]}"
 

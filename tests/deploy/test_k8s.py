@@ -23,8 +23,10 @@ from .manifests import (
 )
 
 DEFAULTS = Settings(_env_file=None)
-WORKERS = {"gpu-worker": ("services.worker.app", "gpu_queue"),
-           "profiler-worker": ("services.profiler.app", "profiler_queue")}
+WORKERS = {
+    "gpu-worker": ("services.worker.app", "gpu_queue"),
+    "profiler-worker": ("services.profiler.app", "profiler_queue"),
+}
 
 
 def _by_kind(docs, kind):
@@ -164,8 +166,10 @@ def test_images_match_the_compose_images(rendered, compose):
     built = {s["image"].split(":")[0] for s in compose["services"].values() if "build" in s}
     used = {
         c["image"].split(":")[0]
-        for d in rendered["dev"] if "template" in d.get("spec", {})
-        for c in _pod(d)["containers"] if c["image"].startswith("distillery/")
+        for d in rendered["dev"]
+        if "template" in d.get("spec", {})
+        for c in _pod(d)["containers"]
+        if c["image"].startswith("distillery/")
     }
     assert used == built
 
@@ -180,8 +184,9 @@ def test_dev_overlay_brings_its_dependencies(rendered):
     assert settings.broker_url.startswith("redis://redis:6379")
     assert settings.s3_endpoint == f"minio:{services['minio']['spec']['ports'][0]['port']}"
     assert "@postgres:5432/" in settings.database_url
-    assert all(d["metadata"].get("namespace") == "distillery" for d in docs
-               if d["kind"] != "Namespace")
+    assert all(
+        d["metadata"].get("namespace") == "distillery" for d in docs if d["kind"] != "Namespace"
+    )
 
 
 def test_production_overlay_scales_workers_and_points_outside(rendered):

@@ -27,8 +27,9 @@ class Client:
     """One user of the gateway."""
 
     def __init__(self, url: str, token: str) -> None:
-        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=60)
+        self.http = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
 
     def __call__(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.http.request(method, path, **kwargs)
@@ -55,14 +56,23 @@ def platform(gateway_url, make_user, start_worker, start_reconciler, tmp_path):
             if not p.name.startswith("."):
                 tf.add(p, arcname=p.name)
     with open(archive, "rb") as f:
-        dataset = alice("POST", "/datasets", data={"name": "synthetic", "format": "cityscapes"},
-                        files={"file": ("cityscapes.tar.gz", f, "application/gzip")})
+        dataset = alice(
+            "POST",
+            "/datasets",
+            data={"name": "synthetic", "format": "cityscapes"},
+            files={"file": ("cityscapes.tar.gz", f, "application/gzip")},
+        )
     assert dataset["status"] == "ready", dataset
     return alice, bob, dataset["id"]
 
 
-def tiny_spec(name: str, dataset_id: str, *, teacher_epochs: int = 2,
-              stages: tuple[str, ...] = ("teacher", "student", "distill", "profile")) -> dict:
+def tiny_spec(
+    name: str,
+    dataset_id: str,
+    *,
+    teacher_epochs: int = 2,
+    stages: tuple[str, ...] = ("teacher", "student", "distill", "profile"),
+) -> dict:
     ref = {"format": "cityscapes", "dataset_id": dataset_id}
 
     def train(epochs: int) -> dict:
@@ -100,8 +110,9 @@ def test_two_users_experiments_run_in_queue_order_to_results(platform, settings,
         barrier.wait()
         submitted[who] = client("POST", "/experiments", json=tiny_spec(f"e2e-{who}", dataset_id))
 
-    threads = [threading.Thread(target=submit, args=(w, c))
-               for w, c in (("alice", alice), ("bob", bob))]
+    threads = [
+        threading.Thread(target=submit, args=(w, c)) for w, c in (("alice", alice), ("bob", bob))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -110,7 +121,8 @@ def test_two_users_experiments_run_in_queue_order_to_results(platform, settings,
     for exp in submitted.values():
         assert [s["name"] for s in exp["stages"]] == ["teacher", "student", "distill", "profile"]
         assert [s["queue"] for s in exp["stages"]] == [settings.gpu_queue] * 3 + [
-            settings.profiler_queue]
+            settings.profiler_queue
+        ]
 
     seen: dict[str, dict[str, set[str]]] = {"alice": {}, "bob": {}}
     final = {"alice": watch(alice, submitted["alice"]["id"], poll, 200, seen["alice"])}
@@ -180,8 +192,11 @@ def test_cancel_stops_a_running_stage_and_keeps_its_checkpoint(platform, setting
 
     poll(checkpointed, 120, "a teacher checkpoint", interval_s=0.25)
     alice("POST", f"/experiments/{exp_id}/cancel")
-    exp = poll(lambda: (e := alice("GET", f"/experiments/{exp_id}"))["status"] in FINISHED and e,
-               60, "the cancel")
+    exp = poll(
+        lambda: (e := alice("GET", f"/experiments/{exp_id}"))["status"] in FINISHED and e,
+        60,
+        "the cancel",
+    )
     teacher, student = exp["stages"]
     assert exp["status"] == "cancelled"
     assert teacher["status"] == "cancelled" and teacher["epoch"] < 200

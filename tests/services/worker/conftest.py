@@ -95,7 +95,11 @@ def start_process(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         log_path = tmp_path / f"{name}-{len(procs)}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed by Proc.stop
         popen = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            argv,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         proc = Proc(name, popen, log_path, log)
@@ -123,8 +127,22 @@ def start_worker(
         queue = settings.gpu_queue if kind == "gpu" else settings.profiler_queue
         node = f"{kind}-{uuid.uuid4().hex[:6]}@%h"
         argv = [
-            sys.executable, "-m", "celery", "-A", module, "worker", "-Q", queue, "-c", "1",
-            "-n", node, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            module,
+            "worker",
+            "-Q",
+            queue,
+            "-c",
+            "1",
+            "-n",
+            node,
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
         ]
         proc = start_process(f"worker-{kind}", argv, env_for(settings, **overrides))
         if wait:
@@ -136,15 +154,18 @@ def start_worker(
 
 
 @pytest.fixture
-def start_reconciler(
-    settings: Settings, start_process: Callable[..., Proc]
-) -> Callable[..., Proc]:
+def start_reconciler(settings: Settings, start_process: Callable[..., Proc]) -> Callable[..., Proc]:
     """`start_reconciler(interval_s, stale_after_s, **setting_overrides) -> Proc`."""
 
     def start(interval_s: float = 1.0, stale_after_s: float = 5.0, **overrides: object) -> Proc:
         argv = [
-            sys.executable, "-m", "services.worker.reconcile",
-            "--interval", str(interval_s), "--stale-after", str(stale_after_s),
+            sys.executable,
+            "-m",
+            "services.worker.reconcile",
+            "--interval",
+            str(interval_s),
+            "--stale-after",
+            str(stale_after_s),
         ]
         return start_process("reconciler", argv, env_for(settings, **overrides))
 

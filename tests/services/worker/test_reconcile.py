@@ -17,8 +17,10 @@ from services.worker.runtime import heartbeat
 
 SPEC = {
     "name": "reconcile",
-    "data": {"train": [{"format": "cityscapes", "root": "/nonexistent"}],
-             "val": [{"format": "cityscapes", "root": "/nonexistent"}]},
+    "data": {
+        "train": [{"format": "cityscapes", "root": "/nonexistent"}],
+        "val": [{"format": "cityscapes", "root": "/nonexistent"}],
+    },
     "stages": ["teacher", "student", "profile"],
 }
 
@@ -31,9 +33,12 @@ def app(settings):
 def _experiment(session_factory, settings, age_s: float = 0) -> list[int]:
     """A submitted experiment whose first stage was never sent, submitted `age_s` ago."""
     with session_factory.begin() as s:
-        exp = create_experiment(s, ExperimentSpec.model_validate(SPEC),
-                                gpu_queue=settings.gpu_queue,
-                                profiler_queue=settings.profiler_queue)
+        exp = create_experiment(
+            s,
+            ExperimentSpec.model_validate(SPEC),
+            gpu_queue=settings.gpu_queue,
+            profiler_queue=settings.profiler_queue,
+        )
         exp.created_at = datetime.now(UTC) - timedelta(seconds=age_s)
         s.flush()
         return [st.id for st in exp.stages]
@@ -109,8 +114,10 @@ def test_a_stage_whose_worker_died_is_requeued_and_a_live_one_is_not(
     live, *_ = _experiment(session_factory, settings, age_s=600)
     now = datetime.now(UTC)
     with session_factory.begin() as s:
-        for stage_id, lease in ((dead, now - timedelta(seconds=1)),
-                                (live, now + timedelta(seconds=60))):
+        for stage_id, lease in (
+            (dead, now - timedelta(seconds=1)),
+            (live, now + timedelta(seconds=60)),
+        ):
             st = s.get(Stage, stage_id)
             st.status, st.worker_id, st.attempts = StageStatus.running, f"host:{stage_id}", 1
             st.lease_expires_at, st.enqueued_at = lease, now - timedelta(hours=1)

@@ -18,27 +18,41 @@ from services.gateway.dispatch import CeleryDispatcher, enqueue_stage
 pytestmark = pytest.mark.slow
 
 
-def tiny_spec(name: str, data_root: Path, *, epochs: int, steps: int, stages: list[str],
-              num_train: int = 8, num_val: int = 4) -> ExperimentSpec:
+def tiny_spec(
+    name: str,
+    data_root: Path,
+    *,
+    epochs: int,
+    steps: int,
+    stages: list[str],
+    num_train: int = 8,
+    num_val: int = 4,
+) -> ExperimentSpec:
     ref = {"format": "cityscapes", "root": str(data_root)}
     train = {"epochs": epochs, "batch_size": 2, "max_steps_per_epoch": steps}
-    return ExperimentSpec.model_validate({
-        "name": name,
-        "data": {"train": [ref], "val": [ref], "image_size": [32, 64],
-                 "synthetic": {"num_train": num_train, "num_val": num_val,
-                               "image_size": [32, 64]}},
-        "teacher": {"model": {"depth": 2, "width": 4}, "train": train},
-        "student": {"model": {"depth": 2, "width": 2}, "train": train},
-        "tracking": {"mode": "disabled"},
-        "stages": stages,
-    })
+    return ExperimentSpec.model_validate(
+        {
+            "name": name,
+            "data": {
+                "train": [ref],
+                "val": [ref],
+                "image_size": [32, 64],
+                "synthetic": {"num_train": num_train, "num_val": num_val, "image_size": [32, 64]},
+            },
+            "teacher": {"model": {"depth": 2, "width": 4}, "train": train},
+            "student": {"model": {"depth": 2, "width": 2}, "train": train},
+            "tracking": {"mode": "disabled"},
+            "stages": stages,
+        }
+    )
 
 
 def submit(session_factory, settings, spec: ExperimentSpec) -> tuple[str, list[int]]:
     """What the gateway does: store the experiment and its stages, send the first stage."""
     with session_factory() as s:
-        exp = create_experiment(s, spec, gpu_queue=settings.gpu_queue,
-                                profiler_queue=settings.profiler_queue)
+        exp = create_experiment(
+            s, spec, gpu_queue=settings.gpu_queue, profiler_queue=settings.profiler_queue
+        )
         s.commit()
         assert enqueue_stage(s, CeleryDispatcher(make_celery(settings)), exp.stages[0])
         return exp.id, [st.id for st in exp.stages]
@@ -59,11 +73,18 @@ def drop_unacked(redis_client, queue: str) -> None:
 
 
 def test_a_message_deleted_from_redis_is_sent_again_and_the_experiment_completes(
-    settings, session_factory, celery_messages, redis_client, start_worker, start_reconciler,
-    tmp_path, poll,
+    settings,
+    session_factory,
+    celery_messages,
+    redis_client,
+    start_worker,
+    start_reconciler,
+    tmp_path,
+    poll,
 ):
-    spec = tiny_spec("lost-message", tmp_path / "data", epochs=1, steps=1,
-                     stages=["teacher", "student"])
+    spec = tiny_spec(
+        "lost-message", tmp_path / "data", epochs=1, steps=1, stages=["teacher", "student"]
+    )
     exp_id, (teacher, student) = submit(session_factory, settings, spec)
     assert celery_messages(settings.gpu_queue) == [(RUN_STAGE_TASK, [teacher])]
     redis_client.delete(settings.gpu_queue)  # the message is lost
@@ -77,10 +98,23 @@ def test_a_message_deleted_from_redis_is_sent_again_and_the_experiment_completes
 
 
 def test_a_killed_worker_s_stage_resumes_from_its_checkpoint_on_a_new_worker(
-    settings, session_factory, redis_client, start_worker, start_reconciler, tmp_path, poll,
+    settings,
+    session_factory,
+    redis_client,
+    start_worker,
+    start_reconciler,
+    tmp_path,
+    poll,
 ):
-    spec = tiny_spec("killed-worker", tmp_path / "data", epochs=3, steps=6,
-                     stages=["teacher"], num_train=12, num_val=8)
+    spec = tiny_spec(
+        "killed-worker",
+        tmp_path / "data",
+        epochs=3,
+        steps=6,
+        stages=["teacher"],
+        num_train=12,
+        num_val=8,
+    )
     exp_id, (stage_id,) = submit(session_factory, settings, spec)
     first = start_worker(lease_seconds=6, work_dir=tmp_path / "work-1")
     reconciler = start_reconciler(interval_s=0.5, stale_after_s=60)
@@ -109,8 +143,9 @@ def test_a_killed_worker_s_stage_resumes_from_its_checkpoint_on_a_new_worker(
         assert st.status == StageStatus.succeeded
         assert st.attempts == 2
         assert st.worker_id != killed_worker
-        epochs = s.scalars(select(Metric.epoch).where(Metric.stage_id == stage_id)
-                           .order_by(Metric.id)).all()
+        epochs = s.scalars(
+            select(Metric.epoch).where(Metric.stage_id == stage_id).order_by(Metric.id)
+        ).all()
     # Every epoch validated exactly once: the second attempt did not start again at epoch 1.
     assert epochs == [1, 2, 3], epochs
     assert (tmp_path / "work-2" / exp_id / "teacher" / "ckpt").is_dir()

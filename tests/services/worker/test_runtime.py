@@ -16,10 +16,19 @@ def test_platform_datasets_come_from_the_bucket_through_the_cache(settings, sess
     storage = make_storage(settings, settings.datasets_bucket)
     storage.put_bytes("datasets/abc/leftImg8bit/train/x.png", b"png")
     with session_factory.begin() as s:
-        s.add(Dataset(id="abc", name="d", format="cityscapes", prefix="datasets/abc",
-                      status="ready"))
-        s.add(Dataset(id="bad", name="b", format="cityscapes", prefix="datasets/bad",
-                      status="invalid", error="no gtFine"))
+        s.add(
+            Dataset(id="abc", name="d", format="cityscapes", prefix="datasets/abc", status="ready")
+        )
+        s.add(
+            Dataset(
+                id="bad",
+                name="b",
+                format="cityscapes",
+                prefix="datasets/bad",
+                status="invalid",
+                error="no gtFine",
+            )
+        )
     resolve = dataset_resolver(settings, session_factory)
     root = resolve(DatasetRef(format="cityscapes", dataset_id="abc"))
     assert root.is_relative_to(settings.cache_dir)
@@ -55,8 +64,16 @@ def test_a_duplicate_message_for_a_finished_stage_runs_and_sends_nothing(
 ):
     with session_factory.begin() as s:
         exp = Experiment(name="dup", spec={"name": "dup"}, status=StageStatus.running)
-        exp.stages.append(Stage(name="teacher", position=0, queue=settings.gpu_queue,
-                                status=StageStatus.succeeded, worker_id="other:1", attempts=1))
+        exp.stages.append(
+            Stage(
+                name="teacher",
+                position=0,
+                queue=settings.gpu_queue,
+                status=StageStatus.succeeded,
+                worker_id="other:1",
+                attempts=1,
+            )
+        )
         exp.stages.append(Stage(name="student", position=1, queue=settings.gpu_queue))
         s.add(exp)
         s.flush()
