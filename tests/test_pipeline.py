@@ -58,7 +58,7 @@ def test_run_end_to_end_then_resume(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", str(spec), "--run-dir", str(run_dir)])
     assert result.exit_code == 0, result.output
-    assert "student (distilled)" in result.output
+    assert "student (distilled)" in result.output and "Gap closed" in result.output
 
     results = json.loads((run_dir / "results.json").read_text())
     rows = {r["stage"]: r for r in results["rows"]}

@@ -89,8 +89,10 @@ def _latency_at(prof: dict[str, Any]) -> str | None:
         return None
     size = prof.get("input_size") or row.get("input_size")
     size_s = f"{size[0]}x{size[1]}" if size else "?"
-    precision = row.get("precision", "fp32")
-    return f"{size_s}, batch {row.get('batch_size')}, {row.get('variant')}, {precision}"
+    variant, precision = str(row.get("variant")), str(row.get("precision", "fp32"))
+    if precision not in variant:
+        variant = f"{variant}, {precision}"
+    return f"{size_s}, batch {row.get('batch_size')}, {variant}"
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -111,16 +113,21 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"| {_fmt(r['params'] and r['params'] / 1e6, '.3f')} | {_fmt(r['gflops'], '.3f')} "
             f"| {_fmt(r['latency_ms'], '.2f')} |"
         )
+    lines += ["", results_caption(results)]
+    return "\n".join(lines) + "\n"
+
+
+def results_caption(results: dict[str, Any]) -> str:
+    """What the table's numbers mean: gap closed, where latency was measured, chosen width."""
     gap = results.get("gap_closed")
-    lines.append("")
-    lines.append(
+    text = (
         "mIoU in %, on the validation split. Gap closed by distillation: "
         + ("—" if gap is None else f"{100 * gap:.0f}%")
         + " of the teacher–baseline mIoU gap."
     )
     at = next((r["latency_at"] for r in results["rows"] if r.get("latency_at")), None)
     if at:
-        lines.append(f"Latency: median per batch at {at}.")
+        text += f"\nLatency: median per batch at {at}."
     if results.get("student_width"):
-        lines.append(f"Student width chosen for the latency budget: {results['student_width']}.")
-    return "\n".join(lines) + "\n"
+        text += f"\nStudent width chosen for the latency budget: {results['student_width']}."
+    return text
