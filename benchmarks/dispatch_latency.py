@@ -32,9 +32,10 @@ from pathlib import Path
 
 import httpx
 import redis
+from sqlalchemy import text
+
 from distillery.db import Experiment, Stage, make_engine, make_session_factory, migrate
 from distillery.settings import Settings
-from sqlalchemy import text
 
 REPO = Path(__file__).resolve().parents[1]
 

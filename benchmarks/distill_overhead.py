@@ -21,13 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from pydantic import TypeAdapter
+
 from distillery.losses import build_objective
 from distillery.models import build_model
 from distillery.spec import LossTerm, TrainSpec, load_spec
 from distillery.training.alternation import STUDENT, Phase
 from distillery.training.cpu_memory import retain_freed_memory
 from distillery.training.trainer import Learner, make_accelerator, make_optimizer, step_losses
-from pydantic import TypeAdapter
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -32,7 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from distillery.db import make_engine, make_session_factory, migrate  # noqa: E402
-
 from services.gateway.auth import create_user  # noqa: E402
 
 SPEC = {

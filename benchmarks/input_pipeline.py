@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from distillery.data import build_datasets
 from distillery.losses import build_objective
 from distillery.models import build_model

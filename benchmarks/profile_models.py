@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 import yaml
+from rich.console import Console
+from rich.table import Table
+
 from distillery.models import build_model
 from distillery.profiler import (
     ProfileReport,
@@ -30,8 +33,6 @@ from distillery.profiler import (
     resolve_device,
 )
 from distillery.spec import ModelSpec, ProfilingSpec
-from rich.console import Console
-from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(512, 1024), (1024, 2048)]

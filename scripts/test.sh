@@ -30,5 +30,5 @@ fi
 # The S3 server (seaweedfs `weed`, from PyPI) is started by the test fixtures themselves.
 
 export WANDB_MODE=offline WANDB_SILENT=true
-ruff check .
+ruff check . && ruff format --check .
 exec python -m pytest "$@"

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from celery import Celery
+
 from distillery.settings import Settings
 
 #: The task a worker registers to run one stage: `run_stage(stage_id: int)`.

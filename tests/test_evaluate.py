@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from PIL import Image
+from typer.testing import CliRunner
+
 from distillery.cli.evaluate import register
 from distillery.data.labels import TRAIN_ID_TO_LABEL_ID
 from distillery.evaluate import EvaluationError, evaluate_predictions, match_predictions
-from PIL import Image
-from typer.testing import CliRunner
 
 H, W = 8, 16
 CS_STEMS = ("aachen_000000_000019", "frankfurt_000001_000042")

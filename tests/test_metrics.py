@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+
 from distillery.data.labels import CLASS_NAMES
 from distillery.metrics import ConfusionMatrix
 

@@ -4,10 +4,11 @@ import json
 from pathlib import Path
 
 import yaml
-from distillery.cli.main import app
-from distillery.db import Experiment, Metric, StageStatus, make_engine, make_session_factory
 from sqlalchemy import select
 from typer.testing import CliRunner
+
+from distillery.cli.main import app
+from distillery.db import Experiment, Metric, StageStatus, make_engine, make_session_factory
 
 TINY = {
     "name": "tiny",

@@ -3,8 +3,9 @@
 from pathlib import Path
 
 import pytest
-from distillery.spec import ExperimentSpec, SpecError, format_validation_error, load_spec
 from pydantic import ValidationError
+
+from distillery.spec import ExperimentSpec, SpecError, format_validation_error, load_spec
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 DATA = {

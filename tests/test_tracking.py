@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from distillery.spec import TrackingSpec
 from distillery.tracking import Tracker, has_wandb_credentials, read_offline_run
-from PIL import Image
 
 OFFLINE = TrackingSpec(mode="offline")
 

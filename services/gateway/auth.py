@@ -10,10 +10,11 @@ import hashlib
 import secrets
 from datetime import timedelta
 
-from distillery.db import ApiToken, User
-from distillery.db.models import utcnow
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
+
+from distillery.db import ApiToken, User
+from distillery.db.models import utcnow
 
 #: `last_used_at` is refreshed at most this often (not a database write per request).
 LAST_USED_RESOLUTION = timedelta(minutes=1)

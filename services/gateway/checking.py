@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from distillery.db import Dataset
 from distillery.s3 import DatasetCache
 from distillery.storage import Storage
-from sqlalchemy.orm import Session
 
 #: Splits every registered dataset must have; statistics come from the first.
 DEFAULT_SPLITS = ("train", "val")

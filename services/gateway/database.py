@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
+from sqlalchemy import Engine, text
+
 from distillery.db import make_engine, migrate
 from distillery.settings import Settings
-from sqlalchemy import Engine, text
 
 #: Postgres advisory-lock key held while migrating (several gateway processes may start at once).
 MIGRATION_LOCK = 0x0D157111

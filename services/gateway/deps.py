@@ -10,15 +10,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from distillery.db import User
-from distillery.s3 import DatasetCache
-from distillery.settings import Settings
-from distillery.storage import Storage
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from distillery.db import User
+from distillery.s3 import DatasetCache
+from distillery.settings import Settings
+from distillery.storage import Storage
 from services.gateway.auth import authenticate
 from services.gateway.dispatch import Dispatcher
 

@@ -10,10 +10,10 @@ import logging
 from typing import Protocol
 
 from celery import Celery
-from distillery.db import Stage
-from distillery.db.models import utcnow
 from sqlalchemy.orm import Session
 
+from distillery.db import Stage
+from distillery.db.models import utcnow
 from services.celery_app import RUN_STAGE_TASK
 
 log = logging.getLogger(__name__)

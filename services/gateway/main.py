@@ -10,15 +10,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from distillery.db import make_session_factory
-from distillery.s3 import DatasetCache, make_storage
-from distillery.settings import Settings, get_settings
-from distillery.storage import Storage
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from distillery.db import make_session_factory
+from distillery.s3 import DatasetCache, make_storage
+from distillery.settings import Settings, get_settings
+from distillery.storage import Storage
 from services.celery_app import make_celery
 from services.gateway.database import engine_for, migrate_locked
 from services.gateway.deps import GatewayState

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
 from distillery.db import Dataset, Experiment, Stage, StageStatus, User
 from distillery.db import planning as db_planning
 from distillery.db.models import utcnow
 from distillery.settings import Settings
 from distillery.spec import ExperimentSpec
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-
 from services.gateway.dispatch import Dispatcher, enqueue_stage
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from distillery.db import StageStatus
 from pydantic import BaseModel, ConfigDict
+
+from distillery.db import StageStatus
 
 
 class _Out(BaseModel):

@@ -9,8 +9,8 @@ of the prefork pool never touches CUDA; the child imports the engine after the f
 from __future__ import annotations
 
 from celery import Celery
-from distillery.settings import Settings, get_settings
 
+from distillery.settings import Settings, get_settings
 from services.celery_app import make_celery
 
 

@@ -24,11 +24,11 @@ import time
 from datetime import UTC, datetime
 
 from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
 from distillery.db import Stage, make_engine, make_session_factory
 from distillery.runner import stages_to_enqueue
 from distillery.settings import Settings, get_settings
-from sqlalchemy.orm import Session, sessionmaker
-
 from services.celery_app import RUN_STAGE_TASK, make_celery
 from services.gateway.dispatch import CeleryDispatcher, enqueue_stage
 

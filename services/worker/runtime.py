@@ -14,15 +14,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from celery import Celery
+from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
 from distillery.db import Dataset, Stage, StageStatus, make_engine, make_session_factory
 from distillery.runner import StageRunner
 from distillery.s3 import DatasetCache, make_storage
 from distillery.settings import Settings
 from distillery.spec import DatasetRef
-from sqlalchemy import update
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
-
 from services.gateway.dispatch import CeleryDispatcher, enqueue_stage
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import socket
 
 from celery import Task, shared_task
 from celery.signals import worker_process_init
-from distillery.settings import get_settings
 
+from distillery.settings import get_settings
 from services.celery_app import RUN_STAGE_TASK
 
 log = logging.getLogger(__name__)

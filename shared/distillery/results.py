@@ -71,11 +71,11 @@ def _gflops(prof: dict[str, Any]) -> float | None:
 
 
 def _best_row(prof: dict[str, Any]) -> dict[str, Any] | None:
-    rows = prof.get("rows") or []
+    rows = [r for r in prof.get("rows") or [] if r.get("latency_ms")]
     ones = [r for r in rows if r.get("batch_size") == 1] or rows
     if not ones:
         return None
-    return min(ones, key=lambda r: r.get("latency_ms", {}).get("p50", float("inf")))
+    return min(ones, key=lambda r: r["latency_ms"]["p50"])
 
 
 def _latency_ms(prof: dict[str, Any]) -> float | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from distillery.db.models import Artifact, Experiment, Metric, Stage, StageStatus
@@ -59,8 +60,11 @@ class StageRunner:
         *,
         resolve_root: Callable[[DatasetRef], Path] | None = None,
         lease_seconds: int = 600,
-        on_progress: Callable[[Stage, Any], None] | None = None,
+        on_progress: Callable[[int, Any], None] | None = None,
+        tracking_mode: str | None = None,
     ) -> None:
+        """`tracking_mode` caps what a spec may ask of wandb (`online` > `offline` > `disabled`):
+        a platform without internet sets `offline`, and online specs then log offline."""
         self.sessions = session_factory
         self.artifacts = artifacts
         self.work_dir = Path(work_dir)
@@ -68,18 +72,34 @@ class StageRunner:
         self.resolve_root = resolve_root
         self.lease = timedelta(seconds=lease_seconds)
         self.on_progress = on_progress
+        self.tracking_mode = tracking_mode
 
     # ------------------------------------------------------------------------------- lifecycle
 
     def run(self, stage_id: int) -> int | None:
-        """Run one stage to its end; returns the id of the next stage to enqueue, if any."""
-        claimed = self._claim(stage_id)
+        """Run one stage to its end; returns the id of the next stage to enqueue, if this call
+        ran the stage and it succeeded. A database outage propagates (the message is redelivered
+        or the reconciler sends it again); every other failure is recorded on the stage."""
+        try:
+            claimed = self._claim(stage_id)
+        except DBAPIError:
+            raise
+        except Exception as exc:  # e.g. a stored spec that no longer validates
+            log.exception("stage %s could not be started", stage_id)
+            self._finish(stage_id, StageStatus.failed, error=_describe(exc), only_if_mine=True)
+            return None
         if claimed is None:
-            return self._next_stage_id(stage_id)
+            return None
         stage_name, experiment_id, spec = claimed
         workdir = self.work_dir / experiment_id
         try:
             result = self._execute(stage_id, stage_name, spec, workdir)
+            self._succeed(stage_id, result)
+        except StageLost as exc:
+            log.warning("stage %s: %s; stopping without writing", stage_id, exc)
+            return None
+        except DBAPIError:
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the stage
             from distillery.training import StageCancelled
 
@@ -89,8 +109,18 @@ class StageRunner:
             log.exception("stage %s (%s) failed", stage_id, stage_name)
             self._finish(stage_id, StageStatus.failed, error=_describe(exc))
             return None
-        self._succeed(stage_id, result)
         return self._next_stage_id(stage_id)
+
+    def _owned(self, stage: Stage | None) -> Stage:
+        """The stage, if this runner still holds it; else `StageLost` (the reconciler gave it
+        to another worker after this one's lease expired)."""
+        if (
+            stage is None
+            or stage.status != StageStatus.running
+            or (stage.worker_id != self.worker_id)
+        ):
+            raise StageLost(f"this worker ({self.worker_id}) no longer holds the stage")
+        return stage
 
     def _claim(self, stage_id: int) -> tuple[str, str, ExperimentSpec] | None:
         with self.sessions.begin() as s:
@@ -126,7 +156,7 @@ class StageRunner:
             stage.attempts += 1
             stage.error = None
             exp.status = StageStatus.running
-            spec = ExperimentSpec.model_validate(exp.spec)
+            spec = _cap_tracking(ExperimentSpec.model_validate(exp.spec), self.tracking_mode)
             width = _resolved_width(exp)
             if width is not None:
                 spec = spec.with_student_width(width)
@@ -143,7 +173,7 @@ class StageRunner:
 
     def _succeed(self, stage_id: int, result: dict[str, Any]) -> None:
         with self.sessions.begin() as s:
-            stage = s.get(Stage, stage_id)
+            stage = self._owned(s.get(Stage, stage_id, with_for_update=True))
             stage.status = StageStatus.succeeded
             stage.finished_at = now()
             stage.result = result.get("result")
@@ -166,9 +196,20 @@ class StageRunner:
                 _add_artifact(s, None, "report", key, len(report), exp=exp)
                 _add_artifact(s, None, "results", f"artifacts/{exp.id}/results.json", None, exp=exp)
 
-    def _finish(self, stage_id: int, status: StageStatus, error: str) -> None:
+    def _finish(
+        self, stage_id: int, status: StageStatus, error: str, only_if_mine: bool = False
+    ) -> None:
+        """End the stage as failed or cancelled; later stages will not run. With `only_if_mine`,
+        a stage another worker holds is left alone."""
         with self.sessions.begin() as s:
-            stage = s.get(Stage, stage_id)
+            stage = s.get(Stage, stage_id, with_for_update=True)
+            if stage is None or stage.status.finished:
+                return
+            held_elsewhere = stage.status == StageStatus.running and (
+                stage.worker_id != self.worker_id
+            )
+            if only_if_mine and held_elsewhere:
+                return
             stage.status = status
             stage.finished_at = now()
             stage.error = error
@@ -213,7 +254,7 @@ class StageRunner:
             key = f"{prefix}/ckpt/{directory.name}"
             put_dir(self.artifacts, key, directory)
             with self.sessions.begin() as s:
-                st = s.get(Stage, stage_id)
+                st = self._owned(s.get(Stage, stage_id))
                 old = st.checkpoint_key
                 st.checkpoint_key = key
             if old and old != key:  # keep only the newest checkpoint in storage
@@ -318,7 +359,7 @@ class StageRunner:
                 return
             last = t
             with self.sessions.begin() as s:
-                st = s.get(Stage, stage_id)
+                st = self._owned(s.get(Stage, stage_id))
                 st.epoch, st.epochs, st.step, st.steps = p.epoch, p.epochs, p.step, p.steps
                 st.heartbeat_at = now()
                 st.lease_expires_at = st.heartbeat_at + self.lease
@@ -350,6 +391,20 @@ class StageRunner:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+class StageLost(RuntimeError):
+    """This worker's lease expired and the stage was handed to another worker."""
+
+
+_TRACKING_ORDER = ("disabled", "offline", "online")
+
+
+def _cap_tracking(spec: ExperimentSpec, cap: str | None) -> ExperimentSpec:
+    if cap is None or _TRACKING_ORDER.index(spec.tracking.mode) <= _TRACKING_ORDER.index(cap):
+        return spec
+    tracking = spec.tracking.model_copy(update={"mode": cap})
+    return spec.model_copy(update={"tracking": tracking})
 
 
 def _resolved_width(exp: Experiment) -> int | None:

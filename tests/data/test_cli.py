@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typer.testing import CliRunner
+
 from distillery.cli.main import app
 from distillery.data import DatasetStats
-from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -16,8 +17,18 @@ def test_stats_json_and_plot(synthetic_data: dict[str, Path], tmp_path: Path) ->
     plot = tmp_path / "plots" / "stats.png"
     res = runner.invoke(
         app,
-        ["dataset", "stats", str(synthetic_data["bdd100k"]), "--format", "bdd100k",
-         "--split", "val", "--json", "--plot", str(plot)],
+        [
+            "dataset",
+            "stats",
+            str(synthetic_data["bdd100k"]),
+            "--format",
+            "bdd100k",
+            "--split",
+            "val",
+            "--json",
+            "--plot",
+            str(plot),
+        ],
     )
     assert res.exit_code == 0, res.output
     stats = DatasetStats.model_validate(json.loads(res.stdout))
@@ -36,8 +47,21 @@ def test_stats_table(synthetic_data: dict[str, Path]) -> None:
 def test_generate_then_validate(tmp_path: Path) -> None:
     res = runner.invoke(
         app,
-        ["dataset", "generate", str(tmp_path), "--format", "cityscapes", "--num-train", "3",
-         "--num-val", "2", "--size", "32x64", "--seed", "4"],
+        [
+            "dataset",
+            "generate",
+            str(tmp_path),
+            "--format",
+            "cityscapes",
+            "--num-train",
+            "3",
+            "--num-val",
+            "2",
+            "--size",
+            "32x64",
+            "--seed",
+            "4",
+        ],
     )
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["dataset", "validate", str(tmp_path), "-f", "cityscapes"])
@@ -49,6 +73,7 @@ def test_errors_exit_nonzero_and_name_the_problem(tmp_path: Path) -> None:
     res = runner.invoke(app, ["dataset", "stats", str(tmp_path), "-f", "bdd100k"])
     assert res.exit_code == 1
     assert "split folder not found" in res.output and str(tmp_path) in res.output
-    res = runner.invoke(app, ["dataset", "generate", str(tmp_path), "-f", "bdd100k",
-                              "--size", "64by128"])
+    res = runner.invoke(
+        app, ["dataset", "generate", str(tmp_path), "-f", "bdd100k", "--size", "64by128"]
+    )
     assert res.exit_code != 0 and "HEIGHTxWIDTH" in res.output

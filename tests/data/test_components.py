@@ -6,6 +6,7 @@ from collections import Counter, deque
 
 import numpy as np
 import pytest
+
 from distillery.data.components import component_labels, connected_components
 
 
@@ -43,11 +44,7 @@ def test_matches_bfs_on_random_masks(seed: int) -> None:
 
 def test_spirals_and_u_shapes_merge() -> None:
     """A U shape whose arms only meet at the bottom is one component; diagonals do not join."""
-    mask = np.array(
-        [[1, 0, 1, 0],
-         [1, 0, 1, 0],
-         [1, 1, 1, 0],
-         [0, 0, 0, 1]], dtype=np.uint8)
+    mask = np.array([[1, 0, 1, 0], [1, 0, 1, 0], [1, 1, 1, 0], [0, 0, 0, 1]], dtype=np.uint8)
     classes, sizes = connected_components(mask)
     got = sorted(zip(classes.tolist(), sizes.tolist(), strict=True))
     assert got == [(0, 2), (0, 3), (0, 3), (1, 1), (1, 7)]

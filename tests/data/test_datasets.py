@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from cityscapesscripts.helpers.labels import labels as CS_LABELS
+from PIL import Image
+
 from distillery.data import (
     DATASETS,
     BDD100KDataset,
@@ -21,7 +23,6 @@ from distillery.data import (
 from distillery.data.datasets import read_mask_raw
 from distillery.data.labels import LABEL_ID_TO_TRAIN_ID
 from distillery.spec import DataSpec
-from PIL import Image
 
 from .helpers import random_image, write_bdd, write_cityscapes
 
@@ -154,7 +155,8 @@ def test_missing_mask_names_the_image(tmp_path: Path) -> None:
 
 def test_mask_without_image_names_the_mask(tmp_path: Path) -> None:
     paths = write_bdd(
-        tmp_path, "train",
+        tmp_path,
+        "train",
         {s: (random_image(4, 6), np.zeros((4, 6), np.uint8)) for s in ("a-1", "b-2")},
     )
     paths["a-1"][0].unlink()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from distillery.data import CityscapesDataset, DatasetStats, class_weights, compute_stats
 from distillery.data.stats import stats_from_masks
 from distillery.data.validate import validate_dataset

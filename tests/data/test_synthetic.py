@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from distillery.data import CityscapesDataset, DatasetError, ensure_synthetic, generate_synthetic
 from distillery.data.labels import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID
 from distillery.data.scene import CITYSCAPES_STYLE, render_scene
 from distillery.data.synthetic import marker_path
 from distillery.spec import DataSpec
-from PIL import Image
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -112,8 +113,9 @@ def test_rider_is_a_person_on_a_two_wheeler() -> None:
 def _spec(root: Path, fmt: str = "cityscapes", **syn) -> DataSpec:
     ref = {"format": fmt, "root": str(root)}
     return DataSpec(
-        train=[ref], val=[ref], synthetic={"num_train": 3, "num_val": 2, "image_size": (32, 64),
-                                           **syn}
+        train=[ref],
+        val=[ref],
+        synthetic={"num_train": 3, "num_val": 2, "image_size": (32, 64), **syn},
     )
 
 
@@ -141,10 +143,14 @@ def test_ensure_synthetic_generates_once_and_redoes_interrupted(tmp_path: Path) 
 
 def test_ensure_synthetic_covers_every_root_and_format(tmp_path: Path) -> None:
     spec = DataSpec(
-        train=[{"format": "cityscapes", "root": str(tmp_path / "cs")},
-               {"format": "bdd100k", "root": str(tmp_path / "bdd")}],
-        val=[{"format": "bdd100k", "root": str(tmp_path / "bdd")},
-             {"format": "bdd100k", "dataset_id": "remote"}],
+        train=[
+            {"format": "cityscapes", "root": str(tmp_path / "cs")},
+            {"format": "bdd100k", "root": str(tmp_path / "bdd")},
+        ],
+        val=[
+            {"format": "bdd100k", "root": str(tmp_path / "bdd")},
+            {"format": "bdd100k", "dataset_id": "remote"},
+        ],
         synthetic={"num_train": 2, "num_val": 1, "image_size": (32, 64)},
     )
     ensure_synthetic(spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from distillery.data import TrainTransform, ValTransform, denormalize, normalize
 from distillery.spec import AugmentSpec
 

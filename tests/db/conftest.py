@@ -2,8 +2,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from distillery.db import make_engine
 from sqlalchemy import text
+
+from distillery.db import make_engine
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from distillery.db import Base, make_engine, migrate
 from sqlalchemy import text
+
+from distillery.db import Base, make_engine, migrate
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from distillery.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

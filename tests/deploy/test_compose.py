@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from celery import Celery
+
 from distillery.settings import Settings
 
 from .manifests import (

@@ -7,6 +7,7 @@ import importlib
 
 import kubernetes_validate
 import pytest
+
 from distillery.settings import Settings
 
 from .manifests import (

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from distillery.data.synthetic import generate_synthetic
 from distillery.s3 import make_storage
 

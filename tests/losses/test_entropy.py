@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from distillery.losses import confidence_penalty, mean_entropy
 
 from .hand import pixels, softmax

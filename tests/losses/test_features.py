@@ -6,10 +6,23 @@ import math
 
 import pytest
 import torch
+
 from distillery.losses import FeatureAdapter, attention_map, attention_transfer, feature_mse
 
 STUDENT = [[[[1.0, -0.5], [2.0, 0.3]], [[0.2, 0.7], [-1.0, 1.5]]]]  # (1, 2, 2, 2)
-TEACHER = [[[[0.4, 1.2], [-0.3, 2.5]], [[1.1, -0.9], [0.6, 0.0]], [[0.5, 0.5, ], [1.0, -2.0]]]]
+TEACHER = [
+    [
+        [[0.4, 1.2], [-0.3, 2.5]],
+        [[1.1, -0.9], [0.6, 0.0]],
+        [
+            [
+                0.5,
+                0.5,
+            ],
+            [1.0, -2.0],
+        ],
+    ]
+]
 
 
 def _attention(f: list) -> list[float]:

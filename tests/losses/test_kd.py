@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from distillery.losses import channel_wise_kd, logit_kd
 
 from .hand import kl, pixel, pixels, softmax
@@ -154,5 +155,6 @@ def test_cwd_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         channel_wise_kd(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 4, 4), 1.0)
     with pytest.raises(ValueError, match="mask must be a bool"):
-        channel_wise_kd(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2), 1.0,
-                        mask=torch.ones(1, 2, 2))
+        channel_wise_kd(
+            torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2), 1.0, mask=torch.ones(1, 2, 2)
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from distillery.losses import (
     LOSSES,
     ModelOutput,
@@ -151,19 +152,24 @@ def test_distillation_terms_without_a_teacher_are_named_in_the_error() -> None:
 def test_unknown_taps_list_the_models_taps() -> None:
     student, teacher = _models()
     with pytest.raises(KeyError, match=r"student_tap 'decoder\.7'.*encoder\.0, encoder\.1"):
-        Objective([FeatureMSETerm(student_tap="decoder.7", teacher_tap="decoder.1")],
-                  student, teacher)
+        Objective(
+            [FeatureMSETerm(student_tap="decoder.7", teacher_tap="decoder.1")], student, teacher
+        )
     with pytest.raises(KeyError, match=r"'encoder\.9' is not a tap of the teacher.*bottleneck"):
-        Objective([AttentionTransferTerm(student_tap="encoder.0", teacher_tap="encoder.9")],
-                  student, teacher)
+        Objective(
+            [AttentionTransferTerm(student_tap="encoder.0", teacher_tap="encoder.9")],
+            student,
+            teacher,
+        )
     with pytest.raises(KeyError, match=r"tap 'neck'"):
         Objective([ChannelWiseKDTerm(tap="neck")], student, teacher)
 
 
 def test_a_missing_feature_in_the_output_is_a_clear_error() -> None:
     student, teacher = _models()
-    objective = Objective([FeatureMSETerm(student_tap="decoder.0", teacher_tap="decoder.0")],
-                          student, teacher)
+    objective = Objective(
+        [FeatureMSETerm(student_tap="decoder.0", teacher_tap="decoder.0")], student, teacher
+    )
     images, target = _batch()
     s = ModelOutput(student(images))
     t = run_with_taps(teacher, images, objective.teacher_taps)
@@ -179,11 +185,18 @@ def test_class_weights() -> None:
     with pytest.raises(ValueError, match=r"shape \(5,\)"):
         Objective([CrossEntropyTerm(class_weights="enet")], student, class_weights=torch.ones(3))
     with pytest.raises(ValueError, match="weights given are for enet"):
-        Objective([CrossEntropyTerm(class_weights="median_frequency")], student,
-                  class_weights={"enet": weights})
+        Objective(
+            [CrossEntropyTerm(class_weights="median_frequency")],
+            student,
+            class_weights={"enet": weights},
+        )
     objective = Objective(
-        [CrossEntropyTerm(class_weights="median_frequency"), CrossEntropyTerm(),
-         FocalTerm(class_weights="enet", gamma=1.0), OhemTerm(class_weights="enet")],
+        [
+            CrossEntropyTerm(class_weights="median_frequency"),
+            CrossEntropyTerm(),
+            FocalTerm(class_weights="enet", gamma=1.0),
+            OhemTerm(class_weights="enet"),
+        ],
         student,
         class_weights={"median_frequency": weights, "enet": weights.flip(0)},
     )
@@ -193,18 +206,24 @@ def test_class_weights() -> None:
     logits = student(images)
     _, parts = objective(ModelOutput(logits), target)
     assert parts["cross_entropy"].item() == pytest.approx(
-        cross_entropy(logits, target, weights).item(), rel=1e-6)
+        cross_entropy(logits, target, weights).item(), rel=1e-6
+    )
     assert parts["cross_entropy#2"].item() == pytest.approx(
-        cross_entropy(logits, target).item(), rel=1e-6)
+        cross_entropy(logits, target).item(), rel=1e-6
+    )
     assert parts["focal"].item() == pytest.approx(
-        focal_loss(logits, target, 1.0, weights.flip(0)).item(), rel=1e-6)
+        focal_loss(logits, target, 1.0, weights.flip(0)).item(), rel=1e-6
+    )
     assert parts["cross_entropy"].item() != pytest.approx(parts["cross_entropy#2"].item())
 
 
 def test_ignored_pixels_change_no_loss() -> None:
     student, teacher = _models()
-    terms = [t for t in ALL_TERMS if getattr(t, "tap", "logits") == "logits"
-             and not hasattr(t, "student_tap")]
+    terms = [
+        t
+        for t in ALL_TERMS
+        if getattr(t, "tap", "logits") == "logits" and not hasattr(t, "student_tap")
+    ]
     objective = Objective(terms, student, teacher)
     g = torch.Generator().manual_seed(2)
     s_logits, t_logits = torch.randn(2, C, 8, 8, generator=g), torch.randn(2, C, 8, 8, generator=g)
@@ -261,8 +280,9 @@ def test_online_mutual_learning_with_roles_swapped() -> None:
 
 def test_terms_may_be_given_as_mappings() -> None:
     student, teacher = _models()
-    objective = Objective([{"kind": "cross_entropy"}, {"kind": "logit_kd", "temperature": 1.0}],
-                          student, teacher)
+    objective = Objective(
+        [{"kind": "cross_entropy"}, {"kind": "logit_kd", "temperature": 1.0}], student, teacher
+    )
     assert objective.names == ["cross_entropy", "logit_kd"]
     assert objective.terms[1].temperature == 1.0
 
@@ -289,9 +309,13 @@ def test_bf16_autocast_gives_float32_losses_close_to_fp32() -> None:
 def test_a_few_steps_on_the_objective_reduce_it() -> None:
     student, teacher = _models()
     objective = Objective(
-        [CrossEntropyTerm(), LogitKDTerm(temperature=2.0),
-         FeatureMSETerm(student_tap="bottleneck", teacher_tap="bottleneck")],
-        student, teacher,
+        [
+            CrossEntropyTerm(),
+            LogitKDTerm(temperature=2.0),
+            FeatureMSETerm(student_tap="bottleneck", teacher_tap="bottleneck"),
+        ],
+        student,
+        teacher,
     )
     optim = torch.optim.Adam([*student.parameters(), *objective.parameters()], lr=1e-2)
     images, target = _batch()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from distillery.losses import cross_entropy, focal_loss, ohem_loss
 
 from .hand import pixels, softmax

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from distillery.models import FeatureTaps, UNet, build_model
 from distillery.models.complexity import count_parameters
 from distillery.spec import ModelSpec

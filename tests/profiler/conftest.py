@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from distillery.profiler.peak import matmul_peak
 from torch import nn
+
+from distillery.profiler.peak import matmul_peak
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from distillery.models import UNet
 from distillery.profiler import (
     BudgetNotMetError,

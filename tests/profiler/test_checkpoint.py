@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from distillery.models import UNet, build_model
 from distillery.models.checkpoint import (
     CheckpointError,

@@ -7,12 +7,13 @@ import json
 import pytest
 import typer
 import yaml
+from typer.testing import CliRunner
+
 from distillery.cli import profile as profile_cli
 from distillery.models import build_model
 from distillery.models.checkpoint import save_model_checkpoint
 from distillery.profiler import ProfileReport
 from distillery.spec import ModelSpec
-from typer.testing import CliRunner
 
 FAST = ["--warmup", "1", "--min-repeats", "3", "--max-repeats", "3"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from distillery.models import UNet
 from distillery.profiler import DeviceError, profile_model, resolve_device
 from distillery.spec import ProfilingSpec

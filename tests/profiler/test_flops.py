@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from distillery.models import UNet
 from distillery.profiler import model_flops, model_info
-from torch import nn
 
 
 def test_conv_stack_flops_match_the_hand_count(conv_stack):

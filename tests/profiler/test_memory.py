@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+
 from distillery.profiler.memory import _sampled, _status_kb, peak_memory_mb
 
 CPU = torch.device("cpu")

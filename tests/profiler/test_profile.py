@@ -6,10 +6,11 @@ import importlib.util
 
 import pytest
 import torch
+from rich.table import Table
+
 from distillery.models import UNet
 from distillery.profiler import ProfileReport, format_report, profile_model, report_markdown
 from distillery.spec import ProfilingSpec
-from rich.table import Table
 
 SPEC = ProfilingSpec(
     input_size=(32, 64),

@@ -7,10 +7,11 @@ import time
 
 import pytest
 import torch
+from torch import nn
+
 from distillery.profiler import measure_latency, profile_model
 from distillery.profiler.timing import robust_cv
 from distillery.spec import ProfilingSpec
-from torch import nn
 
 #: 30 calls of a few ms each: enough that, even on an overloaded machine, some calls run
 #: uninterrupted, so the fastest call and the median mean something.

@@ -6,10 +6,11 @@ import importlib.util
 
 import pytest
 import torch
+from pydantic import ValidationError
+
 from distillery.profiler import parse_variant, parse_variants, profile_model
 from distillery.profiler.variants import Variant, unavailable_reason
 from distillery.spec import ProfilingSpec
-from pydantic import ValidationError
 
 TINY = ProfilingSpec(input_size=(16, 16), warmup=0, min_repeats=3, max_repeats=3)
 

@@ -43,10 +43,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from distillery.db import make_engine, make_session_factory, migrate
-from distillery.settings import Settings
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
+
+from distillery.db import make_engine, make_session_factory, migrate
+from distillery.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DB_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from distillery.s3 import MANIFEST, DatasetCache, S3Storage, ensure_bucket, make_storage
 from distillery.storage import LocalStorage, get_dir, put_dir
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from distillery.spec import ExperimentSpec
 
 TRAIN_IMAGES, VAL_IMAGES = 12, 6

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from distillery.spec import DISTILL_KINDS, SUPERVISED_KINDS, AlternateSpec
 from distillery.training.alternation import STUDENT, TEACHER, phase_at
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from distillery.data import class_weights, compute_stats
 from distillery.data.stats import stats_from_masks
 from distillery.spec import CrossEntropyTerm, FocalTerm, LogitKDTerm

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from distillery.data import build_datasets
 from distillery.training import Progress, StageCancelled, run_stage
 

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import torch
-from distillery.training.loaders import epoch_seed, shard_indices, train_loader, val_loader
 from torch.utils.data import Dataset
+
+from distillery.training.loaders import epoch_seed, shard_indices, train_loader, val_loader
 
 
 class Indexed(Dataset):

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from distillery.spec import DatasetRef
 from distillery.training import run_stage
 from distillery.training.launcher import launch_command, with_local_roots

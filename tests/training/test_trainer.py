@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from distillery.models.checkpoint import load_model_checkpoint
 from distillery.training import Progress, StageCancelled, run_stage
 from distillery.training.checkpoints import STATE_FILE

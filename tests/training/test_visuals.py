@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from distillery.tracking import read_offline_run
 from distillery.training import run_stage
 

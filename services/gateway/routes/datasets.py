@@ -7,14 +7,14 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-from distillery.db import Dataset
-from distillery.db.models import new_id
-from distillery.storage import put_dir
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from distillery.db import Dataset
+from distillery.db.models import new_id
+from distillery.storage import put_dir
 from services.gateway.archives import ArchiveError, extract_archive
 from services.gateway.checking import check_dataset
 from services.gateway.deps import (

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from distillery.db import Experiment, Metric, Stage, StageStatus, User
-from distillery.spec import ExperimentSpec
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer, selectinload
 
+from distillery.db import Experiment, Metric, Stage, StageStatus, User
+from distillery.spec import ExperimentSpec
 from services.gateway import planning
 from services.gateway.deps import (
     ArtifactStorageDep,

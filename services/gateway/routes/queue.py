@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from distillery.db import Experiment, Stage, StageStatus
 from fastapi import APIRouter
 from sqlalchemy import or_, select
 from sqlalchemy.orm import joinedload
 
+from distillery.db import Experiment, Stage, StageStatus
 from services.gateway.deps import CurrentUser, SessionDep
 from services.gateway.schemas import QueueEntry, QueueOut
 

@@ -58,7 +58,11 @@ def stats_cmd(
 
     try:
         stats = compute_stats(
-            path, fmt.value, split, max_images=max_images, object_sizes=objects,
+            path,
+            fmt.value,
+            split,
+            max_images=max_images,
+            object_sizes=objects,
             progress=not as_json,
         )
     except DatasetError as e:

@@ -1,4 +1,4 @@
-"""The `distillery` command. Each module in `COMMAND_MODULES` adds its commands via `register(app)`."""
+"""The `distillery` command: each module in `COMMAND_MODULES` adds its commands (`register`)."""
 
 from __future__ import annotations
 

@@ -101,9 +101,7 @@ def check_values(raw: np.ndarray, valid: np.ndarray, path: Path, what: str) -> n
     counts = np.bincount(raw.ravel(), minlength=256)
     bad = np.flatnonzero((counts > 0) & ~valid)
     if bad.size:
-        raise DatasetError(
-            f"{path}: unknown label value(s) {bad[:10].tolist()} (expected {what})"
-        )
+        raise DatasetError(f"{path}: unknown label value(s) {bad[:10].tolist()} (expected {what})")
     return counts
 
 
@@ -141,8 +139,12 @@ class SegmentationDataset(Dataset):
 
     @staticmethod
     def _pair(
-        images: list[Path], mask_for: Callable[[Path], Path], name_for: Callable[[Path], str],
-        masks_found: list[Path], split_dir: Path, pattern: str,
+        images: list[Path],
+        mask_for: Callable[[Path], Path],
+        name_for: Callable[[Path], str],
+        masks_found: list[Path],
+        split_dir: Path,
+        pattern: str,
     ) -> list[Sample]:
         if not images:
             raise DatasetError(f"{split_dir}: empty split, no images matching {pattern}")

@@ -85,24 +85,47 @@ SKY_CLEAR = ((0.32, 0.52, 0.82), (0.72, 0.80, 0.90))  # zenith, horizon
 SKY_OVERCAST = ((0.66, 0.69, 0.73), (0.80, 0.81, 0.83))
 BUILDING_COLORS = np.array(
     [
-        [0.62, 0.58, 0.52], [0.55, 0.55, 0.55], [0.56, 0.38, 0.30], [0.75, 0.72, 0.66],
-        [0.42, 0.40, 0.38], [0.68, 0.60, 0.46], [0.50, 0.52, 0.56], [0.70, 0.66, 0.60],
-    ], dtype=F32,
+        [0.62, 0.58, 0.52],
+        [0.55, 0.55, 0.55],
+        [0.56, 0.38, 0.30],
+        [0.75, 0.72, 0.66],
+        [0.42, 0.40, 0.38],
+        [0.68, 0.60, 0.46],
+        [0.50, 0.52, 0.56],
+        [0.70, 0.66, 0.60],
+    ],
+    dtype=F32,
 )
 VEHICLE_COLORS = np.array(
     [
-        [0.86, 0.86, 0.86], [0.07, 0.07, 0.08], [0.60, 0.61, 0.63], [0.36, 0.37, 0.39],
-        [0.10, 0.14, 0.33], [0.62, 0.08, 0.07], [0.16, 0.30, 0.60], [0.14, 0.30, 0.18],
-        [0.86, 0.70, 0.12], [0.70, 0.62, 0.48],
-    ], dtype=F32,
+        [0.86, 0.86, 0.86],
+        [0.07, 0.07, 0.08],
+        [0.60, 0.61, 0.63],
+        [0.36, 0.37, 0.39],
+        [0.10, 0.14, 0.33],
+        [0.62, 0.08, 0.07],
+        [0.16, 0.30, 0.60],
+        [0.14, 0.30, 0.18],
+        [0.86, 0.70, 0.12],
+        [0.70, 0.62, 0.48],
+    ],
+    dtype=F32,
 )
 VEHICLE_P = np.array([0.2, 0.18, 0.18, 0.12, 0.07, 0.08, 0.05, 0.03, 0.04, 0.05])
 CLOTHES_COLORS = np.array(
     [
-        [0.08, 0.08, 0.09], [0.30, 0.30, 0.32], [0.12, 0.15, 0.32], [0.85, 0.85, 0.83],
-        [0.65, 0.12, 0.12], [0.20, 0.35, 0.65], [0.20, 0.38, 0.22], [0.42, 0.28, 0.18],
-        [0.72, 0.64, 0.50], [0.80, 0.55, 0.15],
-    ], dtype=F32,
+        [0.08, 0.08, 0.09],
+        [0.30, 0.30, 0.32],
+        [0.12, 0.15, 0.32],
+        [0.85, 0.85, 0.83],
+        [0.65, 0.12, 0.12],
+        [0.20, 0.35, 0.65],
+        [0.20, 0.38, 0.22],
+        [0.42, 0.28, 0.18],
+        [0.72, 0.64, 0.50],
+        [0.80, 0.55, 0.15],
+    ],
+    dtype=F32,
 )
 PANTS_COLORS = np.array(
     [[0.12, 0.15, 0.30], [0.06, 0.06, 0.07], [0.33, 0.33, 0.35], [0.62, 0.56, 0.44]], dtype=F32
@@ -116,8 +139,15 @@ VEGETATION_COLORS = np.array(
 TERRAIN_COLORS = np.array([[0.42, 0.48, 0.24], [0.50, 0.45, 0.32], [0.38, 0.44, 0.22]], dtype=F32)
 POLE_COLORS = np.array([[0.40, 0.42, 0.44], [0.22, 0.23, 0.23], [0.22, 0.30, 0.26]], dtype=F32)
 BIKE_COLORS = np.array(
-    [[0.08, 0.08, 0.08], [0.70, 0.10, 0.10], [0.15, 0.30, 0.65], [0.85, 0.85, 0.85],
-     [0.20, 0.45, 0.25], [0.55, 0.55, 0.58]], dtype=F32,
+    [
+        [0.08, 0.08, 0.08],
+        [0.70, 0.10, 0.10],
+        [0.15, 0.30, 0.65],
+        [0.85, 0.85, 0.85],
+        [0.20, 0.45, 0.25],
+        [0.55, 0.55, 0.58],
+    ],
+    dtype=F32,
 )
 GLASS = np.array([0.13, 0.16, 0.20], dtype=F32)
 TYRE = np.array([0.06, 0.06, 0.06], dtype=F32)
@@ -192,7 +222,9 @@ class Canvas:
         self.haze = np.array([0.75, 0.8, 0.86], dtype=F32)
         self.n_lo = fractal_noise(rng, h, w, [(2, 4, 1.0), (4, 8, 0.5), (8, 16, 0.25)])
         self.n_mid = fractal_noise(
-            rng, h, w,
+            rng,
+            h,
+            w,
             [(max(2, h // 8), max(2, w // 8), 1.0), (max(2, h // 3), max(2, w // 3), 0.7)],
         )
         self.n_hi = rng.standard_normal((h, w)).astype(F32)
@@ -243,7 +275,13 @@ class Canvas:
         return a, b
 
     def billboard(
-        self, z: float, xl: float, xr: float, yb: float, yt: float, fn: FaceFn,
+        self,
+        z: float,
+        xl: float,
+        xr: float,
+        yb: float,
+        yt: float,
+        fn: FaceFn,
         tex: tuple[float, float, float] = (0.05, 0.03, 0.03),
     ) -> None:
         """A plane facing the camera at depth z spanning wx in [xl, xr], wy in [yb, yt].
@@ -265,7 +303,12 @@ class Canvas:
         self.paint(y0, x0, lay.lab > 0, lay.lab, lay.rgb, tex, z)
 
     def side_face(
-        self, xs_plane: float, z0: float, z1: float, ytop: float, fn: FaceFn,
+        self,
+        xs_plane: float,
+        z0: float,
+        z1: float,
+        ytop: float,
+        fn: FaceFn,
         tex: tuple[float, float, float] = (0.05, 0.03, 0.03),
     ) -> None:
         """The plane wx = xs_plane between depths z0..z1, heights 0..ytop; `fn(u, wy)` with
@@ -309,8 +352,9 @@ class Canvas:
         m = (wx >= x0m) & (wx <= x1m) & (wz >= z0) & (wz <= z1)
         return y0, x0, m, wx, wz
 
-    def top_face(self, yp: float, x0m: float, x1m: float, z0: float, z1: float, lid: int,
-                 rgb: Rgb) -> None:
+    def top_face(
+        self, yp: float, x0m: float, x1m: float, z0: float, z1: float, lid: int, rgb: Rgb
+    ) -> None:
         r = self.horizontal(yp, x0m, x1m, z0, z1)
         if r is not None:
             y0, x0, m, _, wz = r
@@ -324,8 +368,14 @@ class Canvas:
         y0, x0, m, _, _ = r
         sl = (slice(y0, y0 + m.shape[0]), slice(x0, x0 + m.shape[1]))
         lab = self.lab[sl]
-        m = m & ((lab == ROAD) | (lab == SIDEWALK) | (lab == PARKING) | (lab == RAIL)
-                 | (lab == TERRAIN) | (lab == GROUND))
+        m = m & (
+            (lab == ROAD)
+            | (lab == SIDEWALK)
+            | (lab == PARKING)
+            | (lab == RAIL)
+            | (lab == TERRAIN)
+            | (lab == GROUND)
+        )
         self.col[sl][m] *= factor
 
 
@@ -362,8 +412,18 @@ def _street(cv: Canvas) -> Street:
         inter = (z0, z0 + cv.u(10, 18))
     z_end = cv.u(60, 220) if r.random() < 0.7 else 1e4
     rail = (-a / 2 if lanes_left else None) if r.random() < 0.06 else None
-    return Street(a, b, swl, swr, a + swl + tl, b + swr + tr, z_end, inter,
-                  two_way=lanes_left > 0 and r.random() < 0.8, rail_x=rail)
+    return Street(
+        a,
+        b,
+        swl,
+        swr,
+        a + swl + tl,
+        b + swr + tr,
+        z_end,
+        inter,
+        two_way=lanes_left > 0 and r.random() < 0.8,
+        rail_x=rail,
+    )
 
 
 def _sky(cv: Canvas) -> None:
@@ -446,13 +506,19 @@ def _ground(cv: Canvas, st: Street) -> tuple[np.ndarray, np.ndarray]:
     terr_rgb = cv.pick(TERRAIN_COLORS)
     ground_rgb = cv.jitter(np.array([0.45, 0.42, 0.36], dtype=F32))
     rgb = np.empty((*wx.shape, 3), dtype=F32)
-    for lid, c in ((ROAD, road_rgb), (SIDEWALK, walk_rgb), (PARKING, park_rgb), (RAIL, road_rgb),
-                   (TERRAIN, terr_rgb), (GROUND, ground_rgb)):
+    for lid, c in (
+        (ROAD, road_rgb),
+        (SIDEWALK, walk_rgb),
+        (PARKING, park_rgb),
+        (RAIL, road_rgb),
+        (TERRAIN, terr_rgb),
+        (GROUND, ground_rgb),
+    ):
         rgb[lab == lid] = c
 
     # markings (label stays road): dashed lane lines, edge lines, crosswalk
     paint_amt = np.zeros(wx.shape, dtype=F32)
-    dash = (np.mod(wz, 9.0) < 3.0)
+    dash = np.mod(wz, 9.0) < 3.0
     lane = st.b - 3.4
     k = 0
     while lane > -st.a + 0.5 and k < 6:
@@ -468,7 +534,7 @@ def _ground(cv: Canvas, st: Street) -> tuple[np.ndarray, np.ndarray]:
         stripes = (np.mod(wx, 1.0) < 0.5) & (wz > zc - 4.0) & (wz < zc - 1.0)
         fade = np.clip(px_per_m * 0.5 - 0.5, 0, 1)
         paint_amt = np.maximum(paint_amt, stripes * fade)
-    paint_amt *= (lab == ROAD)
+    paint_amt *= lab == ROAD
     mark_rgb = WHITE if r.random() < 0.85 else np.array([0.85, 0.7, 0.2], dtype=F32)
     rgb = rgb * (1 - paint_amt[..., None]) + mark_rgb * 0.9 * paint_amt[..., None]
 
@@ -530,12 +596,24 @@ def _segments(cv: Canvas, st: Street) -> list[Segment]:
         if kind == "wall":
             low_rgb = cv.pick(BUILDING_COLORS, amount=0.12)  # walls share the building palette
         else:
-            low_rgb = cv.jitter(np.array(r.choice([[0.45, 0.45, 0.45], [0.35, 0.42, 0.35],
-                                                   [0.45, 0.38, 0.30]]), dtype=F32))
-        segs.append(Segment(
-            z, z + length, kind, height, low, cv.pick(BUILDING_COLORS, amount=0.12), low_rgb,
-            (cv.u(2.5, 4.0), cv.u(0.8, 1.6), cv.u(2.8, 3.5), cv.u(1.2, 1.8)),
-        ))
+            low_rgb = cv.jitter(
+                np.array(
+                    r.choice([[0.45, 0.45, 0.45], [0.35, 0.42, 0.35], [0.45, 0.38, 0.30]]),
+                    dtype=F32,
+                )
+            )
+        segs.append(
+            Segment(
+                z,
+                z + length,
+                kind,
+                height,
+                low,
+                cv.pick(BUILDING_COLORS, amount=0.12),
+                low_rgb,
+                (cv.u(2.5, 4.0), cv.u(0.8, 1.6), cv.u(2.8, 3.5), cv.u(1.2, 1.8)),
+            )
+        )
         z += length
     return segs
 
@@ -606,8 +684,11 @@ def _facade(cv: Canvas, st: Street, side: int, segs: list[Segment]) -> None:
     lab[veg] = VEGETATION
     rgb[veg] = veg_rgb
     tex_amt = np.where(veg, 0.3, 0.08).astype(F32)
-    n = 1 + tex_amt * (cv.n_mid[y0:y1, cols] + 0.5 * cv.n_hi[y0:y1, cols]) + 0.08 * cv.n_lo[
-        y0:y1, cols]
+    n = (
+        1
+        + tex_amt * (cv.n_mid[y0:y1, cols] + 0.5 * cv.n_hi[y0:y1, cols])
+        + 0.08 * cv.n_lo[y0:y1, cols]
+    )
     rgb *= n[..., None]
     shade = cv.u(0.75, 1.05)  # facades facing the street get a side light
     rgb *= shade
@@ -671,8 +752,15 @@ class Vehicle:
 
     @property
     def label(self) -> int:
-        return {"car": CAR, "van": CAR, "truck": TRUCK, "bus": BUS, "train": TRAIN,
-                "caravan": CARAVAN, "trailer": TRAILER}[self.kind]
+        return {
+            "car": CAR,
+            "van": CAR,
+            "truck": TRUCK,
+            "bus": BUS,
+            "train": TRAIN,
+            "caravan": CARAVAN,
+            "trailer": TRAILER,
+        }[self.kind]
 
 
 VEHICLE_DIMS = {  # width, height, length ranges (m)
@@ -695,8 +783,9 @@ def _make_vehicle(cv: Canvas, kind: str, xc: float, z0: float, toward: bool) -> 
     return Vehicle(kind, xc, z0, cv.u(w0, w1), cv.u(h0, h1), cv.u(l0, l1), toward, rgb, rgb2)
 
 
-def _wheels(lay: Layers, u: np.ndarray, wy: np.ndarray, centres: list[float], r: float,
-            lid: int) -> None:
+def _wheels(
+    lay: Layers, u: np.ndarray, wy: np.ndarray, centres: list[float], r: float, lid: int
+) -> None:
     for c in centres:
         d = np.hypot(u - c, wy - r)
         lay.put(d < r, lid, TYRE)
@@ -720,11 +809,18 @@ def _vehicle_side(v: Vehicle) -> FaceFn:
             lay.put(win, lid, GLASS)
             _wheels(lay, s * L, wy, [0.18 * L, 0.8 * L], 0.31, lid)
         elif v.kind == "van":
-            body = (wy >= 0.1 * h) & (wy <= 0.97 * h) & (s <= 0.98 - 0.12 * np.clip(
-                (wy - 0.5 * h) / (0.5 * h), 0, 1))
+            body = (
+                (wy >= 0.1 * h)
+                & (wy <= 0.97 * h)
+                & (s <= 0.98 - 0.12 * np.clip((wy - 0.5 * h) / (0.5 * h), 0, 1))
+            )
             lay.put(body, lid, v.rgb)
-            win = (wy > 0.58 * h) & (wy < 0.88 * h) & (s > 0.62) & (s < 0.93 - 0.12 * (
-                (wy - 0.5 * h) / (0.5 * h)))
+            win = (
+                (wy > 0.58 * h)
+                & (wy < 0.88 * h)
+                & (s > 0.62)
+                & (s < 0.93 - 0.12 * ((wy - 0.5 * h) / (0.5 * h)))
+            )
             lay.put(win, lid, GLASS)
             _wheels(lay, s * L, wy, [0.17 * L, 0.82 * L], 0.33, lid)
         elif v.kind == "truck":
@@ -744,8 +840,11 @@ def _vehicle_side(v: Vehicle) -> FaceFn:
             band = (wy > 1.25) & (wy < h - 0.4) & (np.mod(s * L, pitch) > 0.12)
             band &= (s * L > 0.4) & (s * L < L - 0.4)
             lay.put(band, lid, GLASS)
-            door = (wy > 0.35) & (wy < h - 0.4) & ((np.abs(s * L - (L - 1.6)) < 0.6)
-                                                 | (np.abs(s * L - L / 2) < 0.6))
+            door = (
+                (wy > 0.35)
+                & (wy < h - 0.4)
+                & ((np.abs(s * L - (L - 1.6)) < 0.6) | (np.abs(s * L - L / 2) < 0.6))
+            )
             lay.put(door, lid, GLASS * 1.3)
             if v.kind == "bus":
                 lay.put((wy > 0.9) & (wy < 1.1), lid, v.rgb2)  # a stripe
@@ -809,8 +908,11 @@ def _vehicle_near(v: Vehicle, part: str) -> FaceFn:
             lay.put((ax <= hw) & (wy >= 0.3) & (wy <= h), lid, v.rgb)
             if v.toward:
                 lay.put((ax <= hw - 0.1) & (wy > 1.1) & (wy < h - 0.45), lid, GLASS)
-                lay.put((ax < 0.9) & (wy > h - 0.4) & (wy < h - 0.12), lid,
-                        np.array([0.95, 0.6, 0.1], dtype=F32))
+                lay.put(
+                    (ax < 0.9) & (wy > h - 0.4) & (wy < h - 0.12),
+                    lid,
+                    np.array([0.95, 0.6, 0.1], dtype=F32),
+                )
             else:
                 lay.put((ax <= hw - 0.15) & (wy > h - 1.3) & (wy < h - 0.35), lid, GLASS)
             lay.put((ax > hw - 0.35) & (ax < hw - 0.08) & (wy > 0.5) & (wy < 0.8), lid, lamp)
@@ -834,8 +936,9 @@ def draw_vehicle(cv: Canvas, v: Vehicle) -> None:
     near, hw = _vehicle_near, v.w / 2
     if v.kind == "car":
         c_off = (0.24 if not v.toward else 0.20) * v.length
-        cv.top_face(v.h, x0 + 0.25, x1 - 0.25, z0 + c_off + 0.4, z0 + 0.6 * v.length,
-                    v.label, v.rgb * 1.1)
+        cv.top_face(
+            v.h, x0 + 0.25, x1 - 0.25, z0 + c_off + 0.4, z0 + 0.6 * v.length, v.label, v.rgb * 1.1
+        )
         _bb(cv, z0 + c_off, v.xc, hw, v.h, near(v, "car_cabin"))
         cv.top_face(0.58 * v.h, x0, x1, z0, z0 + c_off, v.label, v.rgb * 1.15)
         _bb(cv, z0, v.xc, hw, 0.6 * v.h, near(v, "car_body"))
@@ -855,13 +958,25 @@ def _shifted(fn: FaceFn, xc: float) -> FaceFn:
     return lambda wx, wy: fn(wx - xc, wy)
 
 
-def _bb(cv: Canvas, z: float, xc: float, half: float, top: float, fn: FaceFn,
-        tex: tuple[float, float, float] = (0.05, 0.03, 0.03)) -> None:
+def _bb(
+    cv: Canvas,
+    z: float,
+    xc: float,
+    half: float,
+    top: float,
+    fn: FaceFn,
+    tex: tuple[float, float, float] = (0.05, 0.03, 0.03),
+) -> None:
     cv.billboard(z, xc - half, xc + half, 0.0, top, _shifted(fn, xc), tex)
 
 
 def _person_layers(
-    lay: Layers, wx: np.ndarray, wy: np.ndarray, h: float, lid: int, c: dict[str, Rgb],
+    lay: Layers,
+    wx: np.ndarray,
+    wy: np.ndarray,
+    h: float,
+    lid: int,
+    c: dict[str, Rgb],
     spread: float,
 ) -> None:
     """A standing pedestrian centred at wx = 0, height h."""
@@ -888,8 +1003,11 @@ def _clothes(cv: Canvas) -> dict[str, Rgb]:
         "shirt": cv.pick(CLOTHES_COLORS, amount=0.15),
         "pants": cv.pick(PANTS_COLORS, amount=0.15),
         "skin": cv.pick(SKIN_COLORS, amount=0.05),
-        "hair": cv.jitter(np.array(cv.rng.choice([[0.08, 0.06, 0.05], [0.3, 0.2, 0.1],
-                                                  [0.5, 0.45, 0.35]]), dtype=F32)),
+        "hair": cv.jitter(
+            np.array(
+                cv.rng.choice([[0.08, 0.06, 0.05], [0.3, 0.2, 0.1], [0.5, 0.45, 0.35]]), dtype=F32
+            )
+        ),
         "coat": bool(cv.rng.random() < 0.25),
     }
 
@@ -936,8 +1054,14 @@ def draw_two_wheeler(cv: Canvas, xc: float, z: float, motor: bool, ridden: bool)
             lay.put(seg_dist(u, wy, (hub, r_w), bar) < 0.04, lid, RIM)
         else:
             bbk = (0.0, 0.3)
-            for a, b in (((-hub, r_w), bbk), (bbk, seat), (seat, (-hub, r_w)), (seat, bar),
-                         (bar, (hub, r_w)), (bbk, bar)):
+            for a, b in (
+                ((-hub, r_w), bbk),
+                (bbk, seat),
+                (seat, (-hub, r_w)),
+                (seat, bar),
+                (bar, (hub, r_w)),
+                (bbk, bar),
+            ):
                 lay.put(seg_dist(u, wy, a, b) < 0.025, lid, frame)
             lay.put((np.abs(u - seat[0]) < 0.1) & (np.abs(wy - seat[1]) < 0.03), lid, TYRE)
         if ridden:
@@ -963,18 +1087,27 @@ def draw_pole(cv: Canvas, xc: float, z: float, st: Street, kind: str) -> None:
     rgb = cv.pick(POLE_COLORS)
     toward_road = 1.0 if xc < 0 else -1.0
     w = max(cv.u(0.12, 0.25), 1.1 * z / cv.f)  # at least about a pixel wide
-    hp = {"light": cv.u(6.5, 9.0), "sign": cv.u(2.6, 3.6), "tl": cv.u(3.5, 5.0),
-          "overhead": cv.u(5.5, 6.5)}[kind]
+    hp = {
+        "light": cv.u(6.5, 9.0),
+        "sign": cv.u(2.6, 3.6),
+        "tl": cv.u(3.5, 5.0),
+        "overhead": cv.u(5.5, 6.5),
+    }[kind]
     arm = cv.u(1.0, 2.0) if kind == "light" else (cv.u(3.0, 6.0) if kind == "overhead" else 0.0)
     sign_shape = cv.rng.choice(["circle", "triangle", "rect", "back"])
-    sign_rgb = {"circle": np.array([0.8, 0.1, 0.1], dtype=F32),
-                "triangle": np.array([0.85, 0.1, 0.1], dtype=F32),
-                "rect": np.array([0.1, 0.3, 0.7], dtype=F32),
-                "back": np.array([0.55, 0.55, 0.55], dtype=F32)}[sign_shape]
+    sign_rgb = {
+        "circle": np.array([0.8, 0.1, 0.1], dtype=F32),
+        "triangle": np.array([0.85, 0.1, 0.1], dtype=F32),
+        "rect": np.array([0.1, 0.3, 0.7], dtype=F32),
+        "back": np.array([0.55, 0.55, 0.55], dtype=F32),
+    }[sign_shape]
     inner = WHITE if cv.rng.random() < 0.7 else np.array([0.15, 0.35, 0.75], dtype=F32)
     lamp_on = int(cv.rng.integers(0, 3))
-    house = cv.jitter(np.array([0.1, 0.1, 0.1], dtype=F32) if cv.rng.random() < 0.7
-                      else np.array([0.6, 0.55, 0.2], dtype=F32))
+    house = cv.jitter(
+        np.array([0.1, 0.1, 0.1], dtype=F32)
+        if cv.rng.random() < 0.7
+        else np.array([0.6, 0.55, 0.2], dtype=F32)
+    )
     backside = cv.rng.random() < 0.25
     sr = cv.u(0.3, 0.4)
 
@@ -1006,8 +1139,11 @@ def draw_pole(cv: Canvas, xc: float, z: float, st: Street, kind: str) -> None:
             elif sign_shape == "triangle":
                 tri = (wy > cy - sr) & (np.abs(wx) < (cy + sr - wy) * 0.6)
                 lay.put(tri, SIGN, sign_rgb)
-                lay.put(tri & (wy > cy - sr * 0.7) & (np.abs(wx) < (cy + sr * 0.6 - wy) * 0.5),
-                        SIGN, WHITE)
+                lay.put(
+                    tri & (wy > cy - sr * 0.7) & (np.abs(wx) < (cy + sr * 0.6 - wy) * 0.5),
+                    SIGN,
+                    WHITE,
+                )
             else:
                 lay.put((np.abs(wx) < sr) & (np.abs(wy - cy) < sr * 0.8), SIGN, sign_rgb)
                 lay.put((np.abs(wx) < sr * 0.3) & (np.abs(wy - cy) < sr * 0.5), SIGN, WHITE)
@@ -1033,8 +1169,12 @@ def draw_tree(cv: Canvas, xc: float, z: float) -> None:
         lay = Layers(np.broadcast_shapes(wx.shape, wy.shape))
         lay.put((np.abs(wx) < 0.16) & (wy <= cy), VEGETATION, bark)
         ang = np.arctan2(wy - cy, wx)
-        edge = 1 + 0.12 * np.sin(3 * ang + ph[0]) + 0.08 * np.sin(7 * ang + ph[1]) + 0.05 * np.sin(
-            13 * ang + ph[2])
+        edge = (
+            1
+            + 0.12 * np.sin(3 * ang + ph[0])
+            + 0.08 * np.sin(7 * ang + ph[1])
+            + 0.05 * np.sin(13 * ang + ph[2])
+        )
         lay.put(((wx / rad) ** 2 + ((wy - cy) / ry) ** 2) < edge**2, VEGETATION, c)
         return lay
 
@@ -1074,8 +1214,11 @@ def _place_objects(cv: Canvas, st: Street) -> list[tuple[float, Callable[[], Non
         z = cv.u(8, 35) if i == 0 else cv.u(3, 30)
         density = cv.u(0.2, 0.8)
         while z < zmax:
-            kind = str(r.choice(["car", "van", "truck", "bus", "trailer"],
-                                p=[0.83, 0.08, 0.04, 0.035, 0.015]))
+            kind = str(
+                r.choice(
+                    ["car", "van", "truck", "bus", "trailer"], p=[0.83, 0.08, 0.04, 0.035, 0.015]
+                )
+            )
             v = _make_vehicle(cv, kind, lane + cv.u(-0.3, 0.3), z, toward)
             add(z, lambda v=v: draw_vehicle(cv, v))
             z += v.length + cv.u(4, 40) / density

@@ -159,9 +159,7 @@ def compute_stats(
     return acc.result(ds.format, ds.split)
 
 
-def class_weights(
-    stats: DatasetStats, method: Literal["median_frequency", "enet"]
-) -> torch.Tensor:
+def class_weights(stats: DatasetStats, method: Literal["median_frequency", "enet"]) -> torch.Tensor:
     """Per-class loss weights (float32, shape [num_classes]); absent classes get 0.
 
     - ``median_frequency``: ``w_c = median(f) / f_c``, ``f_c = pixels_c / present_image_pixels_c``;

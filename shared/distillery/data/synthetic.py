@@ -148,8 +148,12 @@ def generate_synthetic(
                 Image.fromarray(image).save(img_dir / f"{stem}.jpg", quality=90)
                 Image.fromarray(LABEL_ID_TO_TRAIN_ID[label_ids]).save(mask_dir / f"{stem}.png")
     params = {
-        "format": fmt, "splits": list(splits), "num": [num_train, num_val],
-        "image_size": [h, w], "seed": seed, "version": GENERATOR_VERSION,
+        "format": fmt,
+        "splits": list(splits),
+        "num": [num_train, num_val],
+        "image_size": [h, w],
+        "seed": seed,
+        "version": GENERATOR_VERSION,
     }
     marker.write_text(json.dumps(params, indent=1))  # written last: the data set is complete
     partial.unlink(missing_ok=True)
@@ -209,6 +213,11 @@ def ensure_synthetic(spec: DataSpec) -> None:
         with _locked(root, fmt):
             if not is_complete(root, fmt, params):
                 generate_synthetic(
-                    root, fmt, syn.num_train, syn.num_val, syn.image_size, syn.seed,
+                    root,
+                    fmt,
+                    syn.num_train,
+                    syn.num_val,
+                    syn.image_size,
+                    syn.seed,
                     splits=(spec.train_split, spec.val_split),
                 )

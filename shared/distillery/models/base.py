@@ -1,4 +1,4 @@
-"""One base class fixing the flow of every segmentation model: encoder -> bottleneck -> decoder -> head.
+"""One base class fixes the flow of every segmentation model: encoder, bottleneck, decoder, head.
 
 Feature taps are module names: `encoder.<i>`, `bottleneck`, `decoder.<i>` are submodules, so
 `model.get_submodule("encoder.2")` is the tap and a forward hook reads it (see `FeatureTaps`).

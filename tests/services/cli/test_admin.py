@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from distillery.cli.main import app
-from distillery.db import ApiToken, User, make_engine, make_session_factory
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 from typer.testing import CliRunner
 
+from distillery.cli.main import app
+from distillery.db import ApiToken, User, make_engine, make_session_factory
 from services.gateway.auth import hash_token
 from services.gateway.main import create_app
 

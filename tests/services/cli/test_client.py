@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import yaml
-from distillery.cli.main import app
-from distillery.db import Experiment, Stage, StageStatus
 from sqlalchemy import select
 from typer.testing import CliRunner
+
+from distillery.cli.main import app
+from distillery.db import Experiment, Stage, StageStatus
 
 SPEC = {
     "name": "cli-exp",

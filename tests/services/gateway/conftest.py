@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from distillery.settings import Settings
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from distillery.settings import Settings
 from services.gateway.main import create_app
 
 from .helpers import auth

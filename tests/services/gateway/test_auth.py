@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from distillery.db import ApiToken
 from sqlalchemy import select
 
+from distillery.db import ApiToken
 from services.gateway.auth import hash_token
 
 from .helpers import auth, spec_dict

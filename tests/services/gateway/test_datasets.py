@@ -8,9 +8,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
 from distillery.s3 import make_storage
 from distillery.storage import put_dir
-from PIL import Image
 
 from .helpers import spec_dict
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import httpx
-from distillery.db import Artifact, Dataset, Experiment, Metric, Stage, StageStatus
-from distillery.db.models import utcnow
 from sqlalchemy import select
 
+from distillery.db import Artifact, Dataset, Experiment, Metric, Stage, StageStatus
+from distillery.db.models import utcnow
 from services.celery_app import RUN_STAGE_TASK
 
 from .helpers import spec_dict

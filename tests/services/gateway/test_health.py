@@ -63,8 +63,9 @@ def test_openapi_docs(client):
 def test_startup_migrates_when_asked(settings, db_url):
     import uuid
 
-    from distillery.db import make_engine
     from sqlalchemy import inspect, text
+
+    from distillery.db import make_engine
 
     schema = f"t_{uuid.uuid4().hex[:12]}"  # does not exist yet: created and migrated
     fresh = settings.model_copy(update={"database_schema": schema, "migrate_on_start": True})

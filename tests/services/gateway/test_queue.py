@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy import select
+
 from distillery.db import Stage, StageStatus
 from distillery.db.models import utcnow
-from sqlalchemy import select
 
 from .helpers import spec_dict
 

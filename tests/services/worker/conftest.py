@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from distillery.settings import Settings
 
 REPO = Path(__file__).resolve().parents[3]

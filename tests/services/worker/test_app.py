@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from distillery.settings import get_settings
-
 from services.celery_app import RUN_STAGE_TASK
 from services.profiler.app import app as profiler_app
 from services.worker.app import app

@@ -7,10 +7,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from distillery.db import Stage, StageStatus
 from distillery.db.planning import create_experiment
 from distillery.spec import ExperimentSpec
-
 from services.celery_app import RUN_STAGE_TASK, make_celery
 from services.worker.reconcile import pending_stage_ids, reconcile_once, run_loop
 from services.worker.runtime import heartbeat

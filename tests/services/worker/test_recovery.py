@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+
 from distillery.db import Experiment, Metric, Stage, StageStatus
 from distillery.db.planning import create_experiment
 from distillery.spec import ExperimentSpec
-from sqlalchemy import select
-
 from services.celery_app import RUN_STAGE_TASK, make_celery
 from services.gateway.dispatch import CeleryDispatcher, enqueue_stage
 

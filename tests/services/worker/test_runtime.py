@@ -4,10 +4,10 @@ the runner cannot even load is failed instead of being re-sent forever."""
 from __future__ import annotations
 
 import pytest
+
 from distillery.db import Dataset, Experiment, Stage, StageStatus
 from distillery.s3 import make_storage
 from distillery.spec import DatasetRef
-
 from services.celery_app import make_celery
 from services.worker.runtime import dataset_resolver, execute_stage
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from alembic import context
+
 from distillery.db.models import Base
 from distillery.db.session import make_engine
 
