@@ -15,7 +15,6 @@ from pathlib import Path
 
 from celery import Celery
 from sqlalchemy import update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from distillery.db import Dataset, Stage, StageStatus, make_engine, make_session_factory
@@ -106,27 +105,13 @@ def execute_stage(app: Celery, settings: Settings, stage_id: int, worker: str) -
         worker,
         resolve_root=dataset_resolver(settings, sessions),
         lease_seconds=settings.lease_seconds,
+        tracking_mode=settings.wandb_mode,
     )
     try:
-        try:
-            with heartbeat(sessions, stage_id, worker, settings.lease_seconds):
-                next_id = runner.run(stage_id)
-        except DBAPIError:
-            raise  # the database is away: the reconciler sends the stage again later
-        except Exception as exc:
-            # The runner records a stage's own failures; what escapes it (e.g. a spec or an
-            # engine that cannot even be loaded) would leave the stage queued, and the reconciler
-            # would send it again and again. Record it unless another worker holds the stage.
-            log.exception("stage %s: the runner raised", stage_id)
-            with sessions() as s:
-                stage = s.get(Stage, stage_id)
-                mine = stage is not None and (
-                    stage.status == StageStatus.queued
-                    or (stage.status == StageStatus.running and stage.worker_id == worker)
-                )
-            if mine:
-                runner._finish(stage_id, StageStatus.failed, f"{type(exc).__name__}: {exc}")
-            raise
+        with heartbeat(sessions, stage_id, worker, settings.lease_seconds):
+            # The runner records the stage's own failures; a database outage propagates, and
+            # the message is redelivered or re-sent by the reconciler.
+            next_id = runner.run(stage_id)
         if next_id is None:
             return None
         with sessions() as s:

@@ -361,7 +361,7 @@ def settings(
         artifacts_bucket=buckets.artifacts,
         cache_dir=tmp_path / "cache",
         work_dir=tmp_path / "work",
-        wandb_mode="disabled",
+        wandb_mode="offline",
         migrate_on_start=False,
     )
 
