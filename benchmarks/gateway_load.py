@@ -2,7 +2,8 @@
 
     python benchmarks/gateway_load.py [--clients 50] [--duration 20] [--workers 2]
 
-Starts its own uvicorn (`--workers`), in a throwaway Postgres schema, with the Celery dispatcher
+Starts its own uvicorn (`--workers`, with `services.devstack`; its log is printed if the run
+fails), in a throwaway Postgres schema, with the Celery dispatcher
 sending to throwaway Redis queues that are deleted afterwards. Each client loops over a weighted
 mix: POST /experiments (20%), GET /experiments?limit=20 (40%), GET /experiments/{id} (30%),
 GET /queue (10%). Prints requests/s and p50/p99 latency per kind, and the number of 5xx answers
@@ -16,22 +17,22 @@ import argparse
 import asyncio
 import os
 import random
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import redis
-from sqlalchemy import text
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distillery.db import make_engine, make_session_factory, migrate  # noqa: E402
+from distillery.db import make_engine, make_session_factory  # noqa: E402
+from distillery.settings import Settings  # noqa: E402
+from services import devstack  # noqa: E402
 from services.gateway.auth import create_user  # noqa: E402
 
 SPEC = {
@@ -45,12 +46,6 @@ SPEC = {
     "tracking": {"mode": "disabled"},
 }
 MIX = [("submit", 0.2), ("list", 0.4), ("detail", 0.3), ("queue", 0.1)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -186,59 +181,41 @@ def main() -> int:
 
     tag = uuid.uuid4().hex[:10]
     schema, gpu_q, prof_q = f"bench_{tag}", f"bench-gpu-{tag}", f"bench-profiler-{tag}"
-    admin = make_engine(args.db_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = make_engine(args.db_url, schema=schema)
-    migrate(engine)
-    with make_session_factory(engine)() as s:
-        _, token = create_user(s, "bench")
-    r = redis.Redis.from_url(args.redis_url)
-    port = free_port()
-    env = {
-        **os.environ,
-        "DISTILLERY_DATABASE_URL": args.db_url,
-        "DISTILLERY_DATABASE_SCHEMA": schema,
-        "DISTILLERY_BROKER_URL": args.redis_url,
-        "DISTILLERY_GPU_QUEUE": gpu_q,
-        "DISTILLERY_PROFILER_QUEUE": prof_q,
-        "DISTILLERY_MIGRATE_ON_START": "false",
-        "PYTHONPATH": str(REPO),
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "services.gateway.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--timeout-keep-alive",
-            "30",
-        ],
-        cwd=REPO,
-        env=env,
-        start_new_session=True,
+    settings = Settings(
+        _env_file=None,
+        database_url=args.db_url,
+        database_schema=schema,
+        broker_url=args.redis_url,
+        gpu_queue=gpu_q,
+        profiler_queue=prof_q,
+        migrate_on_start=False,
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the gateway did not start")
-            time.sleep(0.2)
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        stack.enter_context(devstack.scratch_schema(args.db_url, schema))
+        engine = make_engine(args.db_url, schema=schema)
+        stack.callback(engine.dispose)
+        with make_session_factory(engine)() as s:
+            _, token = create_user(s, "bench")
+        r = redis.Redis.from_url(args.redis_url)
+        stack.callback(r.close)
+        for q in (gpu_q, prof_q):
+            stack.callback(devstack.delete_queue_keys, r, q)
+        try:
+            gateway = devstack.start_gateway(
+                devstack.process_env(settings),
+                Path(tmp) / "gateway.log",
+                extra_args=[
+                    "--workers",
+                    str(args.workers),
+                    "--no-access-log",
+                    "--timeout-keep-alive",
+                    "30",
+                ],
+            )
+        except (TimeoutError, devstack.ProcessExited) as e:
+            raise SystemExit(f"the gateway did not start: {e}") from None
+        stack.enter_context(gateway)
+        url = gateway.url
         print(
             f"gateway: uvicorn --workers {args.workers} on {url}; {args.clients} clients for "
             f"{args.duration:.0f} s; CPUs: {os.cpu_count()}\n"
@@ -248,20 +225,10 @@ def main() -> int:
         elapsed = time.monotonic() - t0
         submitted = sum(1 for _, s in results.get("submit", []) if s == 201)
         queued = r.llen(gpu_q)
-        return report(results, elapsed, queued, submitted)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        for q in (gpu_q, prof_q):
-            r.delete(q, f"_kombu.binding.{q}")
-        r.close()
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+        status = report(results, elapsed, queued, submitted)
+        if status != 0 and gateway.log().strip():
+            print(f"\n--- gateway log (end) ---\n{gateway.log_tail()}")
+        return status
 
 
 if __name__ == "__main__":

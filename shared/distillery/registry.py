@@ -33,8 +33,17 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            known = ", ".join(sorted(self._items)) or "none"
-            raise KeyError(f"unknown {self.kind} {name!r}; registered: {known}") from None
+            raise KeyError(self._unknown(name)) from None
+
+    def check(self, name: str) -> str:
+        """`name` if it is registered, else `ValueError` (for pydantic validators)."""
+        if name not in self._items:
+            raise ValueError(self._unknown(name))
+        return name
+
+    def _unknown(self, name: str) -> str:
+        known = ", ".join(sorted(self._items)) or "none"
+        return f"unknown {self.kind} {name!r}; registered: {known}"
 
     def names(self) -> list[str]:
         return sorted(self._items)

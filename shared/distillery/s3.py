@@ -57,25 +57,30 @@ class S3Storage:
     def put_file(self, key: str, path: Path) -> None:
         self.client.fput_object(self.bucket, key, str(path))
 
+    @contextlib.contextmanager
+    def _get_object(self, key: str) -> Iterator[urllib3.BaseHTTPResponse]:
+        """The object's body (streamed, released on exit); `FileNotFoundError` if it is absent."""
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as e:
+            if e.code in _MISSING:
+                raise FileNotFoundError(f"no object {key!r} in bucket {self.bucket!r}") from e
+            raise
+        try:
+            yield response
+        finally:
+            response.close()
+            response.release_conn()
+
     def get_file(self, key: str, path: Path) -> None:
         """Download to `path` through a temporary file in the same folder (atomic rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
         try:
-            try:
-                response = self.client.get_object(self.bucket, key)
-            except S3Error as e:
-                if e.code in _MISSING:
-                    raise FileNotFoundError(f"no object {key!r} in bucket {self.bucket!r}") from e
-                raise
-            try:
-                with open(tmp, "wb") as f:
-                    for chunk in response.stream(1 << 20):
-                        f.write(chunk)
-            finally:
-                response.close()
-                response.release_conn()
+            with self._get_object(key) as response, open(tmp, "wb") as f:
+                for chunk in response.stream(1 << 20):
+                    f.write(chunk)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -88,17 +93,8 @@ class S3Storage:
         )
 
     def get_bytes(self, key: str) -> bytes:
-        try:
-            response = self.client.get_object(self.bucket, key)
-        except S3Error as e:
-            if e.code in _MISSING:
-                raise FileNotFoundError(f"no object {key!r} in bucket {self.bucket!r}") from e
-            raise
-        try:
+        with self._get_object(key) as response:
             return response.read()
-        finally:
-            response.close()
-            response.release_conn()
 
     def exists(self, key: str) -> bool:
         try:

@@ -114,9 +114,7 @@ class ModelSpec(_Strict):
     def _registered(cls, v: str) -> str:
         from distillery.models import MODELS
 
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; registered: {', '.join(MODELS.names())}")
-        return v
+        return MODELS.check(v)
 
 
 # -------------------------------------------------------------------------------------- losses
@@ -225,9 +223,7 @@ class TrainSpec(_Strict):
     def _registered(cls, v: str) -> str:
         from distillery.training.schedules import SCHEDULES
 
-        if v not in SCHEDULES:
-            raise ValueError(f"unknown schedule {v!r}; registered: {', '.join(SCHEDULES.names())}")
-        return v
+        return SCHEDULES.check(v)
 
 
 class ModelStageSpec(_Strict):

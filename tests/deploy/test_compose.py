@@ -177,7 +177,7 @@ def test_helper_services_use_importable_modules(compose, service):
         assert any(dep.startswith("flower") for dep in extras)
 
 
-@pytest.mark.parametrize("service", ["gateway", "worker", "profiler"])
+@pytest.mark.parametrize("service", ["gateway", "worker"])
 def test_built_images_use_their_dockerfile_and_command(compose, service):
     svc = compose["services"][service]
     dockerfile = ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]
@@ -186,3 +186,16 @@ def test_built_images_use_their_dockerfile_and_command(compose, service):
     cmd = [args for instr, args in dockerfile_instructions(dockerfile) if instr == "CMD"]
     assert cmd, f"{dockerfile} has no CMD"
     assert yaml.safe_load(cmd[-1]) == as_argv(svc["command"])
+
+
+@pytest.mark.parametrize(
+    ("service", "image_of"),
+    [("profiler", "worker"), ("reconciler", "gateway"), ("flower", "gateway")],
+)
+def test_services_without_a_build_run_a_built_image(compose, service, image_of):
+    """The profiler worker runs the worker image (only its command differs), the reconciler and
+    Flower the gateway image."""
+    services = compose["services"]
+    assert "build" not in services[service]
+    assert "build" in services[image_of]
+    assert services[service]["image"] == services[image_of]["image"]

@@ -22,10 +22,11 @@ from .manifests import (
     settings_from_env,
 )
 
+#: One image for the gateway (CPU torch) and one for both Celery workers (CUDA torch): the profiler
+#: worker runs the worker image with its own command.
 DOCKERFILES = {
     "gateway": ROOT / "services/gateway/Dockerfile",
     "worker": ROOT / "services/worker/Dockerfile",
-    "profiler": ROOT / "services/profiler/Dockerfile",
 }
 
 
@@ -53,9 +54,12 @@ def test_dockerfile_copies_what_exists_and_is_not_ignored(service):
     assert any(a[0] == "pyproject.toml" for a in copies)
 
 
-@pytest.mark.parametrize("service", ["worker", "profiler"])
-def test_workers_build_on_a_cuda_pytorch_image(service):
-    instructions = dockerfile_instructions(DOCKERFILES[service])
+def test_only_the_gateway_and_the_worker_have_a_dockerfile():
+    assert sorted(ROOT.glob("services/*/Dockerfile")) == sorted(DOCKERFILES.values())
+
+
+def test_workers_build_on_a_cuda_pytorch_image():
+    instructions = dockerfile_instructions(DOCKERFILES["worker"])
     froms = [args for instr, args in instructions if instr == "FROM"]
     assert len(froms) == 1
     image = froms[0].split()[0]
@@ -74,6 +78,19 @@ def test_gateway_installs_a_torch_within_the_project_pin():
     low, high = re.search(r'"torch>=([\d.]+),<([\d.]+)"', pyproject).groups()
     as_tuple = lambda v: tuple(map(int, v.split(".")))  # noqa: E731
     assert as_tuple(low) <= as_tuple(version) < as_tuple(high)
+
+
+def test_worker_image_installs_what_the_profiler_worker_needs():
+    """The profiler worker runs this image: it needs the `onnx` extra (the ONNX Runtime variant)
+    next to `platform` (Celery), and its Celery app must be in the image."""
+    runs = " ".join(a for i, a in dockerfile_instructions(DOCKERFILES["worker"]) if i == "RUN")
+    extras = set(re.search(r'pip install "\.\[([\w,]+)\]"', runs).group(1).split(","))
+    assert {"platform", "onnx"} <= extras
+    copied = {
+        shlex.split(a)[0] for i, a in dockerfile_instructions(DOCKERFILES["worker"]) if i == "COPY"
+    }
+    assert "services" in copied
+    importlib.import_module("services.profiler.app")
 
 
 @pytest.mark.parametrize("service", sorted(DOCKERFILES))

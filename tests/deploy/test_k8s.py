@@ -163,6 +163,15 @@ def test_gpu_worker_mounts_the_dataset_cache_where_settings_point(rendered):
     assert config["DISTILLERY_WORK_DIR"] in mounts
 
 
+@pytest.mark.parametrize("overlay", [p.name for p in OVERLAYS])
+def test_both_workers_run_the_worker_image(rendered, overlay):
+    """One image for the GPU and the profiler worker; only their commands differ."""
+    deployments = _by_kind(rendered[overlay], "Deployment")
+    images = {name: _pod(deployments[name])["containers"][0]["image"] for name in WORKERS}
+    assert len(set(images.values())) == 1, images
+    assert images["gpu-worker"].split(":")[0].endswith("distillery/worker")
+
+
 def test_images_match_the_compose_images(rendered, compose):
     built = {s["image"].split(":")[0] for s in compose["services"].values() if "build" in s}
     used = {

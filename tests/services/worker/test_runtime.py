@@ -50,8 +50,7 @@ def test_a_stage_the_runner_cannot_load_fails_with_its_error(settings, session_f
         s.add(exp)
         s.flush()
         first, second, exp_id = exp.stages[0].id, exp.stages[1].id, exp.id
-    with pytest.raises(Exception, match="data"):
-        execute_stage(make_celery(settings), settings, first, "host:1")
+    assert execute_stage(make_celery(settings), settings, first, "host:1") is None
     with session_factory() as s:
         assert s.get(Stage, first).status == StageStatus.failed
         assert "data" in s.get(Stage, first).error
