@@ -122,3 +122,28 @@ def test_corrupt_image_fails_its_stage_naming_the_file(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert victim.name in result.output
     assert "teacher failed" in result.output
+
+
+def test_auto_width_is_sized_before_the_student_trains(tmp_path: Path) -> None:
+    """`student.model.width: auto` plans a `size` stage; the student trains at the chosen width."""
+    spec = write_spec(
+        tmp_path,
+        student={"model": {"depth": 2, "width": "auto"}, "train": {"epochs": 1, "batch_size": 4}},
+        stages=["student"],
+        tracking={"mode": "disabled"},
+    )
+    raw = yaml.safe_load(spec.read_text())
+    raw["profiling"].update(latency_budget_ms=60_000, auto_widths=[2, 4])
+    spec.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(spec), "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["student_width"] == 4  # the widest that fits a generous budget
+    from distillery.models.checkpoint import load_model_checkpoint
+
+    exp_id = results["experiment_id"]
+    model, model_spec = load_model_checkpoint(
+        run_dir / "artifacts" / exp_id / "student" / "model.pt"
+    )
+    assert model_spec.width == 4 and model.width == 4
