@@ -126,8 +126,8 @@ def test_two_users_experiments_run_in_queue_order_to_results(platform, settings,
         ]
 
     seen: dict[str, dict[str, set[str]]] = {"alice": {}, "bob": {}}
-    final = {"alice": watch(alice, submitted["alice"]["id"], poll, 200, seen["alice"])}
-    final["bob"] = watch(bob, submitted["bob"]["id"], poll, 120, seen["bob"])
+    final = {"alice": watch(alice, submitted["alice"]["id"], poll, 480, seen["alice"])}
+    final["bob"] = watch(bob, submitted["bob"]["id"], poll, 300, seen["bob"])
     for who, exp in final.items():
         errors = {s["name"]: s["error"] for s in exp["stages"] if s["error"]}
         assert exp["status"] == "succeeded", (who, errors)
