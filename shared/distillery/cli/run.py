@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +34,8 @@ def run(
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
     run_dir = run_dir or Path("runs") / spec.name
+    # The progress bars are the interface; wandb's own chatter would break them up.
+    os.environ.setdefault("WANDB_SILENT", "true")
     console.print(
         f"[bold]{spec.name}[/bold]: stages {', '.join(spec.planned_stages())} → {run_dir}"
     )
