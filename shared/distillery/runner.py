@@ -232,7 +232,6 @@ class StageRunner:
     def _train(
         self, stage_id: int, name: str, spec: ExperimentSpec, workdir: Path
     ) -> dict[str, Any]:
-        from distillery.data import ensure_synthetic
         from distillery.training import run_stage
 
         with self.sessions() as s:
@@ -247,8 +246,6 @@ class StageRunner:
         teacher_path = None
         if name == "distill":
             teacher_path = self._teacher_path(spec, teacher_key, workdir)
-        if self.resolve_root is None:
-            ensure_synthetic(spec.data)
 
         def on_checkpoint(epoch: int, directory: Path) -> None:
             key = f"{prefix}/ckpt/{directory.name}"
