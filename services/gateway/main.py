@@ -6,6 +6,7 @@ buckets and the dataset cache onto `app.state.gateway`; tests pass their own set
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse
 from distillery.db import make_session_factory
 from distillery.s3 import DatasetCache, make_storage
 from distillery.settings import Settings, get_settings
+from distillery.spec import short
 from distillery.storage import Storage
 from services.celery_app import make_celery
 from services.gateway.database import engine_for, migrate_locked
@@ -40,13 +42,27 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(p) for p in parts) or "(body)"
 
 
+#: An error message is cut to this many characters (it may quote user input).
+MAX_MESSAGE = 2000
+
+
 async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 body plus a dotted `field` per error; whole-spec inputs are left out."""
+    """FastAPI's 422 body plus a dotted `field` per error; whole-spec inputs are left out and a
+    bad value is echoed as a short prefix only (`distillery.spec.short`)."""
     errors = []
-    for err in jsonable_encoder(exc.errors()):
+    for err in exc.errors()[:100]:
+        err = dict(err)
+        err.pop("ctx", None)
+        err.pop("url", None)
+        value = err.pop("input", None)
+        err = jsonable_encoder(err)
         err["field"] = field_path(err.get("loc", ()))
-        if isinstance(err.get("input"), dict | list):
-            err.pop("input")
+        err["msg"] = str(err.get("msg", ""))[:MAX_MESSAGE]
+        if value is not None and not isinstance(value, dict | list):
+            plain = isinstance(value, bool | int) or (
+                isinstance(value, float) and math.isfinite(value)
+            )
+            err["input"] = value if plain else short(value)
         errors.append(err)
     return JSONResponse(status_code=422, content={"detail": errors})
 

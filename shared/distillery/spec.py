@@ -3,6 +3,13 @@
 A spec names registered components only (models, losses, datasets, schedules). It can never
 import or run code: YAML is read with ``yaml.safe_load`` and every name is checked against a
 registry.
+
+Every number has bounds a shared platform can live with (`Field(le=...)`, listed in the JSON
+schema): epochs <= 10000, image sides <= 4096, widths <= 256, depth <= 6, batch sizes <= 4096,
+num_processes <= 64, temperatures <= 100, loss weights <= 1000, lr <= 10. Integers and booleans
+are strict (`epochs: true` or `epochs: "5"` is an error), floats are finite, strings and lists
+have a maximum length, and an error message quotes at most a short prefix of a bad value
+(`short`). Validation never imports torch: feature taps are checked with `model_taps`.
 """
 
 from __future__ import annotations
@@ -15,24 +22,61 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveFloat,
-    PositiveInt,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-NonNegFloat = Annotated[float, Field(ge=0)]
+#: Integers are strict: `true`, `5.0` or `"5"` is not an integer.
+Int = Annotated[int, Strict()]
+#: Floats accept integers but not booleans or strings; NaN and infinities are refused.
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Bool = Annotated[bool, Strict()]
+PositiveInt = Annotated[int, Strict(), Field(ge=1)]
+NonNegInt = Annotated[int, Strict(), Field(ge=0)]
+PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+
+#: Largest image side (height or width) in pixels; Cityscapes is 1024x2048.
+MAX_IMAGE_SIDE = 4096
+#: Largest UNet base width (channels of the first level).
+MAX_WIDTH = 256
+#: Largest epoch count, batch size, number of processes.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 4096
+MAX_PROCESSES = 64
+#: Names, folders and keys are at most this long.
+MAX_NAME = 200
+MAX_PATH = 1024
+#: How much of a bad value an error message quotes.
+ECHO_CHARS = 40
+
+
+def short(value: object, limit: int = ECHO_CHARS) -> str:
+    """`repr(value)`, cut to `limit` characters (errors never echo a huge value back)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 class _Strict(BaseModel):
     """Unknown fields are errors: a typo in a spec must not be silently ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-#: (height, width) in pixels.
-HW = tuple[PositiveInt, PositiveInt]
+#: One image side in pixels.
+Side = Annotated[int, Strict(), Field(ge=1, le=MAX_IMAGE_SIDE)]
+#: (height, width) in pixels, each at most `MAX_IMAGE_SIDE`.
+HW = tuple[Side, Side]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+PathStr = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
+Split = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Tap = Annotated[str, Field(min_length=1, max_length=64)]
+Weight = Annotated[float, Strict(), Field(ge=0, le=1000, allow_inf_nan=False)]
+Temperature = Annotated[float, Strict(), Field(gt=0, le=100, allow_inf_nan=False)]
+Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
+Seed = Annotated[int, Strict(), Field(ge=0, le=2**32 - 1)]
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -42,8 +86,9 @@ class DatasetRef(_Strict):
     """A dataset in its native layout: a local folder (`root`) or a platform `dataset_id`."""
 
     format: Literal["cityscapes", "bdd100k"]
-    root: str | None = None
-    dataset_id: str | None = None
+    #: A folder; on the platform only inside `DISTILLERY_ALLOWED_DATA_ROOTS`.
+    root: PathStr | None = None
+    dataset_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
     @model_validator(mode="after")
     def _one_location(self) -> DatasetRef:
@@ -55,38 +100,44 @@ class DatasetRef(_Strict):
 class SyntheticSpec(_Strict):
     """Generate the synthetic driving-scene data set (both native layouts) if it is absent."""
 
-    num_train: PositiveInt = 64
-    num_val: PositiveInt = 16
-    image_size: HW = (64, 128)
-    seed: int = 0
+    num_train: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 64
+    num_val: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 16
+    image_size: tuple[
+        Annotated[int, Strict(), Field(ge=1, le=2048)],
+        Annotated[int, Strict(), Field(ge=1, le=2048)],
+    ] = (64, 128)
+    seed: Seed = 0
 
 
 class AugmentSpec(_Strict):
     """Training augmentation (in torch, no torchvision). Validation only normalises."""
 
-    scale_range: tuple[PositiveFloat, PositiveFloat] = (0.75, 1.5)
-    hflip: bool = True
-    brightness: NonNegFloat = 0.2
-    contrast: NonNegFloat = 0.2
-    saturation: NonNegFloat = 0.2
+    scale_range: tuple[
+        Annotated[float, Strict(), Field(gt=0, le=4, allow_inf_nan=False)],
+        Annotated[float, Strict(), Field(gt=0, le=4, allow_inf_nan=False)],
+    ] = (0.75, 1.5)
+    hflip: Bool = True
+    brightness: Fraction = 0.2
+    contrast: Fraction = 0.2
+    saturation: Fraction = 0.2
 
     @field_validator("scale_range")
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
         if v[0] > v[1]:
-            raise ValueError(f"scale_range must be (low, high) with low <= high, got {v}")
+            raise ValueError(f"scale_range must be (low, high) with low <= high, got {short(v)}")
         return v
 
 
 class DataSpec(_Strict):
-    train: list[DatasetRef] = Field(min_length=1)
-    val: list[DatasetRef] = Field(min_length=1)
-    train_split: str = "train"
-    val_split: str = "val"
+    train: list[DatasetRef] = Field(min_length=1, max_length=16)
+    val: list[DatasetRef] = Field(min_length=1, max_length=16)
+    train_split: Split = "train"
+    val_split: Split = "val"
     #: (height, width) of training crops and of validation images (resized), in pixels.
     image_size: HW = (64, 128)
     augment: AugmentSpec = AugmentSpec()
-    num_workers: Annotated[int, Field(ge=0)] = 0
+    num_workers: Annotated[int, Strict(), Field(ge=0, le=32)] = 0
     synthetic: SyntheticSpec | None = None
 
 
@@ -96,32 +147,47 @@ class DataSpec(_Strict):
 class ModelSpec(_Strict):
     """A registered segmentation model. The UNet family spans large teachers and tiny students."""
 
-    arch: str = "unet"
+    arch: Literal["unet"] = "unet"
     #: Encoder levels (each halves the resolution); the input must be divisible by 2**depth.
-    depth: Annotated[int, Field(ge=1, le=6)] = 4
-    #: Channels of the first level; doubles every level. `auto` (students only): the profiler
-    #: picks the largest width whose latency fits `profiling.latency_budget_ms`.
-    width: PositiveInt | Literal["auto"] = 16
+    depth: Annotated[int, Strict(), Field(ge=1, le=6)] = 4
+    #: Channels of the first level (<= 256); doubles every level. `auto` (students only): the
+    #: profiler picks the largest width whose latency fits `profiling.latency_budget_ms`.
+    width: Annotated[int, Strict(), Field(ge=1, le=MAX_WIDTH)] | Literal["auto"] = 16
     norm: Literal["batch", "group"] = "batch"
     upsample: Literal["transpose", "bilinear"] = "bilinear"
-    separable: bool = False
-    num_classes: PositiveInt = 19
-    #: A checkpoint to start from (a teacher given here skips teacher training).
-    checkpoint: str | None = None
+    separable: Bool = False
+    num_classes: Annotated[int, Strict(), Field(ge=1, le=255)] = 19
+    #: A checkpoint to start from (a teacher given here skips teacher training). On the
+    #: platform: an artifact key of one of the submitter's own experiments.
+    checkpoint: PathStr | None = None
 
-    @field_validator("arch")
-    @classmethod
-    def _registered(cls, v: str) -> str:
-        from distillery.models import MODELS
+    def tap_names(self) -> list[str]:
+        """The feature taps of this model (see `model_taps`)."""
+        return model_taps(self.arch, self.depth)
 
-        return MODELS.check(v)
+
+def model_taps(arch: str, depth: int) -> list[str]:
+    """Feature tap names of a registered model, computed without building it (no torch).
+
+    UNet (`distillery.models.unet.UNet`): `encoder.0..depth-1`, `bottleneck`,
+    `decoder.0..depth-1`, then `logits` (the output).
+    """
+    if arch != "unet":
+        raise ValueError(f"no tap layout for model {short(arch)}")
+    return [
+        *(f"encoder.{i}" for i in range(depth)),
+        "bottleneck",
+        *(f"decoder.{j}" for j in range(depth)),
+        "logits",
+    ]
 
 
 # -------------------------------------------------------------------------------------- losses
 
 
 class _Term(_Strict):
-    weight: NonNegFloat = 1.0
+    #: In [0, 1000].
+    weight: Weight = 1.0
 
 
 #: Per-class loss weights computed from the training set's label statistics (or none).
@@ -133,12 +199,12 @@ class CrossEntropyTerm(_Term):
 
     kind: Literal["cross_entropy"] = "cross_entropy"
     class_weights: ClassWeighting = "none"
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    label_smoothing: Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)] = 0.0
 
 
 class FocalTerm(_Term):
     kind: Literal["focal"] = "focal"
-    gamma: NonNegFloat = 2.0
+    gamma: Annotated[float, Strict(), Field(ge=0, le=10, allow_inf_nan=False)] = 2.0
     class_weights: ClassWeighting = "none"
 
 
@@ -146,9 +212,9 @@ class OhemTerm(_Term):
     kind: Literal["ohem"] = "ohem"
     class_weights: ClassWeighting = "none"
     #: Pixels whose probability of the true class is below `threshold` are hard.
-    threshold: Annotated[float, Field(gt=0, le=1)] = 0.7
+    threshold: Annotated[float, Strict(), Field(gt=0, le=1, allow_inf_nan=False)] = 0.7
     #: ... but at least this fraction of valid pixels is always kept.
-    min_kept_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
+    min_kept_fraction: Annotated[float, Strict(), Field(gt=0, le=1, allow_inf_nan=False)] = 0.1
 
 
 class ConfidencePenaltyTerm(_Term):
@@ -159,26 +225,27 @@ class ConfidencePenaltyTerm(_Term):
 
 class LogitKDTerm(_Term):
     kind: Literal["logit_kd"] = "logit_kd"
-    temperature: PositiveFloat = 4.0
+    #: In (0, 100].
+    temperature: Temperature = 4.0
 
 
 class ChannelWiseKDTerm(_Term):
     kind: Literal["channel_wise_kd"] = "channel_wise_kd"
-    temperature: PositiveFloat = 4.0
+    temperature: Temperature = 4.0
     #: `logits` or a feature tap; on a tap, a 1x1 adapter maps student to teacher channels.
-    tap: str = "logits"
+    tap: Tap = "logits"
 
 
 class FeatureMSETerm(_Term):
     kind: Literal["feature_mse"] = "feature_mse"
-    student_tap: str
-    teacher_tap: str
+    student_tap: Tap
+    teacher_tap: Tap
 
 
 class AttentionTransferTerm(_Term):
     kind: Literal["attention_transfer"] = "attention_transfer"
-    student_tap: str
-    teacher_tap: str
+    student_tap: Tap
+    teacher_tap: Tap
 
 
 LossTerm = Annotated[
@@ -200,30 +267,42 @@ DISTILL_KINDS = {"logit_kd", "channel_wise_kd", "feature_mse", "attention_transf
 # ------------------------------------------------------------------------------------ training
 
 
+#: Learning-rate schedules registered in `distillery.training.schedules` (a test keeps the two
+#: in step; the spec names them here so validating one imports no torch).
+SCHEDULE_NAMES = ("constant", "poly")
+
+
 class TrainSpec(_Strict):
-    epochs: PositiveInt = 10
-    batch_size: PositiveInt = 8
+    #: 1..10000.
+    epochs: Annotated[int, Strict(), Field(ge=1, le=MAX_EPOCHS)] = 10
+    #: 1..4096.
+    batch_size: Annotated[int, Strict(), Field(ge=1, le=MAX_BATCH_SIZE)] = 8
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: PositiveFloat = 2e-3
-    weight_decay: NonNegFloat = 1e-4
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    schedule: str = "poly"
-    poly_power: PositiveFloat = 0.9
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
-    grad_accum_steps: PositiveInt = 1
+    #: In (0, 10].
+    lr: Annotated[float, Strict(), Field(gt=0, le=10, allow_inf_nan=False)] = 2e-3
+    weight_decay: Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)] = 1e-4
+    momentum: Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)] = 0.9
+    schedule: Annotated[str, Field(max_length=64)] = "poly"
+    poly_power: Annotated[float, Strict(), Field(gt=0, le=10, allow_inf_nan=False)] = 0.9
+    warmup_steps: Annotated[int, Strict(), Field(ge=0, le=1_000_000)] = 0
+    grad_accum_steps: Annotated[int, Strict(), Field(ge=1, le=1024)] = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    #: Processes for `accelerate launch` (GPUs on a GPU node; gloo processes on a CPU).
-    num_processes: PositiveInt = 1
+    #: Processes for `accelerate launch` (GPUs on a GPU node; gloo processes on a CPU); <= 64.
+    num_processes: Annotated[int, Strict(), Field(ge=1, le=MAX_PROCESSES)] = 1
     #: Cap on optimizer steps per epoch (tiny smoke runs); null = the whole training set.
-    max_steps_per_epoch: PositiveInt | None = None
-    grad_clip_norm: PositiveFloat | None = None
+    max_steps_per_epoch: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] | None = None
+    grad_clip_norm: Annotated[float, Strict(), Field(gt=0, le=1e6, allow_inf_nan=False)] | None = (
+        None
+    )
 
     @field_validator("schedule")
     @classmethod
     def _registered(cls, v: str) -> str:
-        from distillery.training.schedules import SCHEDULES
-
-        return SCHEDULES.check(v)
+        if v not in SCHEDULE_NAMES:
+            raise ValueError(
+                f"unknown schedule {short(v)}; registered: {', '.join(SCHEDULE_NAMES)}"
+            )
+        return v
 
 
 class ModelStageSpec(_Strict):
@@ -231,7 +310,9 @@ class ModelStageSpec(_Strict):
 
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
-    losses: list[LossTerm] = Field(default_factory=lambda: [CrossEntropyTerm()], min_length=1)
+    losses: list[LossTerm] = Field(
+        default_factory=lambda: [CrossEntropyTerm()], min_length=1, max_length=16
+    )
 
     @field_validator("losses")
     @classmethod
@@ -252,7 +333,7 @@ class AlternateSpec(_Strict):
     """
 
     between: Literal["objectives", "models"] = "objectives"
-    every: PositiveInt = 1
+    every: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 1
     unit: Literal["steps", "epochs"] = "epochs"
 
 
@@ -260,11 +341,12 @@ class DistillationSpec(_Strict):
     mode: Literal["offline", "online"] = "offline"
     #: Weighted sum of supervised and distillation terms for the student.
     losses: list[LossTerm] = Field(
-        default_factory=lambda: [CrossEntropyTerm(), LogitKDTerm()], min_length=1
+        default_factory=lambda: [CrossEntropyTerm(), LogitKDTerm()], min_length=1, max_length=16
     )
     #: Online mode: the teacher's own objective (supervised terms + a mutual logit_kd term).
     teacher_losses: list[LossTerm] = Field(
-        default_factory=lambda: [CrossEntropyTerm(), LogitKDTerm(weight=0.5, temperature=1.0)]
+        default_factory=lambda: [CrossEntropyTerm(), LogitKDTerm(weight=0.5, temperature=1.0)],
+        max_length=16,
     )
     #: Training settings; default: the student's.
     train: TrainSpec | None = None
@@ -289,39 +371,46 @@ class DistillationSpec(_Strict):
 class ProfilingSpec(_Strict):
     #: (height, width) at which latency is measured (and at which the budget applies).
     input_size: HW = (64, 128)
-    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1])
+    #: At most 16 batch sizes, each 1..4096.
+    batch_sizes: list[Annotated[int, Strict(), Field(ge=1, le=MAX_BATCH_SIZE)]] = Field(
+        default_factory=lambda: [1], min_length=1, max_length=16
+    )
     device: Literal["cpu", "cuda", "auto"] = "auto"
     #: Precision of a variant that names none, and the precision at which the budget applies.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     #: `runtime[+precision]`: runtime eager | channels_last | compile | onnx, precision fp32 |
     #: bf16 | fp16 (autocast). A bare precision (`bf16`) means `eager+bf16`.
-    variants: list[str] = Field(default_factory=lambda: ["eager"], min_length=1)
-    warmup: Annotated[int, Field(ge=0)] = 3
-    min_repeats: PositiveInt = 5
-    max_repeats: PositiveInt = 50
+    variants: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=lambda: ["eager"], min_length=1, max_length=16
+    )
+    warmup: Annotated[int, Strict(), Field(ge=0, le=1000)] = 3
+    min_repeats: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 5
+    max_repeats: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 50
     #: Stop repeating once the (robust) coefficient of variation of the latency is below this.
-    target_cv: PositiveFloat = 0.05
+    target_cv: Annotated[float, Strict(), Field(gt=0, le=1, allow_inf_nan=False)] = 0.05
     #: Stop repeating one measurement after this many seconds (once `min_repeats` are done).
-    max_time_s: PositiveFloat | None = 30.0
-    latency_budget_ms: PositiveFloat | None = None
+    max_time_s: Annotated[float, Strict(), Field(gt=0, le=3600, allow_inf_nan=False)] | None = 30.0
+    latency_budget_ms: (
+        Annotated[float, Strict(), Field(gt=0, le=1e6, allow_inf_nan=False)] | None
+    ) = None
     #: Batch size at which the budget applies.
-    budget_batch_size: PositiveInt = 1
+    budget_batch_size: Annotated[int, Strict(), Field(ge=1, le=MAX_BATCH_SIZE)] = 1
     #: The latency statistic compared with the budget.
     budget_statistic: Literal["p50", "p90", "p99", "mean"] = "p50"
     #: Widths tried by `student.model.width: auto`, largest that fits wins.
-    auto_widths: list[PositiveInt] = Field(
-        default_factory=lambda: [4, 8, 12, 16, 24, 32, 48, 64], min_length=1
+    auto_widths: list[Annotated[int, Strict(), Field(ge=1, le=MAX_WIDTH)]] = Field(
+        default_factory=lambda: [4, 8, 12, 16, 24, 32, 48, 64], min_length=1, max_length=32
     )
 
     @field_validator("variants")
     @classmethod
     def _known_variants(cls, v: list[str]) -> list[str]:
-        from distillery.profiler.variants import parse_variant
+        from distillery.variant_names import parse_variant
 
         for name in v:
             parse_variant(name)  # raises ValueError naming the allowed runtimes and precisions
         if len(set(v)) != len(v):
-            raise ValueError(f"variants repeat a name: {v}")
+            raise ValueError(f"variants repeat a name: {short(v)}")
         return v
 
     @model_validator(mode="after")
@@ -339,11 +428,11 @@ class ProfilingSpec(_Strict):
 class TrackingSpec(_Strict):
     #: wandb mode; `online` needs WANDB_API_KEY. `disabled` logs nothing.
     mode: Literal["online", "offline", "disabled"] = "offline"
-    project: str = "distillery"
-    entity: str | None = None
-    log_images: bool = True
+    project: Annotated[str, Field(min_length=1, max_length=128)] = "distillery"
+    entity: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    log_images: Bool = True
     #: Log feature maps at every tap for one fixed validation image.
-    log_feature_maps: bool = True
+    log_feature_maps: Bool = True
 
 
 # ---------------------------------------------------------------------------------- experiment
@@ -356,7 +445,7 @@ PlannedStage = Literal["size", "teacher", "student", "distill", "profile"]
 
 class ExperimentSpec(_Strict):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    seed: int = 0
+    seed: Seed = 0
     data: DataSpec
     teacher: ModelStageSpec = ModelStageSpec(model=ModelSpec(width=32))
     student: ModelStageSpec = ModelStageSpec(model=ModelSpec(width=8))
@@ -364,7 +453,7 @@ class ExperimentSpec(_Strict):
     profiling: ProfilingSpec = ProfilingSpec()
     tracking: TrackingSpec = TrackingSpec()
     #: Stages to run; `student` is the baseline (student trained alone).
-    stages: list[Stage] = Field(default_factory=lambda: list(STAGE_ORDER))
+    stages: list[Stage] = Field(default_factory=lambda: list(STAGE_ORDER), max_length=8)
 
     @model_validator(mode="after")
     def _checks(self) -> ExperimentSpec:
@@ -382,7 +471,37 @@ class ExperimentSpec(_Strict):
                     f"{field} {h}x{w} must be divisible by {factor} (2**depth of the UNets)"
                 )
         self.stages = [s for s in STAGE_ORDER if s in self.stages]
+        self._check_taps()
         return self
+
+    def _check_taps(self) -> None:
+        """Every tap a distillation term reads exists on its model; the message lists the valid
+        taps. (Online teacher terms see the teacher as `student` and the student as `teacher`.)"""
+        models = {"student": self.student.model, "teacher": self.teacher.model}
+        swap = {"student": "teacher", "teacher": "student"}
+        for where, terms, role_of in (
+            ("distillation.losses", self.distillation.losses, lambda r: r),
+            ("distillation.teacher_losses", self.distillation.teacher_losses, swap.__getitem__),
+        ):
+            for i, term in enumerate(terms):
+                reads = (
+                    {"tap": ("student", "teacher")}
+                    if term.kind == "channel_wise_kd"
+                    else {"student_tap": ("student",), "teacher_tap": ("teacher",)}
+                )
+                for attr, roles in reads.items():
+                    tap = getattr(term, attr, None)
+                    if tap is None:
+                        continue
+                    for role in roles:
+                        model = role_of(role)
+                        valid = models[model].tap_names()
+                        if tap not in valid:
+                            raise ValueError(
+                                f"{where}.{i}.{attr}: the {model} (depth "
+                                f"{models[model].depth}) has no tap {short(tap)}; valid taps: "
+                                + ", ".join(valid)
+                            )
 
     def planned_stages(self) -> list[PlannedStage]:
         """Stages to run in order; a teacher given as a checkpoint is not trained again, and a

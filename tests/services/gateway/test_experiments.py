@@ -344,3 +344,36 @@ def test_broker_down_keeps_the_stage_for_the_reconciler(settings, make_user, ses
     assert elapsed < 15
     stages = stages_of(session_factory, r.json()["id"])
     assert stages[0].status == StageStatus.queued and stages[0].enqueued_at is None
+
+
+def test_out_of_bounds_specs_are_422s_that_echo_little_and_store_nothing(as_user, session_factory):
+    alice = as_user("alice")
+    cases = [
+        ({"student": {"train": {"epochs": 10**30}}}, "student.train.epochs"),
+        ({"student": {"train": {"epochs": True}}}, "student.train.epochs"),
+        ({"teacher": {"model": {"width": 10**6}}}, "teacher.model.width"),
+        ({"teacher": {"train": {"num_processes": 10**4}}}, "teacher.train.num_processes"),
+        ({"student": {"train": {"schedule": "s" * 100_000}}}, "student.train.schedule"),
+    ]
+    for patch, field in cases:
+        r = alice.post("/experiments", json=spec_dict(**patch))
+        assert r.status_code == 422, r.text
+        fields = [e["field"] for e in r.json()["detail"]]
+        assert any(f.startswith(field) for f in fields), (field, fields)
+        assert len(r.content) < 3000  # a 100 kB value is echoed as a short prefix only
+    r = alice.post(
+        "/experiments",
+        json=spec_dict(
+            distillation={
+                "losses": [
+                    {"kind": "feature_mse", "student_tap": "encoder.1", "teacher_tap": "encoder.99"}
+                ]
+            }
+        ),
+    )
+    assert r.status_code == 422
+    msg = r.json()["detail"][0]["msg"]
+    assert "distillation.losses.0.teacher_tap" in msg and "encoder.99" in msg
+    assert "valid taps: encoder.0, encoder.1, bottleneck" in msg
+    with session_factory() as s:
+        assert s.scalars(select(Experiment)).first() is None
