@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     #: The gateway runs `alembic upgrade head` when it starts (tests migrate their own schema).
     migrate_on_start: bool = True
 
+    #: Dataset uploads (`distillery.data.archive_safety.ArchiveLimits`): entries, bytes per file,
+    #: total unpacked bytes, unpacked/packed ratio, pixels per image.
+    upload_max_members: int = 200_000
+    upload_max_member_bytes: int = 2 << 30
+    upload_max_unpacked_bytes: int = 50 << 30
+    upload_max_ratio: float = 100.0
+    upload_max_image_pixels: int = 8192 * 8192
+
     #: wandb mode for workers: online needs WANDB_API_KEY.
     wandb_mode: str = "offline"
 
