@@ -25,6 +25,7 @@ from services.celery_app import make_celery
 from services.gateway.database import engine_for, migrate_locked
 from services.gateway.deps import GatewayState
 from services.gateway.dispatch import CeleryDispatcher, Dispatcher
+from services.gateway.limits import BodySizeLimit
 from services.gateway.routes import datasets, experiments, health, queue
 
 DESCRIPTION = """\
@@ -103,6 +104,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.gateway = state
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_request_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(health.router)
     app.include_router(experiments.router)

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     upload_max_ratio: float = 100.0
     upload_max_image_pixels: int = 8192 * 8192
 
+    #: Gateway limits: request body bytes (an upload: `max_upload_bytes`), experiments a user
+    #: may have queued or running, submissions per user per minute (0 = no limit).
+    max_request_bytes: int = 1 << 20
+    max_upload_bytes: int = 20 << 30
+    max_active_experiments: int = 20
+    max_submissions_per_minute: int = 30
+
     #: wandb mode for workers: online needs WANDB_API_KEY.
     wandb_mode: str = "offline"
 

@@ -20,6 +20,7 @@ from services.gateway.deps import (
     SettingsDep,
     ensure_owner_or_admin,
 )
+from services.gateway.limits import MAX_OFFSET, check_submission_allowed
 from services.gateway.schemas import (
     ArtifactOut,
     ExperimentDetail,
@@ -74,6 +75,7 @@ def submit_experiment(
     out; a teacher given as `teacher.model.checkpoint` is not trained. Training stages go to
     the GPU queue, profiling to the profiler queue.
     """
+    check_submission_allowed(session, user, settings)
     try:
         experiment = planning.create_experiment(session, spec, user, settings, dispatcher)
     except planning.PlanError as e:
@@ -88,7 +90,7 @@ def list_experiments(
     status_: Annotated[StageStatus | None, Query(alias="status")] = None,
     owner: Annotated[str | None, Query(description="owner's user name")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ExperimentPage:
     """Everyone's experiments, newest first, optionally of one status and/or one owner."""
     query = select(Experiment)
