@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from distillery.access import spec_access_errors
 from distillery.db import Dataset, Experiment, Stage, StageStatus, User
 from distillery.db import planning as db_planning
 from distillery.db.models import utcnow
@@ -72,7 +73,10 @@ def create_experiment(
 ) -> Experiment:
     """Check dataset references, store the spec and its planned stages (the same planning as
     `distillery run`: `distillery.db.planning`), commit, then enqueue the first stage."""
-    errors = dataset_errors(session, spec)
+    errors = dataset_errors(session, spec) + [
+        _err(["body", *e.loc], e.msg, "access_denied")
+        for e in spec_access_errors(session, spec, owner, settings.allowed_data_roots)
+    ]
     if not spec.planned_stages():
         errors.append(
             _err(

@@ -17,11 +17,12 @@ from celery import Celery
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from distillery.access import check_experiment_access
 from distillery.db import Dataset, Stage, StageStatus, make_engine, make_session_factory
 from distillery.runner import StageRunner
 from distillery.s3 import DatasetCache, make_storage
 from distillery.settings import Settings
-from distillery.spec import DatasetRef
+from distillery.spec import DatasetRef, ExperimentSpec
 from services.gateway.dispatch import CeleryDispatcher, enqueue_stage
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,19 @@ def dataset_resolver(
         return cache.materialize(datasets, prefix)
 
     return resolve
+
+
+def spec_checker(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> Callable[[str, ExperimentSpec], None]:
+    """The worker's second look at what a spec may touch (`distillery.access`), with symbolic
+    links resolved on this machine: folders inside `allowed_data_roots`, own checkpoints."""
+
+    def check(experiment_id: str, spec: ExperimentSpec) -> None:
+        with sessions() as s:
+            check_experiment_access(s, experiment_id, spec, settings.allowed_data_roots)
+
+    return check
 
 
 @contextmanager
@@ -106,6 +120,7 @@ def execute_stage(app: Celery, settings: Settings, stage_id: int, worker: str) -
         resolve_root=dataset_resolver(settings, sessions),
         lease_seconds=settings.lease_seconds,
         tracking_mode=settings.wandb_mode,
+        check_spec=spec_checker(settings, sessions),
     )
     try:
         with heartbeat(sessions, stage_id, worker, settings.lease_seconds):

@@ -62,9 +62,12 @@ class StageRunner:
         lease_seconds: int = 600,
         on_progress: Callable[[int, Any], None] | None = None,
         tracking_mode: str | None = None,
+        check_spec: Callable[[str, ExperimentSpec], None] | None = None,
     ) -> None:
         """`tracking_mode` caps what a spec may ask of wandb (`online` > `offline` > `disabled`):
-        a platform without internet sets `offline`, and online specs then log offline."""
+        a platform without internet sets `offline`, and online specs then log offline.
+        `check_spec(experiment_id, spec)` runs before a stage does (the platform's
+        `distillery.access` rules); what it raises fails the stage."""
         self.sessions = session_factory
         self.artifacts = artifacts
         self.work_dir = Path(work_dir)
@@ -73,6 +76,7 @@ class StageRunner:
         self.lease = timedelta(seconds=lease_seconds)
         self.on_progress = on_progress
         self.tracking_mode = tracking_mode
+        self.check_spec = check_spec
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -93,6 +97,8 @@ class StageRunner:
         stage_name, experiment_id, spec = claimed
         workdir = self.work_dir / experiment_id
         try:
+            if self.check_spec is not None:
+                self.check_spec(experiment_id, spec)
             result = self._execute(stage_id, stage_name, spec, workdir)
             self._succeed(stage_id, result)
         except StageLost as exc:

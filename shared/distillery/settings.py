@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -44,6 +47,11 @@ class Settings(BaseSettings):
     #: The gateway runs `alembic upgrade head` when it starts (tests migrate their own schema).
     migrate_on_start: bool = True
 
+    #: Folders a spec's `data.*.root`, `data.synthetic` output and checkpoint files may use on
+    #: the platform (`distillery.access`): `/data/shared:/mnt/cityscapes` or a JSON list. Empty:
+    #: only registered datasets (`dataset_id`). `distillery run` does not apply it.
+    allowed_data_roots: Annotated[list[Path], NoDecode] = []
+
     #: Dataset uploads (`distillery.data.archive_safety.ArchiveLimits`): entries, bytes per file,
     #: total unpacked bytes, unpacked/packed ratio, pixels per image.
     upload_max_members: int = 200_000
@@ -61,6 +69,18 @@ class Settings(BaseSettings):
 
     #: wandb mode for workers: online needs WANDB_API_KEY.
     wandb_mode: str = "offline"
+
+    @field_validator("allowed_data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part for part in re.split(r"[:,]", text) if part.strip()]
+        return v
 
 
 @lru_cache

@@ -55,11 +55,25 @@ def test_submit_plans_stages_and_enqueues_only_the_first(
         assert exp.spec["name"] == "exp-a" and exp.spec["student"]["model"]["width"] == 4
 
 
+def own_teacher_model(session_factory, owner: str = "alice") -> str:
+    """The key of a teacher model that an earlier experiment of `owner` produced."""
+    from distillery.db import User
+
+    with session_factory.begin() as s:
+        user = s.scalar(select(User).where(User.name == owner))
+        old = Experiment(name="old", spec={}, owner_id=user.id, status=StageStatus.succeeded)
+        s.add(old)
+        s.flush()
+        key = f"artifacts/{old.id}/teacher/model.pt"
+        s.add(Artifact(experiment_id=old.id, stage="teacher", kind="model", key=key))
+    return key
+
+
 def test_teacher_checkpoint_skips_teacher_training(
     as_user, session_factory, queues, celery_messages
 ):
     spec = spec_dict("from-ckpt")
-    spec["teacher"]["model"]["checkpoint"] = "artifacts/old/teacher/model.pt"
+    spec["teacher"]["model"]["checkpoint"] = own_teacher_model(session_factory)
     r = as_user("alice").post("/experiments", json=spec)
     assert r.status_code == 201, r.text
     stages = stages_of(session_factory, r.json()["id"])
@@ -84,7 +98,7 @@ def test_nothing_to_run_is_422(as_user):
     spec["teacher"]["model"]["checkpoint"] = "teacher.pt"
     r = as_user("alice").post("/experiments", json=spec)
     assert r.status_code == 422
-    assert [e["field"] for e in r.json()["detail"]] == ["stages"]
+    assert "stages" in [e["field"] for e in r.json()["detail"]]
 
 
 def test_invalid_spec_is_422_naming_each_bad_field(as_user, queues, celery_messages):
