@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             cache_dir=tmp / "cache",
             work_dir=tmp / "work",
             migrate_on_start=False,
+            allowed_data_roots=[tmp],  # the benchmark's synthetic data folder
         )
         rds = redis.Redis.from_url(redis_url)
         stack.callback(lambda: rds.delete(*rds.scan_iter(match=f"*{tag}*")) or rds.close())
