@@ -1,6 +1,6 @@
-"""Unpacking an uploaded dataset archive: see `distillery.data.archive_safety` (the gateway and
+"""Unpacking an uploaded dataset archive: see `distillery.archive_safety` (the gateway and
 a CPU-queue stage share it)."""
 
-from distillery.data.archive_safety import ArchiveError, ArchiveLimits, extract_archive
+from distillery.archive_safety import ArchiveError, ArchiveLimits, extract_archive
 
 __all__ = ["ArchiveError", "ArchiveLimits", "extract_archive"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from distillery.data.archive_safety import ArchiveLimits
+from distillery.archive_safety import ArchiveLimits
 from distillery.settings import Settings
 from distillery.storage import Storage
 

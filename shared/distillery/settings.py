@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     #: only registered datasets (`dataset_id`). `distillery run` does not apply it.
     allowed_data_roots: Annotated[list[Path], NoDecode] = []
 
-    #: Dataset uploads (`distillery.data.archive_safety.ArchiveLimits`): entries, bytes per file,
+    #: Dataset uploads (`distillery.archive_safety.ArchiveLimits`): entries, bytes per file,
     #: total unpacked bytes, unpacked/packed ratio, pixels per image.
     upload_max_members: int = 200_000
     upload_max_member_bytes: int = 2 << 30

@@ -28,15 +28,9 @@ from pydantic import (
     model_validator,
 )
 
-#: Integers are strict: `true`, `5.0` or `"5"` is not an integer.
-Int = Annotated[int, Strict()]
-#: Floats accept integers but not booleans or strings; NaN and infinities are refused.
-Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+# Integers are strict (`true`, `5.0` or `"5"` is not an integer); floats accept integers but not
+# booleans or strings, and refuse NaN and infinities; booleans are strict.
 Bool = Annotated[bool, Strict()]
-PositiveInt = Annotated[int, Strict(), Field(ge=1)]
-NonNegInt = Annotated[int, Strict(), Field(ge=0)]
-PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
-NonNegFloat = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 
 #: Largest image side (height or width) in pixels; Cityscapes is 1024x2048.
 MAX_IMAGE_SIDE = 4096
@@ -69,7 +63,6 @@ class _Strict(BaseModel):
 Side = Annotated[int, Strict(), Field(ge=1, le=MAX_IMAGE_SIDE)]
 #: (height, width) in pixels, each at most `MAX_IMAGE_SIDE`.
 HW = tuple[Side, Side]
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 PathStr = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
 Split = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Tap = Annotated[str, Field(min_length=1, max_length=64)]
@@ -147,7 +140,7 @@ class DataSpec(_Strict):
 class ModelSpec(_Strict):
     """A registered segmentation model. The UNet family spans large teachers and tiny students."""
 
-    arch: Literal["unet"] = "unet"
+    arch: Annotated[str, Field(min_length=1, max_length=64)] = "unet"
     #: Encoder levels (each halves the resolution); the input must be divisible by 2**depth.
     depth: Annotated[int, Strict(), Field(ge=1, le=6)] = 4
     #: Channels of the first level (<= 256); doubles every level. `auto` (students only): the
@@ -160,6 +153,13 @@ class ModelSpec(_Strict):
     #: A checkpoint to start from (a teacher given here skips teacher training). On the
     #: platform: an artifact key of one of the submitter's own experiments.
     checkpoint: PathStr | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from distillery.registry import MODELS
+
+        return MODELS.check(v)
 
     def tap_names(self) -> list[str]:
         """The feature taps of this model (see `model_taps`)."""
@@ -267,11 +267,6 @@ DISTILL_KINDS = {"logit_kd", "channel_wise_kd", "feature_mse", "attention_transf
 # ------------------------------------------------------------------------------------ training
 
 
-#: Learning-rate schedules registered in `distillery.training.schedules` (a test keeps the two
-#: in step; the spec names them here so validating one imports no torch).
-SCHEDULE_NAMES = ("constant", "poly")
-
-
 class TrainSpec(_Strict):
     #: 1..10000.
     epochs: Annotated[int, Strict(), Field(ge=1, le=MAX_EPOCHS)] = 10
@@ -298,11 +293,9 @@ class TrainSpec(_Strict):
     @field_validator("schedule")
     @classmethod
     def _registered(cls, v: str) -> str:
-        if v not in SCHEDULE_NAMES:
-            raise ValueError(
-                f"unknown schedule {short(v)}; registered: {', '.join(SCHEDULE_NAMES)}"
-            )
-        return v
+        from distillery.schedules import SCHEDULES
+
+        return SCHEDULES.check(v)
 
 
 class ModelStageSpec(_Strict):
@@ -405,7 +398,7 @@ class ProfilingSpec(_Strict):
     @field_validator("variants")
     @classmethod
     def _known_variants(cls, v: list[str]) -> list[str]:
-        from distillery.variant_names import parse_variant
+        from distillery.profiler.variants import parse_variant
 
         for name in v:
             parse_variant(name)  # raises ValueError naming the allowed runtimes and precisions
@@ -444,7 +437,7 @@ PlannedStage = Literal["size", "teacher", "student", "distill", "profile"]
 
 
 class ExperimentSpec(_Strict):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     seed: Seed = 0
     data: DataSpec
     teacher: ModelStageSpec = ModelStageSpec(model=ModelSpec(width=32))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distillery.data.archive_safety import (
+from distillery.archive_safety import (
     ArchiveError,
     ArchiveLimits,
     check_member_name,

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
-from distillery.data.archive_safety import MAX_IMAGE_PIXELS
+from distillery.archive_safety import MAX_IMAGE_PIXELS
 from distillery.data.errors import DatasetError
 from distillery.data.labels import (
     IGNORE_INDEX,

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from distillery.db import Dataset
 from distillery.s3 import make_storage
-from services import devstack
+from tests.support import devstack
 from tests.support.bombs import corrupt, png_bomb_tar, tar_gz_of, zeros_zip, zip_of
 
 from .helpers import auth
