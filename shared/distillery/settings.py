@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     #: only registered datasets (`dataset_id`). `distillery run` does not apply it.
     allowed_data_roots: Annotated[list[Path], NoDecode] = []
 
+    #: Days a new API token is valid (`distillery admin create-user/create-token`); 0: forever.
+    token_ttl_days: int = 90
+
     #: Dataset uploads (`distillery.archive_safety.ArchiveLimits`): entries, bytes per file,
     #: total unpacked bytes, unpacked/packed ratio, pixels per image.
     upload_max_members: int = 200_000

@@ -56,3 +56,55 @@ def test_create_user_prints_a_token_that_works(db_url, empty_schema, settings):
     assert r.exit_code == 0 and r.stdout.strip() != token
     r = runner.invoke(app, ["admin", "create-token", "nobody"])
     assert r.exit_code == 1 and "no user" in r.stderr
+
+
+def test_tokens_expire_are_listed_without_values_and_can_be_revoked(db_url, empty_schema, settings):
+    from datetime import timedelta
+
+    from distillery.db.models import utcnow
+
+    env = {"DISTILLERY_DATABASE_URL": db_url, "DISTILLERY_DATABASE_SCHEMA": empty_schema}
+    runner = CliRunner(env=env)
+    r = runner.invoke(app, ["admin", "create-user", "ada"], catch_exceptions=False)
+    first = r.stdout.strip()
+    r = runner.invoke(app, ["admin", "create-token", "ada", "--expires-in-days", "0"])
+    forever = r.stdout.strip()
+    r = runner.invoke(app, ["admin", "create-token", "ada", "--expires-in-days", "1"])
+    short_lived = r.stdout.strip()
+
+    engine = make_engine(db_url, schema=empty_schema)
+    sessions = make_session_factory(engine)
+    with sessions() as s:
+        rows = list(s.scalars(select(ApiToken).order_by(ApiToken.id)))
+        ids = [t.id for t in rows]
+        days = [(t.expires_at - t.created_at).days if t.expires_at else None for t in rows]
+    assert days == [89, None, 0] or days == [90, None, 1]  # default 90 days, never, 1 day
+
+    gw = create_app(settings.model_copy(update={"database_schema": empty_schema}))
+    with TestClient(gw) as c:
+
+        def status(token: str) -> int:
+            return c.get("/queue", headers={"Authorization": f"Bearer {token}"}).status_code
+
+        assert [status(t) for t in (first, forever, short_lived)] == [200, 200, 200]
+        r = runner.invoke(app, ["admin", "list-tokens", "ada"], catch_exceptions=False)
+        assert r.exit_code == 0
+        lines = r.stdout.strip().splitlines()
+        assert lines[0].split() == ["id", "created", "last", "used", "expires", "state"]
+        assert len(lines) == 4 and all(ln.endswith("active") for ln in lines[1:])
+        assert not any(t in r.stdout for t in (first, forever, short_lived))
+        with sessions() as s:
+            assert not any(h in r.stdout for h in s.scalars(select(ApiToken.token_hash)))
+
+        r = runner.invoke(app, ["admin", "revoke-token", str(ids[1])], catch_exceptions=False)
+        assert r.exit_code == 0 and "revoked token" in r.stderr and "ada" in r.stderr
+        assert status(forever) == 401
+        with sessions.begin() as s:  # the 1-day token's day is over
+            s.get(ApiToken, ids[2]).expires_at = utcnow() - timedelta(seconds=1)
+        assert status(short_lived) == 401 and status(first) == 200
+        r = runner.invoke(app, ["admin", "list-tokens", "ada"])
+        states = [ln.split()[-1] for ln in r.stdout.strip().splitlines()[1:]]
+        assert states == ["active", "revoked", "expired"]
+    engine.dispose()
+    r = runner.invoke(app, ["admin", "revoke-token", "999999"])
+    assert r.exit_code == 1 and "no token with id 999999" in r.stderr
