@@ -24,6 +24,7 @@ from distillery.spec import short
 from distillery.storage import Storage
 from services.celery_app import make_celery
 from services.dispatch import CeleryDispatcher, Dispatcher
+from services.gateway import openapi
 from services.gateway.deps import GatewayState
 from services.gateway.limits import BodySizeLimit
 from services.gateway.routes import datasets, experiments, health, queue
@@ -114,6 +115,7 @@ def create_app(
     app.include_router(experiments.router)
     app.include_router(datasets.router)
     app.include_router(queue.router)
+    openapi.install(app)
     return app
 
 
