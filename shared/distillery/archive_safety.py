@@ -30,6 +30,9 @@ from typing import Any
 JUNK = {"__MACOSX", ".DS_Store"}
 #: Largest image (width x height) read anywhere in Distillery: 8192 x 8192 pixels.
 MAX_IMAGE_PIXELS = 8192 * 8192
+#: Largest image in an upload: 4096 x 4096 (the spec's largest side; Cityscapes is 2048 x 1024).
+#: Decoding one takes ~50 MB as RGB, so checking an upload stays far below 500 MB.
+MAX_UPLOAD_IMAGE_PIXELS = 4096 * 4096
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 #: What unpacking raises for an archive that is cut short or damaged.
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
@@ -49,7 +52,7 @@ class ArchiveLimits:
     max_total_bytes: int = 50 << 30
     #: Unpacked bytes per packed byte; PNG/JPEG data barely compress, zeros compress ~1000x.
     max_ratio: float = 100.0
-    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_image_pixels: int = MAX_UPLOAD_IMAGE_PIXELS
     max_name_chars: int = 512
 
     @classmethod
@@ -193,7 +196,7 @@ def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits | None = No
         entries = list(root.iterdir())
     if not entries:
         raise ArchiveError("the archive holds no files")
-    check_image_headers(root, limits.max_image_pixels)
+    check_image_headers(dest, limits.max_image_pixels)  # names as in the archive
     return root
 
 

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     upload_max_member_bytes: int = 2 << 30
     upload_max_unpacked_bytes: int = 50 << 30
     upload_max_ratio: float = 100.0
-    upload_max_image_pixels: int = 8192 * 8192
+    upload_max_image_pixels: int = 4096 * 4096
 
     #: Gateway limits: request body bytes (an upload: `max_upload_bytes`), experiments a user
     #: may have queued or running, submissions per user per minute (0 = no limit).

@@ -42,7 +42,7 @@ def refused(tmp_path: Path, data: bytes, limits: ArchiveLimits | None = None) ->
 
 def test_a_png_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
     msg = refused(tmp_path, png_bomb_tar())
-    assert "aachen_000000_000019_leftImg8bit.png: more than the limit of 67108864 pixels" in msg
+    assert "aachen_000000_000019_leftImg8bit.png: more than the limit of 16777216 pixels" in msg
     assert "400000000 pixels" in msg
 
 
@@ -107,3 +107,10 @@ def test_a_good_archive_still_unpacks(tmp_path: Path) -> None:
     archive.write_bytes(tar_gz_of({"top/x/1.png": _png(), "top/y/2.png": _png()}))
     root = extract_archive(archive, tmp_path / "out")
     assert root.name == "top" and (root / "x/1.png").is_file() and (root / "y/2.png").is_file()
+
+
+def test_an_image_over_the_upload_limit_but_under_pils_is_refused_by_its_header(
+    tmp_path: Path,
+) -> None:
+    msg = refused(tmp_path, tar_gz_of({"a/big.png": png_bomb(5000, 5000)}, "w"))
+    assert "a/big.png: 5000x5000 pixels, more than the limit of 16777216" in msg
