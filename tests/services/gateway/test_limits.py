@@ -115,3 +115,25 @@ def test_non_finite_numbers_in_a_body_are_422(as_user, session_factory, token):
     assert {"teacher.train.epochs", "profiling.target_cv"} <= fields
     json.loads(r.text)  # the answer itself is valid JSON (no NaN echoed back)
     assert count(session_factory) == 0
+
+
+def test_concurrent_submissions_cannot_overshoot_the_cap(settings, make_user, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from tests.support import devstack
+
+    token = make_user("alice")
+    env = devstack.process_env(settings, max_active_experiments=3, max_submissions_per_minute=0)
+    with devstack.start_gateway(env, tmp_path / "gw.log", extra_args=["--workers", "2"]) as gw:
+
+        def submit(i: int) -> int:
+            r = httpx.post(
+                f"{gw.url}/experiments", json=spec_dict(f"c{i}"), headers=auth(token), timeout=60
+            )
+            return r.status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(submit, range(12)))
+    assert sorted(codes) == [201] * 3 + [429] * 9, codes
