@@ -12,11 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from distillery.archive_safety import ArchiveError, extract_archive
 from distillery.db import Dataset
 from distillery.db.models import new_id
 from distillery.spec import short
 from distillery.storage import put_dir
-from services.gateway.archives import ArchiveError, extract_archive
 from services.gateway.checking import check_dataset
 from services.gateway.deps import (
     CurrentUser,

@@ -53,6 +53,7 @@ def test_schemathesis_finds_no_server_errors_and_no_undeclared_codes(settings, m
             capture_output=True,
             text=True,
             timeout=300,
+            cwd=tmp_path,  # its cache folder goes there, not into the repository
         )
         log = gw.log()
     summary = r.stdout[r.stdout.find("SUMMARY") :]
