@@ -20,7 +20,7 @@ from distillery.db import make_session_factory
 from distillery.db.session import engine_for, migrate_locked
 from distillery.s3 import DatasetCache, make_storage
 from distillery.settings import Settings, get_settings
-from distillery.spec import short
+from distillery.spec import ECHO_CHARS, short
 from distillery.storage import Storage
 from services.celery_app import make_celery
 from services.dispatch import CeleryDispatcher, Dispatcher
@@ -48,23 +48,35 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
 MAX_MESSAGE = 2000
 
 
+def _echo(value: Any) -> Any:
+    """A bad value as a 422 may quote it: short scalars as they are, anything else (long
+    strings, huge integers, NaN) as a short prefix of its repr."""
+    if isinstance(value, bool) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    if isinstance(value, int) and abs(value) < 10**30:
+        return value
+    if isinstance(value, str) and len(value) <= ECHO_CHARS:
+        return value
+    return short(value)
+
+
 async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 body plus a dotted `field` per error; whole-spec inputs are left out and a
-    bad value is echoed as a short prefix only (`distillery.spec.short`)."""
+    """FastAPI's 422 body plus a dotted `field` per error; whole-spec inputs are left out, a bad
+    value is echoed as a short prefix only (`distillery.spec.short`), `ctx` keeps scalars."""
     errors = []
     for err in exc.errors()[:100]:
         err = dict(err)
-        err.pop("ctx", None)
+        ctx = err.pop("ctx", None) or {}
         err.pop("url", None)
         value = err.pop("input", None)
         err = jsonable_encoder(err)
         err["field"] = field_path(err.get("loc", ()))
         err["msg"] = str(err.get("msg", ""))[:MAX_MESSAGE]
+        scalars = {k: _echo(v) for k, v in ctx.items() if isinstance(v, str | int | float)}
+        if scalars:
+            err["ctx"] = scalars
         if value is not None and not isinstance(value, dict | list):
-            plain = isinstance(value, bool | int) or (
-                isinstance(value, float) and math.isfinite(value)
-            )
-            err["input"] = value if plain else short(value)
+            err["input"] = _echo(value)
         errors.append(err)
     return JSONResponse(status_code=422, content={"detail": errors})
 
