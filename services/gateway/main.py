@@ -7,6 +7,7 @@ buckets and the dataset cache onto `app.state.gateway`; tests pass their own set
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -46,6 +47,8 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
 
 #: An error message is cut to this many characters (it may quote user input).
 MAX_MESSAGE = 2000
+#: A whole-spec check's message starts with the dotted field it is about.
+NAMED_FIELD = re.compile(r"^(?:Value error, )?([A-Za-z_]\w*(?:\.\w+)+)(?=[: ])")
 
 
 def _echo(value: Any) -> Any:
@@ -70,8 +73,10 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
         err.pop("url", None)
         value = err.pop("input", None)
         err = jsonable_encoder(err)
-        err["field"] = field_path(err.get("loc", ()))
         err["msg"] = str(err.get("msg", ""))[:MAX_MESSAGE]
+        err["field"] = field_path(err.get("loc", ()))
+        if err["field"] == "(body)" and (named := NAMED_FIELD.match(err["msg"])):
+            err["field"] = named.group(1)  # a whole-spec check that names its field
         scalars = {k: _echo(v) for k, v in ctx.items() if isinstance(v, str | int | float)}
         if scalars:
             err["ctx"] = scalars

@@ -136,7 +136,7 @@ def test_whole_spec_errors_name_the_field_in_the_message(as_user):
     )
     assert r.status_code == 422
     (err,) = r.json()["detail"]
-    assert "data.image_size" in err["msg"] and err["field"] == "(body)"
+    assert "data.image_size" in err["msg"] and err["field"] == "data.image_size"
     assert "input" not in err  # the whole spec is not echoed back
 
 
@@ -386,7 +386,9 @@ def test_out_of_bounds_specs_are_422s_that_echo_little_and_store_nothing(as_user
         ),
     )
     assert r.status_code == 422
-    msg = r.json()["detail"][0]["msg"]
+    (err,) = r.json()["detail"]
+    msg = err["msg"]
+    assert err["field"] == "distillation.losses.0.teacher_tap"
     assert "distillation.losses.0.teacher_tap" in msg and "encoder.99" in msg
     assert "valid taps: encoder.0, encoder.1, bottleneck" in msg
     with session_factory() as s:
