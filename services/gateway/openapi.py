@@ -25,6 +25,10 @@ EXTRA: dict[tuple[str, str], dict[int, str]] = {
         403: "only the owner or an admin may cancel",
         409: "the experiment has already finished",
     },
+    ("post", "/experiments/{experiment_id}/retry"): {
+        403: "only the owner or an admin may retry",
+        409: "nothing to retry: the experiment has not failed or been cancelled",
+    },
     ("delete", "/experiments/{experiment_id}"): {
         403: "only the owner or an admin may delete",
         409: "the experiment is still queued or running",

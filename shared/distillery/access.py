@@ -38,7 +38,7 @@ class AccessError:
         return ".".join(map(str, self.loc))
 
 
-class SpecAccessDenied(PermissionError):
+class SpecAccessDenied(ValueError):
     """Raised on the worker: a spec that reaches outside what its owner may use."""
 
     def __init__(self, errors: Sequence[AccessError]) -> None:

@@ -40,6 +40,11 @@ def test_schemathesis_finds_no_server_errors_and_no_undeclared_codes(settings, m
                 "1",
                 "--workers",
                 "2",
+                # a loaded CI machine: slow answers are not what this test is about
+                "--request-timeout",
+                "60",
+                "--request-retries",
+                "2",
                 "--checks",
                 CHECKS,
                 "--header",
@@ -56,7 +61,9 @@ def test_schemathesis_finds_no_server_errors_and_no_undeclared_codes(settings, m
             cwd=tmp_path,  # its cache folder goes there, not into the repository
         )
         log = gw.log()
-    summary = r.stdout[r.stdout.find("SUMMARY") :]
+    summary = r.stdout[
+        r.stdout.find("ERRORS") if "ERRORS" in r.stdout else r.stdout.find("SUMMARY") :
+    ]
     print(summary)
     assert r.returncode == 0, r.stdout[-8000:] + r.stderr[-2000:] + log[-3000:]
     m = re.search(r"(\d+) generated, (\d+) passed", summary)
