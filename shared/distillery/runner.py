@@ -30,6 +30,7 @@ from distillery.db.models import Artifact, Experiment, Metric, Stage, StageStatu
 from distillery.results import build_results, results_markdown
 from distillery.spec import DatasetRef, ExperimentSpec
 from distillery.storage import Storage, get_dir, put_dir
+from distillery.tracking import tracker_group
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ class StageRunner:
             return nxt.id if nxt is not None and nxt.status == StageStatus.queued else None
 
     def _succeed(self, stage_id: int, result: dict[str, Any]) -> None:
+        completed = None
         with self.sessions.begin() as s:
             stage = self._owned(s.get(Stage, stage_id, with_for_update=True))
             stage.status = StageStatus.succeeded
@@ -195,6 +197,31 @@ class StageRunner:
                 )
                 _add_artifact(s, None, "report", key, len(report), exp=exp)
                 _add_artifact(s, None, "results", f"artifacts/{exp.id}/results.json", None, exp=exp)
+                completed = (exp.id, exp.spec, exp.results)
+        if completed is not None:
+            self._log_comparison(*completed)
+
+    def _log_comparison(self, experiment_id: str, spec_json: Any, results: dict[str, Any]) -> None:
+        """Log the finished experiment's comparison table to wandb, in its group (once: only
+        the call that completes the experiment gets here). A failure is logged, not raised."""
+        from distillery.profiler.tracking import log_comparison
+
+        spec = _cap_tracking(ExperimentSpec.model_validate(spec_json), self.tracking_mode)
+        try:
+            run = log_comparison(
+                results,
+                spec,
+                self.work_dir / experiment_id / "comparison",
+                group=tracker_group(spec.name, experiment_id),
+            )
+            stored = self._store_wandb(f"artifacts/{experiment_id}/comparison", run)
+        except Exception:  # noqa: BLE001 - the experiment has succeeded; tracking is a report
+            log.exception("experiment %s: could not log the comparison to wandb", experiment_id)
+            return
+        with self.sessions.begin() as s:
+            exp = s.get(Experiment, experiment_id)
+            for kind, key, size in stored:
+                _add_artifact(s, None, kind, key, size, exp=exp)
 
     def _finish(
         self, stage_id: int, status: StageStatus, error: str, only_if_mine: bool = False
@@ -224,7 +251,7 @@ class StageRunner:
     ) -> dict[str, Any]:
         workdir.mkdir(parents=True, exist_ok=True)
         if name == "size":
-            return self._size(spec)
+            return self._size(stage_id, spec, workdir)
         if name == "profile":
             return self._profile(stage_id, spec, workdir)
         return self._train(stage_id, name, spec, workdir)
@@ -267,7 +294,7 @@ class StageRunner:
             should_stop=self._cancel_checker(stage_id),
             on_checkpoint=on_checkpoint,
             resolve_root=self.resolve_root,
-            tracker_group=f"{spec.name}-{experiment_id[:8]}",
+            tracker_group=tracker_group(spec.name, experiment_id),
         )
         model_key = f"{prefix}/model.pt"
         self.artifacts.put_file(model_key, result.model_path)
@@ -283,12 +310,7 @@ class StageRunner:
             ("model", model_key, result.model_path.stat().st_size),
             ("results", f"{prefix}/results.json", len(data)),
         ]
-        if result.wandb_run and result.wandb_run.get("dir"):
-            run_dir = Path(result.wandb_run["dir"])
-            if run_dir.is_dir():
-                wandb_prefix = f"{prefix}/wandb/{run_dir.name}"
-                put_dir(self.artifacts, wandb_prefix, run_dir)
-                artifacts.append(("wandb", wandb_prefix, None))
+        artifacts += self._store_wandb(prefix, result.wandb_run)
         return {
             "result": {"metrics": result.metrics, "params": result.params},
             "wandb": result.wandb_run,
@@ -309,21 +331,48 @@ class StageRunner:
             self.artifacts.get_file(teacher_key, path)
         return path
 
-    def _size(self, spec: ExperimentSpec) -> dict[str, Any]:
-        from distillery.profiler import search_student_width
+    def _store_wandb(
+        self, prefix: str, run: dict[str, Any] | None
+    ) -> list[tuple[str, str, int | None]]:
+        """Upload a wandb run folder to `<prefix>/wandb/<run folder>` (an offline run is synced
+        from there later); the artifact rows to add."""
+        if not run or not run.get("dir") or not Path(run["dir"]).is_dir():
+            return []
+        run_dir = Path(run["dir"])
+        key = f"{prefix}/wandb/{run_dir.name}"
+        put_dir(self.artifacts, key, run_dir)
+        return [("wandb", key, None)]
 
-        search = search_student_width(spec)
-        return {"result": search.model_dump(mode="json")}
+    def _size(self, stage_id: int, spec: ExperimentSpec, workdir: Path) -> dict[str, Any]:
+        from distillery.profiler import BudgetNotMetError, search_student_width
+        from distillery.profiler.tracking import log_size_run
+
+        with self.sessions() as s:
+            experiment_id = s.get(Stage, stage_id).experiment_id
+        group, prefix = tracker_group(spec.name, experiment_id), f"artifacts/{experiment_id}/size"
+        try:
+            search = search_student_width(spec)
+        except BudgetNotMetError as e:  # the failed search is logged too
+            run = log_size_run(e.search, spec, workdir / "size", group=group, failed=True)
+            self._store_wandb(prefix, run)
+            raise
+        run = log_size_run(search, spec, workdir / "size", group=group)
+        return {
+            "result": search.model_dump(mode="json"),
+            "wandb": run,
+            "artifacts": self._store_wandb(prefix, run),
+        }
 
     def _profile(self, stage_id: int, spec: ExperimentSpec, workdir: Path) -> dict[str, Any]:
         from distillery.models.checkpoint import load_model_checkpoint
         from distillery.profiler import profile_model
+        from distillery.profiler.tracking import log_profile_run
 
         with self.sessions() as s:
             exp = s.get(Stage, stage_id).experiment
             keys = {name: _model_key(exp, name) for name in ("teacher", "student", "distill")}
             experiment_id = exp.id
-        reports: dict[str, Any] = {}
+        reports: dict[str, Any] = {}  # role -> ProfileReport
         # The distilled student and the baseline share an architecture: profile one of them.
         for role, names in (("teacher", ["teacher"]), ("student", ["distill", "student"])):
             key = next((keys[n] for n in names if keys[n]), None)
@@ -335,11 +384,31 @@ class StageRunner:
             if not path.is_file():
                 self.artifacts.get_file(key, path)
             model, _ = load_model_checkpoint(path)
-            reports[role] = profile_model(model, spec.profiling).model_dump(mode="json")
-        key = f"artifacts/{experiment_id}/profile/profile.json"
-        data = json.dumps(reports, indent=2).encode()
-        self.artifacts.put_bytes(key, data, "application/json")
-        return {"result": reports, "artifacts": [("profile", key, len(data))]}
+            reports[role] = profile_model(model, spec.profiling)
+        prefix = f"artifacts/{experiment_id}/profile"
+        group = tracker_group(spec.name, experiment_id)
+        run = (
+            log_profile_run(
+                reports,
+                spec.profiling,
+                spec.tracking,
+                workdir / "profile",
+                name=f"{spec.name}-profile",
+                group=group,
+                spec=spec,
+            )
+            if reports
+            else None
+        )
+        result = {role: r.model_dump(mode="json") for role, r in reports.items()}
+        data = json.dumps(result, indent=2).encode()
+        self.artifacts.put_bytes(f"{prefix}/profile.json", data, "application/json")
+        artifacts = [("profile", f"{prefix}/profile.json", len(data))]
+        return {
+            "result": result,
+            "wandb": run,
+            "artifacts": artifacts + self._store_wandb(prefix, run),
+        }
 
     # ------------------------------------------------------------------------------- callbacks
 

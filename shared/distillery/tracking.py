@@ -10,7 +10,8 @@ by `job_type` (the stage); the spec is the run's config; wandb's system metrics 
 - ``disabled`` (or ``enabled=False``, e.g. on non-main processes) makes every method a no-op
   and writes nothing.
 
-`read_offline_run` reads a run folder back (config, history, summary) with wandb's protobufs.
+`read_offline_run` reads a run folder back (config, history, summary) with wandb's protobufs;
+`read_offline_table` reads a `wandb.Table` it logged.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ FLUSH_TIMEOUT_S = 30.0
 MASK_CLASS_LABELS: dict[int, str] = {i: n for i, n in enumerate(CLASS_NAMES)} | {
     IGNORE_INDEX: "ignore"
 }
+
+
+def tracker_group(spec_name: str, experiment_id: str) -> str:
+    """The wandb group of an experiment's runs: ``<spec name>-<first 8 chars of its id>``."""
+    return f"{spec_name}-{experiment_id[:8]}"
 
 
 def has_wandb_credentials() -> bool:
@@ -156,6 +162,13 @@ class Tracker:
         return self._run is not None
 
     @property
+    def info(self) -> dict[str, Any] | None:
+        """``{"id", "url", "dir"}`` of the run (what a stage stores), None when tracking is off."""
+        if self.run_id is None:
+            return None
+        return {"id": self.run_id, "url": self.url, "dir": str(self.run_dir)}
+
+    @property
     def wants_images(self) -> bool:
         return self.active and self.spec.log_images
 
@@ -222,6 +235,22 @@ class Tracker:
             " of teacher and student" if teacher else " of the model"
         )
         self._run.log({key: wandb.Image(grid, caption=caption)}, step=step)
+
+    def log_table(
+        self,
+        key: str,
+        columns: list[str],
+        rows: list[list[Any]],
+        step: int | None = None,
+    ) -> None:
+        """Log a `wandb.Table` (one row per list, values in `columns` order) under `key`; it is
+        also the key's summary value, so the runs of a group can be compared in one chart."""
+        if self._run is None:
+            return
+        import wandb
+
+        table = wandb.Table(columns=columns, data=[[_plain(v) for v in row] for row in rows])
+        self._run.log({key: table}, step=step)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         """Set final values shown in the run table (e.g. best mIoU, latency)."""
@@ -379,3 +408,13 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
             run.exit_code = rec.exit.exit_code
     run.config.pop("_wandb", None)
     return run
+
+
+def read_offline_table(run_dir: Path, key: str) -> list[dict[str, Any]]:
+    """The rows (column -> value) of the `wandb.Table` a run logged under `key` (its last value)."""
+    run_dir = Path(run_dir)
+    entry = read_offline_run(run_dir).summary.get(key)
+    if not isinstance(entry, dict) or entry.get("_type") != "table-file":
+        raise KeyError(f"{run_dir}: no table logged under {key!r}")
+    data = json.loads((run_dir / "files" / entry["path"]).read_text())
+    return [dict(zip(data["columns"], row, strict=True)) for row in data["data"]]
