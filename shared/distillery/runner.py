@@ -30,7 +30,6 @@ from distillery.db.models import Artifact, Experiment, Metric, Stage, StageStatu
 from distillery.results import build_results, results_markdown
 from distillery.spec import DatasetRef, ExperimentSpec
 from distillery.storage import Storage, get_dir, put_dir
-from distillery.tracking import tracker_group
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +204,7 @@ class StageRunner:
         """Log the finished experiment's comparison table to wandb, in its group (once: only
         the call that completes the experiment gets here). A failure is logged, not raised."""
         from distillery.profiler.tracking import log_comparison
+        from distillery.tracking import tracker_group
 
         spec = _cap_tracking(ExperimentSpec.model_validate(spec_json), self.tracking_mode)
         try:
@@ -259,6 +259,7 @@ class StageRunner:
     def _train(
         self, stage_id: int, name: str, spec: ExperimentSpec, workdir: Path
     ) -> dict[str, Any]:
+        from distillery.tracking import tracker_group
         from distillery.training import run_stage
 
         with self.sessions() as s:
@@ -346,6 +347,7 @@ class StageRunner:
     def _size(self, stage_id: int, spec: ExperimentSpec, workdir: Path) -> dict[str, Any]:
         from distillery.profiler import BudgetNotMetError, search_student_width
         from distillery.profiler.tracking import log_size_run
+        from distillery.tracking import tracker_group
 
         with self.sessions() as s:
             experiment_id = s.get(Stage, stage_id).experiment_id
@@ -367,6 +369,7 @@ class StageRunner:
         from distillery.models.checkpoint import load_model_checkpoint
         from distillery.profiler import profile_model
         from distillery.profiler.tracking import log_profile_run
+        from distillery.tracking import tracker_group
 
         with self.sessions() as s:
             exp = s.get(Stage, stage_id).experiment

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -145,6 +146,8 @@ def profile_command(
         raise typer.BadParameter(
             f"{wandb_mode!r}: use {', '.join(WANDB_MODES)}", param_hint="--wandb-mode"
         )
+    if wandb_mode != "disabled":
+        os.environ.setdefault("WANDB_SILENT", "true")  # the run's folder is printed below
     spec: ExperimentSpec | None = None
     prof = ProfilingSpec()
 
