@@ -226,3 +226,23 @@ def test_tracking_disabled_logs_nothing(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads((run_dir / "results.json").read_text())["rows"][0]["latency_ms"] > 0
     assert not list(run_dir.rglob("wandb"))
+
+
+def test_a_width_search_that_misses_the_budget_logs_a_failed_size_run(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        student={"model": {"depth": 2, "width": "auto"}, "train": {"epochs": 1, "batch_size": 4}},
+        stages=["student"],
+    )
+    raw = yaml.safe_load(spec.read_text())
+    raw["profiling"].update(latency_budget_ms=1e-6, auto_widths=[2, 4])
+    spec.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(spec), "--run-dir", str(run_dir)])
+    assert result.exit_code == 1 and "size failed" in result.output
+    (size_dir,) = (run_dir / "artifacts").glob("*/size/wandb/offline-run-*")
+    size = read_offline_run(size_dir)
+    assert size.job_type == "size" and size.exit_code == 1
+    assert size.summary["budget/verdict"] == "fail" and "chosen_width" not in size.summary
+    rows = read_offline_table(size_dir, "width_search")
+    assert [(r["width"], r["verdict"]) for r in rows] == [(2, "fail"), (4, "skipped")]
