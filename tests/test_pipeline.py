@@ -17,7 +17,7 @@ from distillery.db import (
     make_engine,
     make_session_factory,
 )
-from distillery.tracking import read_offline_run, read_offline_table
+from tests.support.wandb_runs import read_offline_run, read_offline_table
 
 TINY = {
     "name": "tiny",

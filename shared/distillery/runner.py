@@ -203,7 +203,7 @@ class StageRunner:
     def _log_comparison(self, experiment_id: str, spec_json: Any, results: dict[str, Any]) -> None:
         """Log the finished experiment's comparison table to wandb, in its group (once: only
         the call that completes the experiment gets here). A failure is logged, not raised."""
-        from distillery.profiler.tracking import log_comparison
+        from distillery.stages.profile_tracking import log_comparison
         from distillery.tracking import tracker_group
 
         spec = _cap_tracking(ExperimentSpec.model_validate(spec_json), self.tracking_mode)
@@ -346,7 +346,7 @@ class StageRunner:
 
     def _size(self, stage_id: int, spec: ExperimentSpec, workdir: Path) -> dict[str, Any]:
         from distillery.profiler import BudgetNotMetError, search_student_width
-        from distillery.profiler.tracking import log_size_run
+        from distillery.stages.profile_tracking import log_size_run
         from distillery.tracking import tracker_group
 
         with self.sessions() as s:
@@ -368,7 +368,7 @@ class StageRunner:
     def _profile(self, stage_id: int, spec: ExperimentSpec, workdir: Path) -> dict[str, Any]:
         from distillery.models.checkpoint import load_model_checkpoint
         from distillery.profiler import profile_model
-        from distillery.profiler.tracking import log_profile_run
+        from distillery.stages.profile_tracking import log_profile_run
         from distillery.tracking import tracker_group
 
         with self.sessions() as s:

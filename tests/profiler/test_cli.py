@@ -92,7 +92,7 @@ def test_profile_a_checkpoint(app, tmp_path):
 
 
 def test_wandb_mode_offline_logs_a_run(app, tmp_path, monkeypatch):
-    from distillery.tracking import read_offline_run, read_offline_table
+    from tests.support.wandb_runs import read_offline_run, read_offline_table
 
     monkeypatch.chdir(tmp_path)
     spec = ModelSpec(width=4, depth=2)
@@ -121,7 +121,7 @@ def test_wandb_mode_offline_logs_a_run(app, tmp_path, monkeypatch):
 
 
 def test_a_spec_with_an_auto_width_logs_the_search(app, spec_file, tmp_path):
-    from distillery.tracking import read_offline_run, read_offline_table
+    from tests.support.wandb_runs import read_offline_run, read_offline_table
 
     raw = yaml.safe_load(spec_file.read_text())
     raw["student"]["model"]["width"] = "auto"

@@ -118,8 +118,8 @@ def profile_command(
     )
     from distillery.profiler.format import budget_line
     from distillery.profiler.peak import matmul_peak
-    from distillery.profiler.tracking import log_profile_run, log_size_run
     from distillery.spec import ExperimentSpec, ProfilingSpec, SpecError, TrackingSpec, load_spec
+    from distillery.stages.profile_tracking import log_profile_run, log_size_run
 
     out, err = Console(), Console(stderr=True)
     overrides = {

@@ -1,5 +1,6 @@
-"""What the profiler reports to Weights & Biases: the `profile` and `size` runs of an experiment,
-`distillery profile --wandb-mode ...`, and the experiment's comparison table.
+"""What the profiler's stages report to Weights & Biases: the `profile` and `size` runs of an
+experiment, `distillery profile --wandb-mode ...`, and the experiment's comparison table. (It
+sits above both the profiler and the tracker, which do not import each other.)
 
 Every run is a `distillery.tracking.Tracker` (same modes, caps, offline fallback and group as the
 training stages' runs); each function returns the run's ``{"id", "url", "dir"}``, or None when

@@ -6,15 +6,15 @@ import pytest
 from torch import nn
 
 from distillery.profiler import BudgetNotMetError, profile_model, search_student_width
-from distillery.profiler.tracking import (
+from distillery.spec import ExperimentSpec, ProfilingSpec, TrackingSpec
+from distillery.stages.profile_tracking import (
     GRID_COLUMNS,
     WIDTH_COLUMNS,
     log_comparison,
     log_profile_run,
     log_size_run,
 )
-from distillery.spec import ExperimentSpec, ProfilingSpec, TrackingSpec
-from distillery.tracking import read_offline_run, read_offline_table
+from tests.support.wandb_runs import read_offline_run, read_offline_table
 
 FAST = dict(warmup=1, min_repeats=3, max_repeats=3, max_time_s=2)
 OFFLINE = TrackingSpec(mode="offline")
