@@ -169,6 +169,16 @@ class ChannelWiseKDTerm(_Term):
     tap: str = "logits"
 
 
+class DISTTerm(_Term):
+    """DIST (Huang et al. 2022): Pearson-correlation relations between the class probabilities,
+    ``T^2 (beta * inter-class + gamma * intra-class)``; see `distillery.losses.dist`."""
+
+    kind: Literal["dist"] = "dist"
+    temperature: PositiveFloat = 1.0
+    beta: NonNegFloat = 1.0
+    gamma: NonNegFloat = 1.0
+
+
 class FeatureMSETerm(_Term):
     kind: Literal["feature_mse"] = "feature_mse"
     student_tap: str
@@ -188,13 +198,14 @@ LossTerm = Annotated[
     | ConfidencePenaltyTerm
     | LogitKDTerm
     | ChannelWiseKDTerm
+    | DISTTerm
     | FeatureMSETerm
     | AttentionTransferTerm,
     Field(discriminator="kind"),
 ]
 
 SUPERVISED_KINDS = {"cross_entropy", "focal", "ohem", "confidence_penalty"}
-DISTILL_KINDS = {"logit_kd", "channel_wise_kd", "feature_mse", "attention_transfer"}
+DISTILL_KINDS = {"logit_kd", "channel_wise_kd", "dist", "feature_mse", "attention_transfer"}
 
 
 # ------------------------------------------------------------------------------------ training
