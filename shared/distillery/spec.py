@@ -357,6 +357,34 @@ class TrackingSpec(_Strict):
     log_feature_maps: bool = True
 
 
+# --------------------------------------------------------------------------------------- sweep
+
+
+class SweepConfiguration(_Strict):
+    """A child: the base spec with these overrides (dotted path -> value)."""
+
+    name: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class SweepSpec(_Strict):
+    """Children of one spec (see `distillery.sweeps`): the product of `grid`, plus the listed
+    `configurations`, each trained once per seed of `seeds` (student seeds; the teacher keeps
+    the spec's `seed`). Stages identical across children are planned once."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    #: Dotted paths into the base spec (list items by index) -> the values to try.
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+    configurations: list[SweepConfiguration] = Field(default_factory=list)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat a value: {v}")
+        return v
+
+
 # ---------------------------------------------------------------------------------- experiment
 
 Stage = Literal["teacher", "student", "distill", "profile"]
@@ -376,6 +404,8 @@ class ExperimentSpec(_Strict):
     tracking: TrackingSpec = TrackingSpec()
     #: Stages to run; `student` is the baseline (student trained alone).
     stages: list[Stage] = Field(default_factory=lambda: list(STAGE_ORDER))
+    #: Children of this spec (a grid and configurations, times seeds); none = one experiment.
+    sweep: SweepSpec | None = None
 
     @model_validator(mode="after")
     def _checks(self) -> ExperimentSpec:
@@ -393,6 +423,15 @@ class ExperimentSpec(_Strict):
                     f"{field} {h}x{w} must be divisible by {factor} (2**depth of the UNets)"
                 )
         self.stages = [s for s in STAGE_ORDER if s in self.stages]
+        if self.sweep is not None:
+            from distillery.sweeps import check_sweep
+
+            if not {"student", "distill"} <= set(self.stages):
+                raise ValueError(
+                    "sweep: the children compare distilled students with the baseline; "
+                    "stages must include student and distill"
+                )
+            check_sweep(self)  # every grid path exists; every child is a valid spec
         return self
 
     def planned_stages(self) -> list[PlannedStage]:
