@@ -68,3 +68,22 @@ def teacher_calibration(
     for images, masks in _val_batches(data, batch_size, resolve_root):
         acc.update(model(images).float().softmax(1).numpy(), masks.numpy())
     return acc.compute()
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model_path: str | Path,
+    data: DataSpec,
+    *,
+    batch_size: int = 8,
+    resolve_root: Callable[[DatasetRef], Path] | None = None,
+) -> dict[str, object]:
+    """A model's validation metrics (``SegMetrics.as_dict()``), e.g. for a teacher given as a
+    checkpoint, whose mIoU no stage of this run measured."""
+    from distillery.metrics import ConfusionMatrix
+
+    (model,) = _load([model_path])
+    confusion = ConfusionMatrix(model.num_classes)  # type: ignore[attr-defined]
+    for images, masks in _val_batches(data, batch_size, resolve_root):
+        confusion.update(model(images).argmax(1), masks)
+    return confusion.compute().as_dict()

@@ -1,0 +1,276 @@
+"""`distillery run` of a sweep: every child on this machine, shared stages trained once.
+
+The plan comes from `distillery.sweeps.plan_sweep`. Each shared teacher and each student baseline
+(one per seed) runs as its own `distillery.pipeline.run_local` experiment under
+``<run_dir>/teachers/<key>`` and ``<run_dir>/baselines/<key>``; each child (configuration x seed)
+then runs only its distillation stage (plus the profile stage at its first seed) under
+``<run_dir>/children/<configuration>/seed-<seed>``, reading the shared teacher's exported model
+through ``teacher.model.checkpoint``. A failed stage fails only the children that need it; the
+others run. Running the same sweep again resumes every part where it stopped.
+
+The parent's ``results.json``/``results.md`` hold the comparison table of
+`distillery.research.summary`, with bias–variance over seeds per configuration and the baseline,
+and each teacher's mean entropy and ECE (``analyses=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distillery.research.summary import ConfigResult, SeedResult, sweep_markdown, sweep_summary
+from distillery.spec import ExperimentSpec
+from distillery.sweeps import SweepPlan, content_hash, plan_sweep, teacher_identity
+
+
+@dataclass
+class Outcome:
+    """One `run_local` call: its folder, its results, its error, its wall time."""
+
+    run_dir: Path
+    results: dict[str, Any] | None
+    error: str | None
+    wall_time_s: float
+
+    def model_path(self, stage: str) -> Path | None:
+        if self.results is None:
+            return None
+        path = self.run_dir / "artifacts" / self.results["experiment_id"] / stage / "model.pt"
+        return path if path.is_file() else None
+
+    def metrics(self, stage: str) -> dict[str, Any] | None:
+        """The stage's validation metrics (mIoU and per-class IoU), None if it did not run."""
+        if self.results is None:
+            return None
+        path = self.run_dir / "artifacts" / self.results["experiment_id"] / stage / "results.json"
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text()).get("metrics")
+
+    def row(self, stage: str) -> dict[str, Any]:
+        rows = (self.results or {}).get("rows", [])
+        return next((r for r in rows if r["stage"] == stage), {})
+
+
+def _run(
+    spec: ExperimentSpec,
+    run_dir: Path,
+    fresh: bool,
+    on_progress: Callable[[str, Any], None] | None,
+) -> Outcome:
+    from distillery.pipeline import run_local
+
+    start = time.perf_counter()
+    try:
+        results = run_local(spec, run_dir, fresh=fresh, on_progress=on_progress)
+        return Outcome(run_dir, results, None, time.perf_counter() - start)
+    except Exception as e:  # a failed part must not sink the sweep
+        return Outcome(run_dir, None, f"{type(e).__name__}: {e}", time.perf_counter() - start)
+
+
+def _with_teacher(spec: ExperimentSpec, path: Path | None, stages: list[str]) -> ExperimentSpec:
+    update: dict[str, Any] = {"stages": stages}
+    if path is not None:
+        model = spec.teacher.model.model_copy(update={"checkpoint": str(path)})
+        update["teacher"] = spec.teacher.model_copy(update={"model": model})
+    return spec.model_copy(update=update)
+
+
+def run_sweep(
+    spec: ExperimentSpec,
+    run_dir: Path,
+    *,
+    fresh: bool = False,
+    analyses: bool = True,
+    on_event: Callable[[str], None] | None = None,
+    on_progress: Callable[[str, Any], None] | None = None,
+) -> dict[str, Any]:
+    """Run the sweep of `spec` here; returns (and writes) the parent's results table."""
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_sweep(spec)
+    say = on_event or (lambda _msg: None)
+    (run_dir / "plan.json").write_text(json.dumps(plan.as_dict(), indent=2))
+    total = len(plan.teachers) + len(plan.baselines) + len(plan.children)
+    done = 0
+
+    def step(what: str, outcome: Outcome) -> None:
+        nonlocal done
+        done += 1
+        status = (
+            "failed: " + outcome.error if outcome.error else f"done in {outcome.wall_time_s:.0f}s"
+        )
+        say(f"[{done}/{total}] {what}: {status}")
+
+    teachers: dict[str, Outcome] = {}
+    for key, shared in plan.teachers.items():
+        say(f"teacher {key} (seed {shared.seed}) for {len(shared.used_by)} children")
+        teachers[key] = _run(shared.spec, run_dir / "teachers" / key, fresh, on_progress)
+        step(f"teacher {key}", teachers[key])
+
+    baselines: dict[str, Outcome] = {}
+    for key, shared in plan.baselines.items():
+        say(f"student baseline {key} (seed {shared.seed}) for {len(shared.used_by)} children")
+        baselines[key] = _run(shared.spec, run_dir / "baselines" / key, fresh, on_progress)
+        step(f"baseline {key}", baselines[key])
+
+    children: dict[tuple[str, int], Outcome] = {}
+    first_seed = {c.name: None for c in plan.configurations}
+    for child in plan.children:
+        name = f"{child.configuration} seed {child.seed}"
+        teacher = teachers.get(child.teacher_key) if child.teacher_key else None
+        if teacher is not None and teacher.model_path("teacher") is None:
+            outcome = Outcome(run_dir, None, f"its teacher failed ({teacher.error})", 0.0)
+        else:
+            stages = ["distill"]
+            if "profile" in spec.stages and first_seed[child.configuration] is None:
+                stages.append("profile")
+                first_seed[child.configuration] = child.seed
+            child_spec = _with_teacher(
+                child.spec, teacher.model_path("teacher") if teacher else None, stages
+            )
+            folder = run_dir / "children" / child.configuration / f"seed-{child.seed}"
+            say(f"child {name}")
+            outcome = _run(child_spec, folder, fresh, on_progress)
+        children[(child.configuration, child.seed)] = outcome
+        step(f"child {name}", outcome)
+
+    results = summarize(spec, plan, teachers, baselines, children, analyses=analyses, say=say)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (run_dir / "results.md").write_text(sweep_markdown(results))
+    return results
+
+
+def _seed_result(outcome: Outcome, stage: str, seed: int) -> SeedResult | None:
+    metrics = outcome.metrics(stage)
+    if metrics is None:
+        return None
+    return SeedResult(seed, metrics["miou"], metrics.get("iou") or {}, outcome.wall_time_s)
+
+
+def summarize(
+    spec: ExperimentSpec,
+    plan: SweepPlan,
+    teachers: dict[str, Outcome],
+    baselines: dict[str, Outcome],
+    children: dict[tuple[str, int], Outcome],
+    *,
+    analyses: bool = True,
+    say: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """The parent's results from its parts' outcomes (see `distillery.research.summary`)."""
+    from distillery.research.predict import evaluate_model, seeds_bias_variance, teacher_calibration
+
+    # ---- teachers: mIoU always (a given checkpoint is evaluated), entropy and ECE
+    teacher_miou: dict[str | None, float | None] = {}
+    teacher_facts: dict[str | None, dict[str, Any]] = {}
+    for key, outcome in teachers.items():
+        metrics = outcome.metrics("teacher")
+        teacher_miou[key] = metrics["miou"] if metrics else None
+        path = outcome.model_path("teacher")
+        facts: dict[str, Any] = {"teacher_key": key, "teacher_error": outcome.error}
+        if analyses and path is not None:
+            say(f"teacher {key}: entropy and calibration")
+            cal = teacher_calibration(path, spec.data)
+            facts.update(teacher_entropy=cal.normalized_entropy, teacher_ece=cal.ece)
+        teacher_facts[key] = facts
+    given = spec.teacher.model.checkpoint
+    if not teachers and given and Path(given).is_file():
+        say("teacher checkpoint: evaluating its mIoU")
+        teacher_miou[None] = float(evaluate_model(given, spec.data)["miou"])  # type: ignore[arg-type]
+        facts = {"teacher_key": None}
+        if analyses:
+            cal = teacher_calibration(given, spec.data)
+            facts.update(teacher_entropy=cal.normalized_entropy, teacher_ece=cal.ece)
+        teacher_facts[None] = facts
+    base_ident = teacher_identity(spec.model_copy(update={"sweep": None}), spec.seed)
+    base_key = content_hash(base_ident) if base_ident else None
+    top_teacher = teacher_miou.get(base_key, next(iter(teacher_miou.values()), None))
+
+    # ---- baseline per seed (the children of the first configuration define which is whose)
+    baseline_results: list[SeedResult] = []
+    baseline_paths: list[Path] = []
+    seen: set[int] = set()
+    for child in plan.children:
+        outcome = baselines.get(child.baseline_key or "")
+        if outcome is None or child.seed in seen:
+            continue
+        seen.add(child.seed)
+        result = _seed_result(outcome, "student", child.seed)
+        if result is not None:
+            baseline_results.append(result)
+            if (path := outcome.model_path("student")) is not None:
+                baseline_paths.append(path)
+
+    configs: list[ConfigResult] = []
+    paths_by_config: dict[str, list[Path]] = {}
+    for config in plan.configurations:
+        mine = [c for c in plan.children if c.configuration == config.name]
+        seeds: list[SeedResult] = []
+        failed: dict[int, str] = {}
+        for child in mine:
+            outcome = children[(config.name, child.seed)]
+            result = _seed_result(outcome, "distill", child.seed)
+            if result is None:
+                failed[child.seed] = outcome.error or "no distill result"
+                continue
+            seeds.append(result)
+            if (path := outcome.model_path("distill")) is not None:
+                paths_by_config.setdefault(config.name, []).append(path)
+        t_key = mine[0].teacher_key if mine else None
+        extra: dict[str, Any] = dict(teacher_facts.get(t_key, {}))
+        outcomes = [children[(config.name, c.seed)] for c in mine]
+        rows = [o.row("distill") for o in outcomes]
+        row = next((r for r in rows if r.get("latency_ms") is not None), rows[0] if rows else {})
+        wall = sum(o.wall_time_s for o in outcomes)
+        extra.update(
+            latency_ms=row.get("latency_ms"),
+            params=row.get("params"),
+            wall_time_s_total=wall,
+            device_hours=wall * spec.distill_train.num_processes / 3600,
+        )
+        configs.append(
+            ConfigResult(
+                config.name,
+                config.overrides,
+                seeds,
+                teacher_miou=teacher_miou.get(t_key, top_teacher),
+                failed=failed,
+                extra=extra,
+            )
+        )
+    results = sweep_summary(configs, baseline_results, top_teacher)
+    if analyses:
+        if len(baseline_paths) >= 2:
+            say("baseline: bias and variance over seeds")
+            bv = seeds_bias_variance(baseline_paths, spec.data)
+            results["baseline"]["bias_variance"] = bv.as_dict()
+        for row in results["configurations"]:
+            paths = paths_by_config.get(row["name"], [])
+            if len(paths) >= 2:
+                say(f"{row['name']}: bias and variance over seeds")
+                row["bias_variance"] = seeds_bias_variance(paths, spec.data).as_dict()
+    results["plan"] = plan.as_dict()
+    results["parts"] = {
+        "teachers": {k: _part(o) for k, o in teachers.items()},
+        "baselines": {k: _part(o) for k, o in baselines.items()},
+        "children": [{"configuration": c, "seed": s, **_part(o)} for (c, s), o in children.items()],
+    }
+    n_failed = sum(o.error is not None for o in children.values())
+    results["status"] = (
+        "succeeded" if n_failed == 0 else "failed" if n_failed == len(children) else "partial"
+    )
+    return results
+
+
+def _part(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "run_dir": str(outcome.run_dir),
+        "status": "failed" if outcome.error else "succeeded",
+        "error": outcome.error,
+        "wall_time_s": outcome.wall_time_s,
+    }
