@@ -244,6 +244,13 @@ def summarize(
             )
         )
     results = sweep_summary(configs, baseline_results, top_teacher)
+    # the baseline's student is the children's unless a configuration changes `student.*`
+    same_student = [
+        c.extra.get("latency_ms")
+        for c in configs
+        if not any(p.startswith("student") for p in c.overrides)
+    ]
+    results["baseline_latency_ms"] = next((v for v in same_student if v is not None), None)
     if analyses:
         if len(baseline_paths) >= 2:
             say("baseline: bias and variance over seeds")
