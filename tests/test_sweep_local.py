@@ -95,6 +95,10 @@ def test_sweep_runs_children_sharing_stages(tmp_path: Path) -> None:
     assert [r["stage"] for r in child["rows"]] == ["distill"]
     md = (run_dir / "results.md").read_text()
     assert "| kd" in md and "| dist" in md and "(2 failed)" in md
+    report = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert report.exit_code == 0, report.output
+    pngs = {p.name for p in (run_dir / "report").glob("*.png")}
+    assert {"per_class_iou.png", "bias_variance.png", "teacher_vs_gain.png"} <= pngs
     # again: everything resumes, nothing retrains
     again = CliRunner().invoke(app, ["run", str(spec), "--run-dir", str(run_dir)])
     assert again.exit_code == 0, again.output

@@ -129,7 +129,11 @@ def test_sweep_summary_by_hand() -> None:
     assert out["best"] == "A" and "t-interval" in out["ci_method"]
     md = sweep_markdown(out)
     assert "| A | 3 | 25.0 ± 1.0 | +5.0 | [+2.5, +7.5] | 50% | B |" in md
-    assert "| B ⚠ |" in md and "(1 failed)" in md and "Best mean gain: A." in md
+    assert (
+        "| B ⚠ |" in md
+        and "(1 failed)" in md
+        and "Best mean gain: A (the seeds cannot tell it from C)." in md
+    )
 
 
 def test_sweep_summary_without_teacher_or_pairs() -> None:

@@ -146,7 +146,10 @@ def _seed(r: SeedResult) -> int:
 
 
 def _pct(v: float | None, spec: str = ".1f") -> str:
-    return "—" if v is None else format(100 * v, spec)
+    """100 * v formatted with `spec` (a trailing % is printed after the number), or —."""
+    if v is None:
+        return "—"
+    return format(100 * v, spec[:-1]) + "%" if spec.endswith("%") else format(100 * v, spec)
 
 
 def sweep_markdown(results: Mapping[str, Any]) -> str:
@@ -170,13 +173,18 @@ def sweep_markdown(results: Mapping[str, Any]) -> str:
         lines.append(
             f"| {c['name']}{flag} | {len(c['per_seed'])}{failed} | {_pct(c['miou_mean'])} ± "
             f"{_pct(c['miou_std'])} | {_pct(c['gain_mean'], '+.1f')} | {ci_s} | "
-            f"{_pct(c['gap_closed_mean'], '.0f')}% | {', '.join(apart) or 'none'} |"
+            f"{_pct(c['gap_closed_mean'], '.0f%')} | {', '.join(apart) or 'none'} |"
         )
     lines += [
         "",
         "mIoU in %. ⚠: the seeds cannot tell this configuration from the baseline (the CI "
         "contains 0). " + results.get("ci_method", CI_METHOD) + ".",
     ]
-    if results.get("best"):
-        lines.append(f"Best mean gain: {results['best']}.")
+    best = next((c for c in results["configurations"] if c["name"] == results.get("best")), None)
+    if best is not None:
+        ties = ([] if best["distinguishable_from_baseline"] else ["the baseline"]) + list(
+            best["indistinguishable_from"]
+        )
+        caveat = f" (the seeds cannot tell it from {', '.join(ties)})" if ties else ""
+        lines.append(f"Best mean gain: {best['name']}{caveat}.")
     return "\n".join(lines) + "\n"
