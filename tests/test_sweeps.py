@@ -163,3 +163,17 @@ def test_bad_sweeps_name_the_path(sweep: dict, match: str) -> None:
 def test_a_sweep_needs_the_baseline_and_distill_stages() -> None:
     with pytest.raises(ValidationError, match="stages must include student and distill"):
         _spec({"seeds": [0]}, stages=["teacher", "distill"])
+
+
+def test_the_example_research_sweep_plans_27_children_on_3_teachers_and_3_baselines() -> None:
+    from pathlib import Path
+
+    from distillery.spec import load_spec
+
+    spec = load_spec(Path(__file__).parents[1] / "examples" / "research_sweep.yaml")
+    plan = plan_sweep(spec)
+    assert len(plan.configurations) == 9 and len(plan.children) == 27
+    assert plan.stage_counts() == {"teacher": (3, 27), "student": (3, 27), "distill": (27, 27)}
+    online = next(c for c in plan.children if c.configuration == "online-alternating")
+    assert online.spec.distillation.mode == "online"
+    assert online.spec.distillation.alternate.between == "models"
