@@ -3,7 +3,8 @@
 The plan comes from `distillery.sweeps.plan_sweep`. Each shared teacher and each student baseline
 (one per seed) runs as its own `distillery.pipeline.run_local` experiment under
 ``<run_dir>/teachers/<key>`` and ``<run_dir>/baselines/<key>``; each child (configuration x seed)
-then runs only its distillation stage (plus the profile stage at its first seed) under
+then runs only its distillation stage (plus the profile stage for the first child of each distinct
+student architecture, `profile_key`: latency does not depend on the weights) under
 ``<run_dir>/children/<configuration>/seed-<seed>``, reading the shared teacher's exported model
 through ``teacher.model.checkpoint``. A failed stage fails only the children that need it; the
 others run. Running the same sweep again resumes every part where it stopped.
@@ -119,7 +120,7 @@ def run_sweep(
         step(f"baseline {key}", baselines[key])
 
     children: dict[tuple[str, int], Outcome] = {}
-    first_seed = {c.name: None for c in plan.configurations}
+    profiled: dict[str, tuple[str, int]] = {}  # profile key -> the child that profiles it
     for child in plan.children:
         name = f"{child.configuration} seed {child.seed}"
         teacher = teachers.get(child.teacher_key) if child.teacher_key else None
@@ -127,9 +128,10 @@ def run_sweep(
             outcome = Outcome(run_dir, None, f"its teacher failed ({teacher.error})", 0.0)
         else:
             stages = ["distill"]
-            if "profile" in spec.stages and first_seed[child.configuration] is None:
+            p_key = profile_key(child.spec)
+            if "profile" in spec.stages and p_key not in profiled:
                 stages.append("profile")
-                first_seed[child.configuration] = child.seed
+                profiled[p_key] = (child.configuration, child.seed)
             child_spec = _with_teacher(
                 child.spec, teacher.model_path("teacher") if teacher else None, stages
             )
@@ -143,6 +145,12 @@ def run_sweep(
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     (run_dir / "results.md").write_text(sweep_markdown(results))
     return results
+
+
+def profile_key(spec: ExperimentSpec) -> str:
+    """What the student's latency depends on: its architecture and the profiling settings."""
+    dump = spec.model_dump(mode="json")
+    return content_hash({"student": dump["student"]["model"], "profiling": dump["profiling"]})
 
 
 def _seed_result(outcome: Outcome, stage: str, seed: int) -> SeedResult | None:
@@ -224,9 +232,8 @@ def summarize(
         t_key = mine[0].teacher_key if mine else None
         extra: dict[str, Any] = dict(teacher_facts.get(t_key, {}))
         outcomes = [children[(config.name, c.seed)] for c in mine]
-        rows = [o.row("distill") for o in outcomes]
-        row = next((r for r in rows if r.get("latency_ms") is not None), rows[0] if rows else {})
         wall = sum(o.wall_time_s for o in outcomes)
+        row = _profiled_row(plan, children, mine[0]) if mine else {}
         extra.update(
             latency_ms=row.get("latency_ms"),
             params=row.get("params"),
@@ -272,6 +279,19 @@ def summarize(
         "succeeded" if n_failed == 0 else "failed" if n_failed == len(children) else "partial"
     )
     return results
+
+
+def _profiled_row(
+    plan: SweepPlan, children: dict[tuple[str, int], Outcome], child: Any
+) -> dict[str, Any]:
+    """The distill row (latency, params) of the child that profiled `child`'s architecture."""
+    key = profile_key(child.spec)
+    for other in plan.children:
+        if profile_key(other.spec) == key:
+            row = children[(other.configuration, other.seed)].row("distill")
+            if row.get("latency_ms") is not None:
+                return row
+    return children[(child.configuration, child.seed)].row("distill")
 
 
 def _part(outcome: Outcome) -> dict[str, Any]:

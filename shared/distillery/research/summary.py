@@ -149,7 +149,12 @@ def _pct(v: float | None, spec: str = ".1f") -> str:
     """100 * v formatted with `spec` (a trailing % is printed after the number), or —."""
     if v is None:
         return "—"
-    return format(100 * v, spec[:-1]) + "%" if spec.endswith("%") else format(100 * v, spec)
+    pct = spec.endswith("%")
+    text = format(100 * v, spec[:-1] if pct else spec)
+    if text.lstrip("+-").strip("0.") == "":  # -0.0 and +0.0 read as 0.0
+        text = text.lstrip("+-")
+        text = ("+" if "+" in spec else "") + text
+    return text + "%" if pct else text
 
 
 def sweep_markdown(results: Mapping[str, Any]) -> str:
