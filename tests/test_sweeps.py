@@ -177,3 +177,22 @@ def test_the_example_research_sweep_plans_27_children_on_3_teachers_and_3_baseli
     online = next(c for c in plan.children if c.configuration == "online-alternating")
     assert online.spec.distillation.mode == "online"
     assert online.spec.distillation.alternate.between == "models"
+
+
+def test_a_sweep_spec_validates_and_plans_without_torch() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "from distillery.spec import load_spec\n"
+        "from distillery.sweeps import plan_sweep\n"
+        "plan_sweep(load_spec('examples/research_sweep.yaml'))\n"
+        "import distillery.research.summary, distillery.research.variance\n"
+        "print('torch' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
