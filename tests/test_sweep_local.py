@@ -92,7 +92,9 @@ def test_sweep_runs_children_sharing_stages(tmp_path: Path) -> None:
     # every child trained only its distillation stage, reading the shared teacher's model
     kd0 = run_dir / "children" / "kd" / "seed-0"
     child = json.loads((kd0 / "results.json").read_text())
-    assert [r["stage"] for r in child["rows"]] == ["distill"]
+    assert [r["stage"] for r in child["rows"]] == ["teacher", "distill"]
+    assert "reused" in child["rows"][0]["model"]  # the shared teacher, scored by distill
+    assert abs(child["rows"][0]["miou"] - teacher_miou) < 1e-9
     md = (run_dir / "results.md").read_text()
     assert "| kd" in md and "| dist" in md and "(2 failed)" in md
     report = CliRunner().invoke(app, ["report", str(run_dir)])
