@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from distillery.cli.main import app
+from distillery.sweep_local import matched_epochs
 
 TINY = {
     "name": "tiny",
@@ -33,6 +35,7 @@ def _sweep_spec(tmp_path: Path) -> Path:
     raw["stages"] = ["teacher", "student", "distill"]
     raw["sweep"] = {
         "seeds": [0, 1],
+        "compute_matched_baseline": True,
         "configurations": [
             {"name": "kd", "overrides": {}},
             {"name": "dist", "overrides": {"distillation.losses.1": {"kind": "dist"}}},
@@ -43,6 +46,13 @@ def _sweep_spec(tmp_path: Path) -> Path:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def test_matched_epochs() -> None:
+    assert matched_epochs(8, 30.0, 20.0) == 12  # distillation took 1.5x as long
+    assert matched_epochs(8, 10.0, 20.0) == 4 and matched_epochs(1, 1.0, 10.0) == 1
+    with pytest.raises(ValueError, match="> 0"):
+        matched_epochs(8, 1.0, 0.0)
 
 
 def test_dry_run_prints_the_expansion_and_runs_nothing(tmp_path: Path) -> None:
@@ -67,6 +77,7 @@ def test_sweep_runs_children_sharing_stages(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", str(spec), "--run-dir", str(run_dir)])
     assert result.exit_code == 0, result.output
     assert "[11/11]" in result.output  # 1 teacher + 4 baselines + 6 children
+    assert "At equal compute" in (run_dir / "results.md").read_text()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "partial"
     assert len(list((run_dir / "teachers").iterdir())) == 1
@@ -85,6 +96,11 @@ def test_sweep_runs_children_sharing_stages(tmp_path: Path) -> None:
         assert low <= c["gain_mean"] <= high and c["teacher_miou"] == teacher_miou
         assert c["bias_variance"]["pixels"] > 0 and "teacher_ece" in c
         assert 0 <= c["teacher_entropy"] <= 1
+        m = c["compute_matched"]  # a student-alone run as long as this child's distillation
+        assert [r["seed"] for r in m["per_seed"]] == [0, 1]
+        for r, mine in zip(m["per_seed"], c["per_seed"], strict=True):
+            assert r["epochs"] >= 1 and abs(r["gain"] - (mine["miou"] - r["miou"])) < 1e-12
+        assert all(r["wall_time_s"] > 0 for r in c["per_seed"])  # training time of the stage
     assert results["baseline"]["bias_variance"]["variance"] >= 0
     broken = configs["broken"]
     assert broken["per_seed"] == [] and len(broken["failed"]) == 2

@@ -376,6 +376,9 @@ class SweepSpec(_Strict):
     #: Dotted paths into the base spec (list items by index) -> the values to try.
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
     configurations: list[SweepConfiguration] = Field(default_factory=list)
+    #: Also compare each child with a student-alone baseline given as much training time as
+    #: its distillation took (more epochs at the same seed): gains at equal compute.
+    compute_matched_baseline: bool = False
 
     @field_validator("seeds")
     @classmethod

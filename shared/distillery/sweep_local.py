@@ -23,9 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distillery.research.stats import paired_interval
 from distillery.research.summary import ConfigResult, SeedResult, sweep_markdown, sweep_summary
 from distillery.spec import ExperimentSpec
-from distillery.sweeps import SweepPlan, content_hash, plan_sweep, teacher_identity
+from distillery.sweeps import (
+    SweepPlan,
+    baseline_identity,
+    content_hash,
+    plan_sweep,
+    teacher_identity,
+)
 
 
 @dataclass
@@ -43,14 +50,22 @@ class Outcome:
         path = self.run_dir / "artifacts" / self.results["experiment_id"] / stage / "model.pt"
         return path if path.is_file() else None
 
-    def metrics(self, stage: str) -> dict[str, Any] | None:
-        """The stage's validation metrics (mIoU and per-class IoU), None if it did not run."""
+    def _payload(self, stage: str) -> dict[str, Any] | None:
         if self.results is None:
             return None
         path = self.run_dir / "artifacts" / self.results["experiment_id"] / stage / "results.json"
-        if not path.is_file():
-            return None
-        return json.loads(path.read_text()).get("metrics")
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def metrics(self, stage: str) -> dict[str, Any] | None:
+        """The stage's validation metrics (mIoU and per-class IoU), None if it did not run."""
+        return (self._payload(stage) or {}).get("metrics")
+
+    def train_time_s(self, stage: str) -> float | None:
+        """The stage's training time: the sum of its epochs' ``time_s`` (the same when it was
+        resumed; evaluation left out)."""
+        history = (self._payload(stage) or {}).get("history") or []
+        times = [h.get("train", {}).get("time_s") for h in history]
+        return float(sum(times)) if times and None not in times else None
 
     def row(self, stage: str) -> dict[str, Any]:
         rows = (self.results or {}).get("rows", [])
@@ -141,10 +156,110 @@ def run_sweep(
         children[(child.configuration, child.seed)] = outcome
         step(f"child {name}", outcome)
 
+    matched: dict[tuple[str, int], tuple[int, Outcome]] = {}
+    if spec.sweep is not None and spec.sweep.compute_matched_baseline:
+        matched = _compute_matched(plan, baselines, children, run_dir, fresh, say, on_progress)
     results = summarize(spec, plan, teachers, baselines, children, analyses=analyses, say=say)
+    if matched:
+        add_compute_matched(results, baselines_of(plan, baselines), matched)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     (run_dir / "results.md").write_text(sweep_markdown(results))
     return results
+
+
+def _compute_matched(
+    plan: SweepPlan,
+    baselines: dict[str, Outcome],
+    children: dict[tuple[str, int], Outcome],
+    run_dir: Path,
+    fresh: bool,
+    say: Callable[[str], None],
+    on_progress: Callable[[str, Any], None] | None,
+) -> dict[tuple[str, int], tuple[int, Outcome]]:
+    """Per child: a student-alone baseline given the epochs that take as long to train as the
+    child's distillation did, ``round(epochs * t_distill / t_baseline)`` (at least 1), at the
+    same seed. Baselines of equal epochs are shared (by content hash); equal to the plain
+    baseline's epochs, the plain baseline is that baseline."""
+    runs: dict[str, Outcome] = {}
+    out: dict[tuple[str, int], tuple[int, Outcome]] = {}
+    for child in plan.children:
+        base = baselines.get(child.baseline_key or "")
+        outcome = children[(child.configuration, child.seed)]
+        t_distill = outcome.train_time_s("distill")
+        t_base = base.train_time_s("student") if base else None
+        if base is None or child.baseline_key is None or not t_distill or not t_base:
+            continue
+        b_spec = plan.baselines[child.baseline_key].spec
+        epochs = matched_epochs(b_spec.student.train.epochs, t_distill, t_base)
+        if epochs == b_spec.student.train.epochs:
+            out[(child.configuration, child.seed)] = (epochs, base)
+            continue
+        train = b_spec.student.train.model_copy(update={"epochs": epochs})
+        student = b_spec.student.model_copy(update={"train": train})
+        m_spec = b_spec.model_copy(update={"student": student})
+        key = content_hash(baseline_identity(m_spec))
+        if key not in runs:
+            m_spec = m_spec.model_copy(update={"name": f"{plan.name}.matched-{key[:8]}"})
+            say(f"compute-matched baseline {key}: seed {child.seed}, {epochs} epochs")
+            runs[key] = _run(m_spec, run_dir / "matched" / key, fresh, on_progress)
+            status = runs[key].error or f"done in {runs[key].wall_time_s:.0f}s"
+            say(f"compute-matched baseline {key}: {status}")
+        out[(child.configuration, child.seed)] = (epochs, runs[key])
+    return out
+
+
+def matched_epochs(epochs: int, t_distill: float, t_baseline: float) -> int:
+    """Epochs of a student-alone run that trains as long as the distillation did:
+    ``max(1, round(epochs * t_distill / t_baseline))``."""
+    if t_baseline <= 0:
+        raise ValueError(f"the baseline's training time must be > 0, got {t_baseline}")
+    return max(1, round(epochs * t_distill / t_baseline))
+
+
+def baselines_of(plan: SweepPlan, baselines: dict[str, Outcome]) -> dict[int, Outcome]:
+    """seed -> the plain baseline's outcome (as the first configuration's children use)."""
+    out: dict[int, Outcome] = {}
+    for child in plan.children:
+        if child.seed not in out and child.baseline_key in baselines:
+            out[child.seed] = baselines[child.baseline_key]
+    return out
+
+
+def add_compute_matched(
+    results: dict[str, Any],
+    plain: dict[int, Outcome],
+    matched: dict[tuple[str, int], tuple[int, Outcome]],
+) -> None:
+    """Add ``compute_matched`` to each configuration row: per seed the matched baseline's epochs
+    and mIoU and the gain over it, with the mean and 95% paired t-interval."""
+    for row in results["configurations"]:
+        per_seed, mine, theirs = [], {}, {}
+        for r in row["per_seed"]:
+            entry = matched.get((row["name"], r["seed"]))
+            if entry is None:
+                continue
+            epochs, outcome = entry
+            metrics = outcome.metrics("student")
+            if metrics is None:
+                continue
+            mine[r["seed"]], theirs[r["seed"]] = r["miou"], metrics["miou"]
+            per_seed.append(
+                {
+                    "seed": r["seed"],
+                    "epochs": epochs,
+                    "miou": metrics["miou"],
+                    "gain": r["miou"] - metrics["miou"],
+                }
+            )
+        if not per_seed:
+            continue
+        interval = paired_interval(mine, theirs)
+        row["compute_matched"] = {
+            "per_seed": per_seed,
+            "gain_mean": interval.mean if interval else None,
+            "gain_ci95": interval.as_list() if interval else None,
+            "distinguishable": bool(interval and interval.excludes_zero),
+        }
 
 
 def profile_key(spec: ExperimentSpec) -> str:
@@ -157,7 +272,8 @@ def _seed_result(outcome: Outcome, stage: str, seed: int) -> SeedResult | None:
     metrics = outcome.metrics(stage)
     if metrics is None:
         return None
-    return SeedResult(seed, metrics["miou"], metrics.get("iou") or {}, outcome.wall_time_s)
+    wall = outcome.train_time_s(stage)
+    return SeedResult(seed, metrics["miou"], metrics.get("iou") or {}, wall)
 
 
 def summarize(
@@ -232,7 +348,7 @@ def summarize(
         t_key = mine[0].teacher_key if mine else None
         extra: dict[str, Any] = dict(teacher_facts.get(t_key, {}))
         outcomes = [children[(config.name, c.seed)] for c in mine]
-        wall = sum(o.wall_time_s for o in outcomes)
+        wall = sum(o.train_time_s("distill") or 0.0 for o in outcomes)
         row = _profiled_row(plan, children, mine[0]) if mine else {}
         extra.update(
             latency_ms=row.get("latency_ms"),

@@ -185,6 +185,18 @@ def sweep_markdown(results: Mapping[str, Any]) -> str:
         "mIoU in %. ⚠: the seeds cannot tell this configuration from the baseline (the CI "
         "contains 0). " + results.get("ci_method", CI_METHOD) + ".",
     ]
+    matched = [c for c in results["configurations"] if c.get("compute_matched")]
+    if matched:
+        lines.append("At equal compute (a student-alone baseline trained as long as each child):")
+        for c in matched:
+            m = c["compute_matched"]
+            ci = m["gain_ci95"]
+            ci_s = "no CI" if ci is None else f"[{_pct(ci[0], '+.1f')}, {_pct(ci[1], '+.1f')}]"
+            epochs = ", ".join(str(r["epochs"]) for r in m["per_seed"])
+            lines.append(
+                f"- {c['name']}: gain {_pct(m['gain_mean'], '+.1f')} {ci_s} (baseline epochs "
+                f"{epochs})"
+            )
     best = next((c for c in results["configurations"] if c["name"] == results.get("best")), None)
     if best is not None:
         ties = ([] if best["distinguishable_from_baseline"] else ["the baseline"]) + list(
