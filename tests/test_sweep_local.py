@@ -116,7 +116,8 @@ def test_sweep_runs_children_sharing_stages(tmp_path: Path) -> None:
     report = CliRunner().invoke(app, ["report", str(run_dir)])
     assert report.exit_code == 0, report.output
     pngs = {p.name for p in (run_dir / "report").glob("*.png")}
-    assert {"per_class_iou.png", "bias_variance.png", "teacher_vs_gain.png"} <= pngs
+    assert {"per_class_iou.png", "bias_variance.png", "teacher_vs_gain.png", "samples.png"} <= pngs
+    assert "![Sample predictions](samples.png)" in (run_dir / "report" / "report.md").read_text()
     # again: everything resumes, nothing retrains
     again = CliRunner().invoke(app, ["run", str(spec), "--run-dir", str(run_dir)])
     assert again.exit_code == 0, again.output

@@ -87,3 +87,44 @@ def evaluate_model(
     for images, masks in _val_batches(data, batch_size, resolve_root):
         confusion.update(model(images).argmax(1), masks)
     return confusion.compute().as_dict()
+
+
+@torch.inference_mode()
+def sample_predictions(
+    models: dict[str, str | Path],
+    data: DataSpec,
+    path: str | Path,
+    *,
+    images: int = 2,
+    resolve_root: Callable[[DatasetRef], Path] | None = None,
+) -> Path:
+    """A PNG grid, one row per validation image: input, ground truth, then each model's
+    prediction (label -> exported model), in the Cityscapes colours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from distillery.data.transforms import denormalize
+    from distillery.visualize import overlay
+
+    loaded = dict(zip(models, _load(list(models.values())), strict=True))
+    batch_images, batch_masks = next(_val_batches(data, images, resolve_root))
+    preds = {label: m(batch_images).argmax(1).numpy() for label, m in loaded.items()}
+    cols = ["input", "ground truth", *models]
+    n = batch_images.shape[0]
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.4 * len(cols), 1.5 * n + 0.4), squeeze=False)
+    for i in range(n):
+        image = denormalize(batch_images[i])
+        tiles = [image, overlay(image, batch_masks[i].numpy())]
+        tiles += [overlay(image, preds[label][i]) for label in models]
+        for j, tile in enumerate(tiles):
+            axes[i][j].imshow(tile)
+            axes[i][j].axis("off")
+            if i == 0:
+                axes[i][j].set_title(cols[j], fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -6,12 +6,14 @@ latency, with the Pareto front: no other point is both faster and better), ``per
 (baseline vs each configuration, every class so rare ones show), ``bias_variance.png`` (bias and
 variance of the 0-1 loss over seeds) and ``teacher_vs_gain.png`` (each teacher's output entropy
 and ECE against the gain of the students it taught). For one experiment: its table and per-class
-bars. matplotlib (Agg backend) draws; nothing here needs torch.
+bars. With the run's ``samples.png`` (teacher, baseline and best child on validation images),
+it is copied in. matplotlib (Agg backend) draws; nothing here needs torch.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -211,11 +213,11 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     out = Path(out_dir) if out_dir else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     if results.get("kind") == "sweep":
-        return _sweep_report(results, out)
+        return _sweep_report(results, out, run_dir)
     return _experiment_report(results, out)
 
 
-def _sweep_report(results: dict[str, Any], out: Path) -> Path:
+def _sweep_report(results: dict[str, Any], out: Path, run_dir: Path) -> Path:
     name = results.get("plan", {}).get("name", "sweep")
     lines = [f"# {name}", "", sweep_markdown(results)]
     plots = [
@@ -231,6 +233,10 @@ def _sweep_report(results: dict[str, Any], out: Path) -> Path:
     for title, png in plots:
         if png is not None:
             lines += [f"## {title}", "", f"![{title}]({png.name})", ""]
+    samples = run_dir / str(results.get("samples_png") or "samples.png")
+    if samples.is_file():
+        shutil.copyfile(samples, out / "samples.png")
+        lines += ["## Sample predictions", "", "![Sample predictions](samples.png)", ""]
     lines += _bias_variance_table(results)
     lines += _teacher_table(results)
     walls = [
