@@ -128,7 +128,7 @@ def test_sweep_summary_by_hand() -> None:
     assert c["failed"] == [{"seed": 3, "error": "stage distill failed: boom"}]
     assert out["best"] == "A" and "t-interval" in out["ci_method"]
     md = sweep_markdown(out)
-    assert "| A | 3 | 25.0 ± 1.0 | +5.0 | [+2.5, +7.5] | 50% | B |" in md
+    assert "| A | 3 | 25.0 ± 1.0 | +5.0 | [+2.5, +7.5] | 50% | B | 20 |" in md
     assert (
         "| B ⚠ |" in md
         and "(1 failed)" in md

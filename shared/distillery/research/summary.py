@@ -157,16 +157,20 @@ def _pct(v: float | None, spec: str = ".1f") -> str:
     return text + "%" if pct else text
 
 
+def _secs(v: float | None) -> str:
+    return "—" if v is None else f"{v:.0f}"
+
+
 def sweep_markdown(results: Mapping[str, Any]) -> str:
     """The sweep's comparison table as Markdown (mIoU and gains in points of %)."""
     base = results["baseline"]
     lines = [
         "| configuration | seeds | mIoU (mean ± std) | gain | 95% CI of gain | gap closed | "
-        "seeds tell apart from |",
-        "|---|---:|---:|---:|---:|---:|---|",
-        f"| teacher | — | {_pct(results.get('teacher_miou'))} | | | | |",
+        "seeds tell apart from | train s/seed |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+        f"| teacher | — | {_pct(results.get('teacher_miou'))} | | | | | |",
         f"| student baseline | {len(base['per_seed'])} | {_pct(base['miou_mean'])} ± "
-        f"{_pct(base['miou_std'])} | | | | |",
+        f"{_pct(base['miou_std'])} | | | | | {_secs(base.get('wall_time_s_mean'))} |",
     ]
     names = [c["name"] for c in results["configurations"]]
     for c in results["configurations"]:
@@ -178,7 +182,8 @@ def sweep_markdown(results: Mapping[str, Any]) -> str:
         lines.append(
             f"| {c['name']}{flag} | {len(c['per_seed'])}{failed} | {_pct(c['miou_mean'])} ± "
             f"{_pct(c['miou_std'])} | {_pct(c['gain_mean'], '+.1f')} | {ci_s} | "
-            f"{_pct(c['gap_closed_mean'], '.0f%')} | {', '.join(apart) or 'none'} |"
+            f"{_pct(c['gap_closed_mean'], '.0f%')} | {', '.join(apart) or 'none'} | "
+            f"{_secs(c.get('wall_time_s_mean'))} |"
         )
     lines += [
         "",
