@@ -104,6 +104,7 @@ def test_sweep_runs_children_sharing_stages(tmp_path: Path) -> None:
     assert results["baseline"]["bias_variance"]["variance"] >= 0
     broken = configs["broken"]
     assert broken["per_seed"] == [] and len(broken["failed"]) == 2
+    assert broken["own_baseline"] == [] and configs["kd"]["own_baseline"] is None  # fp16 failed
     assert "fp16" in broken["failed"][0]["error"]
     # every child trained only its distillation stage, reading the shared teacher's model
     kd0 = run_dir / "children" / "kd" / "seed-0"

@@ -368,6 +368,8 @@ def summarize(
             if (path := outcome.model_path("student")) is not None:
                 baseline_paths.append(path)
 
+    first = plan.configurations[0].name if plan.configurations else None
+    common_keys = {c.baseline_key for c in plan.children if c.configuration == first}
     configs: list[ConfigResult] = []
     paths_by_config: dict[str, list[Path]] = {}
     for config in plan.configurations:
@@ -394,6 +396,14 @@ def summarize(
             wall_time_s_total=wall,
             device_hours=wall * spec.distill_train.num_processes / 3600,
         )
+        own = None
+        if mine and {c.baseline_key for c in mine} != common_keys:
+            own = [
+                r
+                for c in mine
+                if c.baseline_key in baselines
+                and (r := _seed_result(baselines[c.baseline_key], "student", c.seed)) is not None
+            ]
         configs.append(
             ConfigResult(
                 config.name,
@@ -402,6 +412,7 @@ def summarize(
                 teacher_miou=teacher_miou.get(t_key, top_teacher),
                 failed=failed,
                 extra=extra,
+                baseline=own,
             )
         )
     results = sweep_summary(configs, baseline_results, top_teacher)

@@ -145,6 +145,16 @@ def test_sweep_summary_without_teacher_or_pairs() -> None:
     ]
     assert x["gain_mean"] is None and x["gain_ci95"] is None and x["gap_closed_mean"] is None
     assert out["best"] is None and not x["distinguishable_from_baseline"]
+    # a configuration that changes the student is compared with its own baseline
+    wide = ConfigResult("w8", {}, _seeds([0.30, 0.31, 0.29]), baseline=_seeds([0.26, 0.28, 0.27]))
+    (w,) = sweep_summary([wide], BASELINE, teacher_miou=0.30)["configurations"]
+    assert [r["gain"] for r in w["per_seed"]] == [
+        pytest.approx(0.04),
+        pytest.approx(0.03),
+        pytest.approx(0.02),
+    ]
+    assert w["own_baseline"][0] == {"seed": 0, "miou": 0.26}
+    assert w["per_seed"][0]["gap_closed"] == pytest.approx(0.04 / 0.04)
     # a configuration's own teacher (e.g. a label-smoothed one) is used for its gap
     own = ConfigResult("ls", {}, _seeds([0.25, 0.26, 0.24]), teacher_miou=0.40)
     (ls,) = sweep_summary([own], BASELINE, teacher_miou=0.30)["configurations"]

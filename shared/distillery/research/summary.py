@@ -8,8 +8,10 @@
 - ``configurations``: for each child, ``name``, ``overrides``, ``per_seed`` ``[{seed, miou,
   gain, gap_closed, wall_time_s}]``, ``miou_mean``/``miou_std``, per-class ``iou_mean``/``iou_std``,
   ``gain_mean``, ``gain_std``, ``gain_ci95`` ``[low, high]``, ``gap_closed_mean``,
-  ``distinguishable_from_baseline`` (the CI excludes 0), ``indistinguishable_from`` (the other
-  configurations whose paired difference CI contains 0: the seeds cannot tell them apart),
+  ``distinguishable_from_baseline`` (the CI excludes 0), ``own_baseline`` (per seed, when the
+  configuration changes the student and so has its own baseline), ``indistinguishable_from``
+  (the other configurations whose paired difference CI contains 0: the seeds cannot tell them
+  apart),
   ``failed`` seeds with their errors. mIoU, IoU and gains are fractions 0..1.
 """
 
@@ -50,6 +52,9 @@ class ConfigResult:
     failed: Mapping[int, str] = field(default_factory=dict)
     #: Extra facts carried to the table as they are (teacher entropy/ECE, student latency...).
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Its own student baseline when it changes the student (`student.*` overrides); None: the
+    #: sweep's baseline.
+    baseline: Sequence[SeedResult] | None = None
 
 
 def _by_seed(results: Sequence[SeedResult]) -> dict[int, float]:
@@ -79,9 +84,10 @@ def sweep_summary(
     teacher_miou: float | None,
 ) -> dict[str, Any]:
     """The sweep's results table (JSON-able; the module docstring lists its fields)."""
-    base = _by_seed(baseline)
+    common = _by_seed(baseline)
     rows: list[dict[str, Any]] = []
     for config in configurations:
+        base = common if config.baseline is None else _by_seed(config.baseline)
         teacher = config.teacher_miou if config.teacher_miou is not None else teacher_miou
         per_seed = []
         gaps = []
@@ -115,6 +121,9 @@ def sweep_summary(
                 "gap_closed_std": gap_stats.std,
                 "distinguishable_from_baseline": not _cannot_tell(interval),
                 "failed": [{"seed": s, "error": e} for s, e in sorted(config.failed.items())],
+                "own_baseline": None
+                if config.baseline is None
+                else [{"seed": r.seed, "miou": r.miou} for r in sorted(config.baseline, key=_seed)],
                 **dict(config.extra),
             }
         )
