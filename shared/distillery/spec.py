@@ -18,6 +18,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -410,6 +411,22 @@ class ExperimentSpec(_Strict):
     #: Children of this spec (a grid and configurations, times seeds); none = one experiment.
     sweep: SweepSpec | None = None
 
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_expands(cls, v: SweepSpec | None, info: ValidationInfo) -> SweepSpec | None:
+        """Every grid path exists and every child is a valid spec (errors located at `sweep`)."""
+        if v is None or set(cls.model_fields) - {"sweep"} - set(info.data):
+            return v  # no sweep, or another field is invalid (its own error says why)
+        if not {"student", "distill"} <= set(info.data["stages"]):
+            raise ValueError(
+                "the children compare distilled students with the baseline; stages must "
+                "include student and distill"
+            )
+        from distillery.sweeps import check_sweep
+
+        check_sweep(cls.model_construct(**{**info.data, "sweep": None}), v)
+        return v
+
     @model_validator(mode="after")
     def _checks(self) -> ExperimentSpec:
         if self.teacher.model.width == "auto":
@@ -426,15 +443,6 @@ class ExperimentSpec(_Strict):
                     f"{field} {h}x{w} must be divisible by {factor} (2**depth of the UNets)"
                 )
         self.stages = [s for s in STAGE_ORDER if s in self.stages]
-        if self.sweep is not None:
-            from distillery.sweeps import check_sweep
-
-            if not {"student", "distill"} <= set(self.stages):
-                raise ValueError(
-                    "sweep: the children compare distilled students with the baseline; "
-                    "stages must include student and distill"
-                )
-            check_sweep(self)  # every grid path exists; every child is a valid spec
         return self
 
     def planned_stages(self) -> list[PlannedStage]:

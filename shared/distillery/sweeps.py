@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from distillery.spec import ExperimentSpec
+    from distillery.spec import ExperimentSpec, SweepSpec
 
 
 class SweepError(ValueError):
@@ -176,17 +176,16 @@ def _overrides_text(overrides: Mapping[str, Any]) -> str:
     return ", ".join(f"{p}={json.dumps(v)}" for p, v in overrides.items()) or "no overrides"
 
 
-def check_sweep(spec: ExperimentSpec) -> None:
-    """Raise SweepError unless every grid path exists and every child is a valid spec."""
-    if spec.sweep is None:
-        return
+def check_sweep(spec: ExperimentSpec, sweep: SweepSpec) -> None:
+    """Raise SweepError unless every path of `sweep` exists in `spec` and every child is a
+    valid spec."""
     tree = _base_tree(spec)
-    for path in spec.sweep.grid:
+    for path in sweep.grid:
         try:
             get_path(tree, path)
         except SweepError as e:
-            raise SweepError(f"sweep.grid: {e}") from None
-    for config in configurations(spec.sweep):
+            raise SweepError(f"grid: {e}") from None
+    for config in configurations(sweep):
         configuration_spec(spec, config)
 
 

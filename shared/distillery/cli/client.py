@@ -201,7 +201,7 @@ def submit(
         try:
             print_plan(load_spec(spec_path))
         except SpecError as e:
-            _fail(str(e))
+            _fail(str(e), 2)
         return
     exp = _call(_gateway(url, token).post, "/experiments", json=raw)
     if quiet:

@@ -91,7 +91,8 @@ def test_a_sweep_path_that_does_not_exist_is_422_naming_it(as_user, queues, cele
     spec = spec_dict("sw", sweep={"seeds": [0, 1], "grid": {"distillation.losses.4.weight": [1]}})
     r = as_user("alice").post("/experiments", json=spec)
     assert r.status_code == 422
-    assert "'distillation.losses.4.weight' does not exist" in r.text, r.text
+    (err,) = r.json()["detail"]
+    assert err["field"] == "sweep" and "'distillation.losses.4.weight' does not exist" in err["msg"]
     # a valid sweep is not queued (yet): a 422 on `sweep` carrying the expansion and sharing
     spec["sweep"]["grid"] = {"distillation.losses.1.temperature": [1, 4]}
     r = as_user("alice").post("/experiments", json=spec)
