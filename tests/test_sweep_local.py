@@ -69,6 +69,13 @@ def test_dry_run_prints_the_expansion_and_runs_nothing(tmp_path: Path) -> None:
         # "broken" changes the student's training: its baselines are its own
         assert "teacher 1 (of 6), student 4 (of 6), distill 6 (of 6)" in out
     assert not run_dir.exists()
+    one = tmp_path / "one.yaml"
+    one.write_text(spec.read_text().split("sweep:")[0])
+    result = CliRunner().invoke(app, ["run", str(one), "--dry-run"])
+    assert (
+        result.exit_code == 0
+        and "one experiment, stages teacher, student, distill" in result.output
+    )
 
 
 def test_sweep_runs_children_sharing_stages(tmp_path: Path) -> None:

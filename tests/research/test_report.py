@@ -26,7 +26,10 @@ def test_pareto_front_by_hand() -> None:
 
 def _results() -> dict:
     bv = {"pixels": 10, "loss": 0.3, "bias": 0.2, "variance": 0.15, "unbiased_variance": 0.1,
-          "biased_variance": 0.05, "net_variance": 0.1, "per_class": {}}  # fmt: skip
+          "biased_variance": 0.05, "net_variance": 0.1,
+          "per_class": {"road": {"bias": 0.1, "variance": 0.2},
+                        "car": {"bias": 0.5, "variance": 0.1},
+                        "bicycle": {"bias": None, "variance": None}}}  # fmt: skip
     iou = [{"road": 0.9, "car": 0.2, "bicycle": None}, {"road": 0.8, "car": 0.3, "bicycle": 0.01}]
     configs = [
         ConfigResult(
@@ -58,7 +61,14 @@ def test_sweep_report_writes_markdown_and_every_plot(tmp_path: Path) -> None:
     assert report == tmp_path / "report" / "report.md"
     text = report.read_text()
     assert text.startswith("# demo")
-    for png in ("gains", "pareto", "per_class_iou", "bias_variance", "teacher_vs_gain"):
+    for png in (
+        "gains",
+        "pareto",
+        "per_class_iou",
+        "bias_variance",
+        "bias_variance_per_class",
+        "teacher_vs_gain",
+    ):
         path = report.parent / f"{png}.png"
         assert path.read_bytes()[:8] == PNG and path.stat().st_size > 2000, png
         assert f"]({png}.png)" in text

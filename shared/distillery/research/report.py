@@ -135,6 +135,28 @@ def plot_bias_variance(results: dict[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_bias_variance_per_class(results: dict[str, Any], path: Path) -> Path | None:
+    """Per class: bias and variance of the baseline and of the best configuration, side by side."""
+    base = (results["baseline"].get("bias_variance") or {}).get("per_class") or {}
+    best = next((c for c in results["configurations"] if c["name"] == results.get("best")), None)
+    other = ((best or {}).get("bias_variance") or {}).get("per_class") or {}
+    names = [n for n in base if base[n].get("bias") is not None]
+    if not names or not other:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.55 * len(names) + 2), 5.5), sharex=True)
+    width = 0.4
+    for ax, field in zip(axes, ("bias", "variance"), strict=True):
+        for k, (label, per) in enumerate((("baseline", base), (best["name"], other))):  # type: ignore[index]
+            xs = [i + (k - 0.5) * width for i in range(len(names))]
+            ax.bar(xs, [per.get(n, {}).get(field) or 0.0 for n in names], width, label=label)
+        ax.set_ylabel(field)
+        ax.legend(fontsize=7)
+    axes[1].set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    axes[0].set_title("0-1 loss over seeds, per class (pixels of that class)", fontsize=9)
+    return _save(fig, path)
+
+
 def plot_teacher_vs_gain(results: dict[str, Any], path: Path) -> Path | None:
     rows = [
         c
@@ -225,6 +247,10 @@ def _sweep_report(results: dict[str, Any], out: Path, run_dir: Path) -> Path:
         ("mIoU vs student latency", plot_pareto(results, out / "pareto.png")),
         ("Per-class IoU", plot_per_class(results, out / "per_class_iou.png")),
         ("Bias and variance", plot_bias_variance(results, out / "bias_variance.png")),
+        (
+            "Bias and variance per class",
+            plot_bias_variance_per_class(results, out / "bias_variance_per_class.png"),
+        ),
         (
             "Teacher entropy and ECE vs gain",
             plot_teacher_vs_gain(results, out / "teacher_vs_gain.png"),
