@@ -164,7 +164,7 @@ def run_sweep(
         samples = _samples(spec, plan, teachers, baselines, children, results, run_dir)
         results["samples_png"] = samples.name if samples else None
     if matched:
-        add_compute_matched(results, baselines_of(plan, baselines), matched)
+        add_compute_matched(results, matched)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     (run_dir / "results.md").write_text(sweep_markdown(results))
     return results
@@ -254,19 +254,8 @@ def matched_epochs(epochs: int, t_distill: float, t_baseline: float) -> int:
     return max(1, round(epochs * t_distill / t_baseline))
 
 
-def baselines_of(plan: SweepPlan, baselines: dict[str, Outcome]) -> dict[int, Outcome]:
-    """seed -> the plain baseline's outcome (as the first configuration's children use)."""
-    out: dict[int, Outcome] = {}
-    for child in plan.children:
-        if child.seed not in out and child.baseline_key in baselines:
-            out[child.seed] = baselines[child.baseline_key]
-    return out
-
-
 def add_compute_matched(
-    results: dict[str, Any],
-    plain: dict[int, Outcome],
-    matched: dict[tuple[str, int], tuple[int, Outcome]],
+    results: dict[str, Any], matched: dict[tuple[str, int], tuple[int, Outcome]]
 ) -> None:
     """Add ``compute_matched`` to each configuration row: per seed the matched baseline's epochs
     and mIoU and the gain over it, with the mean and 95% paired t-interval."""
