@@ -134,3 +134,31 @@ def test_sweep_runs_children_sharing_stages(tmp_path: Path) -> None:
         == (configs["kd"]["per_seed"][:1] + configs["kd"]["per_seed"][1:])
         or True
     )
+
+
+def test_the_sweep_table_and_report_go_to_wandb(tmp_path: Path) -> None:
+    from distillery.research.report import write_report
+    from distillery.spec import ExperimentSpec
+    from distillery.sweep_local import log_sweep
+    from tests.research.test_report import _results
+    from tests.support.wandb_runs import read_offline_run
+
+    results = _results()
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    report = write_report(tmp_path)
+    raw = json.loads(json.dumps(TINY).replace("CS", str(tmp_path / "cs")))
+    raw["tracking"] = {"mode": "offline", "project": "test"}
+    spec = ExperimentSpec.model_validate(raw)
+    info = log_sweep(spec, results, report.parent, tmp_path)
+    assert info is not None
+    run = read_offline_run(Path(info["dir"]))
+    assert run.job_type == "sweep" and run.name == "tiny-sweep"
+    assert abs(run.summary["T4/gain_mean"] - 0.085) < 1e-9
+    assert (
+        abs(run.summary["T4/gain_ci95_low"] - results["configurations"][1]["gain_ci95"][0]) < 1e-9
+    )
+    assert any("report/pareto" in f for f in run.files), run.files
+    off = spec.model_copy(
+        update={"tracking": spec.tracking.model_copy(update={"mode": "disabled"})}
+    )
+    assert log_sweep(off, results, report.parent, tmp_path / "off") is None

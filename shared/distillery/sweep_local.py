@@ -167,7 +167,55 @@ def run_sweep(
         add_compute_matched(results, matched)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     (run_dir / "results.md").write_text(sweep_markdown(results))
+    from distillery.research.report import write_report
+
+    report = write_report(run_dir)
+    results["wandb"] = log_sweep(spec, results, report.parent, run_dir)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def log_sweep(
+    spec: ExperimentSpec, results: dict[str, Any], report_dir: Path, run_dir: Path
+) -> dict[str, Any] | None:
+    """Log the sweep's table (run summary: per configuration mIoU, gain, its CI, gap closed)
+    and the report's PNGs to one wandb run (``job_type: sweep``); None when tracking is off."""
+    from distillery.tracking import Tracker
+
+    tracker = Tracker(
+        spec.tracking,
+        run_dir,
+        name=f"{spec.name}-sweep",
+        group=spec.name,
+        config=spec.model_dump(mode="json"),
+        job_type="sweep",
+    )
+    if not tracker.active:
+        return None
+    import wandb
+
+    summary: dict[str, Any] = {
+        "teacher_miou": results.get("teacher_miou"),
+        "baseline/miou_mean": results["baseline"].get("miou_mean"),
+    }
+    for c in results["configurations"]:
+        ci = c.get("gain_ci95") or [None, None]
+        summary.update(
+            {
+                f"{c['name']}/miou_mean": c["miou_mean"],
+                f"{c['name']}/gain_mean": c["gain_mean"],
+                f"{c['name']}/gain_ci95_low": ci[0],
+                f"{c['name']}/gain_ci95_high": ci[1],
+                f"{c['name']}/gap_closed_mean": c["gap_closed_mean"],
+            }
+        )
+    tracker.summary({k: v for k, v in summary.items() if v is not None})
+    images = {f"report/{p.stem}": wandb.Image(str(p)) for p in sorted(report_dir.glob("*.png"))}
+    if images:
+        tracker.log(images, step=0)
+    info = {"id": tracker.run_id, "dir": str(tracker.run_dir), "url": tracker.url}
+    tracker.finish()
+    return info
 
 
 def _compute_matched(
