@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from distillery.results import build_results
+from distillery.stages.results import build_results
 
 
 @dataclass

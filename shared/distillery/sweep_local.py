@@ -26,6 +26,7 @@ from typing import Any
 from distillery.research.stats import paired_interval
 from distillery.research.summary import ConfigResult, SeedResult, sweep_markdown, sweep_summary
 from distillery.spec import ExperimentSpec
+from distillery.stages import keys
 from distillery.sweeps import (
     SweepPlan,
     baseline_identity,
@@ -47,13 +48,13 @@ class Outcome:
     def model_path(self, stage: str) -> Path | None:
         if self.results is None:
             return None
-        path = self.run_dir / "artifacts" / self.results["experiment_id"] / stage / "model.pt"
+        path = self.run_dir / keys.model_key(self.results["experiment_id"], stage)
         return path if path.is_file() else None
 
     def _payload(self, stage: str) -> dict[str, Any] | None:
         if self.results is None:
             return None
-        path = self.run_dir / "artifacts" / self.results["experiment_id"] / stage / "results.json"
+        path = self.run_dir / keys.stage_results_key(self.results["experiment_id"], stage)
         return json.loads(path.read_text()) if path.is_file() else None
 
     def metrics(self, stage: str) -> dict[str, Any] | None:

@@ -269,7 +269,7 @@ class SweepPlan:
 def teacher_identity(spec: ExperimentSpec, teacher_seed: int) -> dict[str, Any] | None:
     """What determines the teacher stage (None when it is not trained: a checkpoint or no
     teacher stage)."""
-    if "teacher" not in spec.planned_stages():
+    if "teacher" not in spec.stages or spec.teacher.model.checkpoint is not None:
         return None
     dump = spec.model_dump(mode="json")
     return {

@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from distillery.results import results_caption
 from distillery.spec import ExperimentSpec, SpecError, load_spec
+from distillery.stages.plan import planned_kinds
+from distillery.stages.results import results_caption
 
 console = Console()
 
@@ -51,7 +52,8 @@ def run(
         run_sweep_here(spec, run_dir, fresh)
         return
     console.print(
-        f"[bold]{spec.name}[/bold]: stages {', '.join(spec.planned_stages())} → {run_dir}"
+        f"[bold]{spec.name}[/bold]: stages "
+        f"{', '.join(k.name for k in planned_kinds(spec))} → {run_dir}"
     )
 
     bars = Progress(
@@ -98,7 +100,8 @@ def print_plan(spec: ExperimentSpec) -> None:
     from distillery.sweeps import describe_plan, plan_sweep
 
     if spec.sweep is None:
-        console.print(f"{spec.name}: one experiment, stages {', '.join(spec.planned_stages())}")
+        stages = ", ".join(k.name for k in planned_kinds(spec))
+        console.print(f"{spec.name}: one experiment, stages {stages}")
         return
     console.print(describe_plan(plan_sweep(spec)), highlight=False)
 

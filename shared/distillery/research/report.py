@@ -284,9 +284,25 @@ def _sweep_report(results: dict[str, Any], out: Path, run_dir: Path) -> Path:
 
 
 def _experiment_report(results: dict[str, Any], out: Path) -> Path:
-    from distillery.results import results_markdown
+    """One experiment's table (teacher, baseline, distilled) and its gap closed."""
 
-    lines = ["# Experiment " + str(results.get("experiment_id", "")), "", results_markdown(results)]
+    def cell(v: Any, spec: str, scale: float = 1.0) -> str:
+        return "—" if v is None else format(scale * v, spec)
+
+    lines = [
+        "# Experiment " + str(results.get("experiment_id", "")),
+        "",
+        "| model | mIoU | gain over baseline | params (M) | latency (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        gain = None if r["stage"] == "student" else r.get("gain_over_baseline")
+        lines.append(
+            f"| {r['model']} | {cell(r.get('miou'), '.1f', 100)} | {cell(gain, '+.1f', 100)} "
+            f"| {cell(r.get('params'), '.3f', 1e-6)} | {cell(r.get('latency_ms'), '.2f')} |"
+        )
+    gap = results.get("gap_closed")
+    lines += ["", f"mIoU in %. Gap closed: {cell(gap, '.0f', 100)}{'' if gap is None else '%'}."]
     report = out / "report.md"
-    report.write_text("\n".join(lines))
+    report.write_text("\n".join(lines) + "\n")
     return report
