@@ -101,6 +101,11 @@ def plot_pareto(results: dict[str, Any], path: Path) -> Path | None:
 def plot_per_class(results: dict[str, Any], path: Path) -> Path | None:
     series = [("baseline", results["baseline"].get("iou_mean") or {})]
     series += [(c["name"], c.get("iou_mean") or {}) for c in results["configurations"]]
+    return _per_class_bars(series, path)
+
+
+def _per_class_bars(series: list[tuple[str, dict[str, Any]]], path: Path) -> Path | None:
+    """Grouped bars: every class (so rare ones show), one bar per series (label, class -> IoU)."""
     names = list(dict.fromkeys(n for _, iou in series for n in iou))
     if not names:
         return None
@@ -283,6 +288,34 @@ def _sweep_report(results: dict[str, Any], out: Path, run_dir: Path) -> Path:
     return report
 
 
+def plot_experiment_pareto(results: dict[str, Any], path: Path) -> Path | None:
+    """mIoU vs latency of the experiment's models (teacher, baseline, distilled)."""
+    rows = [r for r in results["rows"] if r.get("latency_ms") and r.get("miou") is not None]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    pts = [(r["latency_ms"], r["miou"]) for r in rows]
+    front = pareto_front(pts)
+    for i, r in enumerate(rows):
+        ax.scatter(pts[i][0], 100 * pts[i][1], color="tab:red" if i in front else "tab:blue")
+        ax.annotate(r["model"], (pts[i][0], 100 * pts[i][1]), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")  # fmt: skip
+    ax.plot(
+        [pts[i][0] for i in front], [100 * pts[i][1] for i in front], "r--", label="Pareto front"
+    )
+    ax.set_xlabel("latency (ms, median)")
+    ax.set_ylabel("mIoU (%)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_experiment_per_class(results: dict[str, Any], path: Path) -> Path | None:
+    """Per-class IoU of each model of the experiment (`iou_by_model`: label -> class -> IoU)."""
+    by_model = results.get("iou_by_model") or {}
+    return _per_class_bars(list(by_model.items()), path)
+
+
 def _experiment_report(results: dict[str, Any], out: Path) -> Path:
     """One experiment's table (teacher, baseline, distilled) and its gap closed."""
 
@@ -302,7 +335,20 @@ def _experiment_report(results: dict[str, Any], out: Path) -> Path:
             f"| {cell(r.get('params'), '.3f', 1e-6)} | {cell(r.get('latency_ms'), '.2f')} |"
         )
     gap = results.get("gap_closed")
-    lines += ["", f"mIoU in %. Gap closed: {cell(gap, '.0f', 100)}{'' if gap is None else '%'}."]
+    lines += [
+        "",
+        f"mIoU in %. Gap closed: {cell(gap, '.0f', 100)}{'' if gap is None else '%'}.",
+        "",
+    ]
+    plots = [
+        ("Per-class IoU", plot_experiment_per_class(results, out / "per_class_iou.png")),
+        ("mIoU vs latency", plot_experiment_pareto(results, out / "pareto.png")),
+    ]
+    if (out / "samples.png").is_file():
+        plots.append(("Sample predictions", out / "samples.png"))
+    for title, png in plots:
+        if png is not None:
+            lines += [f"## {title}", "", f"![{title}]({png.name})", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
