@@ -15,8 +15,8 @@ claim, `attempts` + 1, on a live worker):
   process takes the stage over (its holder is a dead process of this host);
 - SIGTERM to the worker (eviction, scale-down): the stage checkpoints at its next step, gives
   its lease back and is re-enqueued;
-- the stage's message deleted from Redis before any worker took it: the reconciler re-sends it
-  (measured from the deletion to the stage running; a worker is idle and waiting).
+- the stage's message deleted from Redis before any worker took it (the workers stop consuming
+  while it is submitted and deleted, then listen again, idle): the reconciler re-sends it.
 
     python benchmarks/recovery_time.py
 """
@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distillery.db import Stage  # noqa: E402
+from services.celery_app import make_celery  # noqa: E402
 from tests.support import devstack  # noqa: E402
 from tests.support.experiments import submit, tiny_spec  # noqa: E402
 from tests.support.platform import Platform, local_platform  # noqa: E402
@@ -115,13 +116,13 @@ def main() -> None:
         import redis
 
         rds = redis.Redis.from_url(p.settings.broker_url)
-        # Keep the workers busy on a long stage, so that the next message waits in the queue.
-        busy = [submit(p.sessions, p.settings, spec(f"busy{i}"))[1][0] for i in range(len(workers))]
-        for stage_id in busy:
-            _running(p, stage_id, 1)
+        control = make_celery(p.settings).control
+        queue = p.settings.gpu_queue
+        control.cancel_consumer(queue, reply=True)  # idle workers that take nothing for now
         _exp, (stage_id,) = submit(p.sessions, p.settings, spec("lost"))
-        rds.delete(p.settings.gpu_queue)  # the waiting message is lost
+        assert rds.delete(queue) == 1, "the message was taken before it could be lost"
         t0 = time.monotonic()
+        control.add_consumer(queue, reply=True)
         _running(p, stage_id, 1)
         rows.append(("message lost from Redis", time.monotonic() - t0))
         print(f"message lost: running after {rows[-1][1]:.1f} s", flush=True)
