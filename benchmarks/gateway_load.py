@@ -1,14 +1,17 @@
-"""The gateway under load on loopback: N concurrent clients for T seconds, mixed reads and submits.
+"""The gateway under load on loopback: a sweep of N concurrent clients, T seconds each, mixed
+reads and submits.
 
-    python benchmarks/gateway_load.py [--clients 50] [--duration 20] [--workers 2]
+    python benchmarks/gateway_load.py [--clients 1,10,50,100] [--duration 10] [--workers 2]
 
 Starts its own uvicorn (`--workers`, with `services.devstack`; its log is printed if the run
 fails), in a throwaway Postgres schema, with the Celery dispatcher
-sending to throwaway Redis queues that are deleted afterwards. Each client loops over a weighted
-mix: POST /experiments (20%), GET /experiments?limit=20 (40%), GET /experiments/{id} (30%),
-GET /queue (10%). Prints requests/s and p50/p99 latency per kind, and the number of 5xx answers
-(must be zero; the exit status is 1 otherwise). Every submitted experiment must also have put
-exactly one message on the GPU queue. Traffic goes to 127.0.0.1 only; the run is bounded in time.
+sending to throwaway Redis queues that are deleted afterwards. For each client count in the
+sweep (one gateway for the whole sweep, levels run one after the other), each client loops over
+a weighted mix: POST /experiments (20%), GET /experiments?limit=20 (40%), GET /experiments/{id}
+(30%), GET /queue (10%). Prints, per level, requests/s and p50/p99 latency per kind, then one
+line per level so the knee shows; the number of 5xx answers must be zero and every submitted
+experiment must have put exactly one message on the GPU queue (the exit status is 1 otherwise).
+Traffic goes to 127.0.0.1 only; the run is bounded in time.
 """
 
 from __future__ import annotations
@@ -101,7 +104,8 @@ async def run_load(url: str, token: str, clients: int, duration: float, seed: in
     return results
 
 
-def report(results: dict, elapsed: float, queued: int, submitted: int) -> int:
+def report(results: dict, elapsed: float, queued: int, submitted: int) -> dict:
+    """Print the per-kind table of one level; returns its `all` row and whether it passed."""
     rows = []
     all_lat, all_5xx, all_err, total = [], 0, 0, 0
     for kind, _ in MIX:
@@ -153,16 +157,58 @@ def report(results: dict, elapsed: float, queued: int, submitted: int) -> int:
                 errors[str(s)] += 1
     for what, n in sorted(errors.items()):
         print(f"  {n} x {what}")
-    print(f"\nsubmitted {submitted} experiments; {queued} messages on the GPU queue")
+    print(f"submitted {submitted} experiments; {queued} messages on the GPU queue")
     ok = all_5xx == 0 and all_err == 0 and queued == submitted
-    print("OK: no 5xx" if ok else "FAILED: 5xx/errors or lost messages")
-    return 0 if ok else 1
+    _, n, rps, p50, p99, _, n5, ne = rows[-1]
+    return {
+        "requests": n,
+        "rps": rps,
+        "p50": p50,
+        "p99": p99,
+        "5xx": n5,
+        "errors": ne,
+        "submitted": submitted,
+        "queued": queued,
+        "ok": ok,
+    }
+
+
+def sweep_table(workers: int, levels: list[tuple[int, dict]]) -> None:
+    """One line per client count: where throughput stops growing and latency starts to."""
+    head = (
+        f"{'clients':>7} {'workers':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'5xx':>5} "
+        f"{'errors':>6} {'submitted':>9} {'queued':>6}"
+    )
+    print(f"\n{head}\n{'-' * len(head)}")
+    for clients, r in levels:
+        print(
+            f"{clients:>7} {workers:>7} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
+            f"{r['5xx']:>5} {r['errors']:>6} {r['submitted']:>9} {r['queued']:>6}"
+        )
+
+
+def client_counts(text: str) -> list[int]:
+    """`"1,10,50"` -> [1, 10, 50]; each between 1 and 500."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--clients: {text!r} is not a comma-separated list of integers"
+        ) from None
+    if not counts or any(not 1 <= c <= 500 for c in counts):
+        raise argparse.ArgumentTypeError(f"--clients: {text!r}: each count must be in 1..500")
+    return counts
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--clients", type=int, default=50)
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of load")
+    p.add_argument(
+        "--clients",
+        type=client_counts,
+        default=[1, 10, 50, 100],
+        help="concurrent clients, one level per comma-separated count (default 1,10,50,100)",
+    )
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of load per level")
     p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     p.add_argument(
         "--db-url",
@@ -176,8 +222,8 @@ def main() -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    if args.clients > 500 or args.duration > 300:
-        p.error("keep it bounded: at most 500 clients and 300 s")
+    if args.duration * len(args.clients) > 300:
+        p.error("keep it bounded: at most 300 s of load in all")
 
     tag = uuid.uuid4().hex[:10]
     schema, gpu_q, prof_q = f"bench_{tag}", f"bench-gpu-{tag}", f"bench-profiler-{tag}"
@@ -217,18 +263,28 @@ def main() -> int:
         stack.enter_context(gateway)
         url = gateway.url
         print(
-            f"gateway: uvicorn --workers {args.workers} on {url}; {args.clients} clients for "
-            f"{args.duration:.0f} s; CPUs: {os.cpu_count()}\n"
+            f"gateway: uvicorn --workers {args.workers} on {url}; clients "
+            f"{','.join(map(str, args.clients))}, {args.duration:.0f} s each; "
+            f"CPUs: {os.cpu_count()}"
         )
-        t0 = time.monotonic()
-        results = asyncio.run(run_load(url, token, args.clients, args.duration, args.seed))
-        elapsed = time.monotonic() - t0
-        submitted = sum(1 for _, s in results.get("submit", []) if s == 201)
-        queued = r.llen(gpu_q)
-        status = report(results, elapsed, queued, submitted)
-        if status != 0 and gateway.log().strip():
+        levels = []
+        for clients in args.clients:
+            print(f"\n== {clients} clients, {args.duration:.0f} s ==")
+            before = r.llen(gpu_q)
+            t0 = time.monotonic()
+            results = asyncio.run(run_load(url, token, clients, args.duration, args.seed))
+            elapsed = time.monotonic() - t0
+            submitted = sum(1 for _, s in results.get("submit", []) if s == 201)
+            levels.append((clients, report(results, elapsed, r.llen(gpu_q) - before, submitted)))
+        sweep_table(args.workers, levels)
+        ok = all(level["ok"] for _, level in levels)
+        verdict = (
+            "OK: no 5xx, every submit queued" if ok else "\nFAILED: 5xx/errors or lost messages"
+        )
+        print(f"\n{verdict}")
+        if not ok and gateway.log().strip():
             print(f"\n--- gateway log (end) ---\n{gateway.log_tail()}")
-        return status
+        return 0 if ok else 1
 
 
 if __name__ == "__main__":
