@@ -278,9 +278,7 @@ def main() -> int:
             levels.append((clients, report(results, elapsed, r.llen(gpu_q) - before, submitted)))
         sweep_table(args.workers, levels)
         ok = all(level["ok"] for _, level in levels)
-        verdict = (
-            "OK: no 5xx, every submit queued" if ok else "\nFAILED: 5xx/errors or lost messages"
-        )
+        verdict = "OK: no 5xx, every submit queued" if ok else "FAILED: 5xx/errors or lost messages"
         print(f"\n{verdict}")
         if not ok and gateway.log().strip():
             print(f"\n--- gateway log (end) ---\n{gateway.log_tail()}")
