@@ -24,6 +24,7 @@ from services.gateway.database import engine_for, migrate_locked
 from services.gateway.deps import GatewayState
 from services.gateway.dispatch import CeleryDispatcher, Dispatcher
 from services.gateway.routes import datasets, experiments, health, queue
+from services.gateway.token_cache import TokenCache
 
 DESCRIPTION = """\
 Submit segmentation-distillation experiments to the team's shared queue, register datasets
@@ -66,10 +67,14 @@ def create_app(
         settings=settings,
         engine=engine,
         session_factory=make_session_factory(engine),
+        read_session_factory=make_session_factory(
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+        ),
         dispatcher=dispatcher or CeleryDispatcher(make_celery(settings)),
         datasets_storage=datasets_storage or make_storage(settings, settings.datasets_bucket),
         artifacts_storage=artifacts_storage or make_storage(settings, settings.artifacts_bucket),
         dataset_cache=DatasetCache(settings.cache_dir / "datasets"),
+        tokens=TokenCache(settings.token_cache_s),
     )
     do_migrate = settings.migrate_on_start if migrate_on_start is None else migrate_on_start
 

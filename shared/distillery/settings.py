@@ -43,6 +43,8 @@ class Settings(BaseSettings):
 
     #: The gateway runs `alembic upgrade head` when it starts (tests migrate their own schema).
     migrate_on_start: bool = True
+    #: Seconds a gateway process trusts a token it has looked up (0: look up every request).
+    token_cache_s: float = 10.0
 
     #: wandb mode for workers: online needs WANDB_API_KEY.
     wandb_mode: str = "offline"

@@ -21,6 +21,7 @@ from services.gateway.deps import (
     CurrentUser,
     DatasetCacheDep,
     DatasetStorageDep,
+    ReadSessionDep,
     SessionDep,
     SettingsDep,
 )
@@ -137,7 +138,7 @@ def _load(session: Session, dataset_id: str) -> Dataset:
 
 @router.get("", response_model=DatasetPage)
 def list_datasets(
-    session: SessionDep,
+    session: ReadSessionDep,
     user: CurrentUser,
     status_: Annotated[
         Literal["checking", "ready", "invalid"] | None, Query(alias="status")
@@ -157,6 +158,6 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: str, session: SessionDep, user: CurrentUser) -> DatasetOut:
+def get_dataset(dataset_id: str, session: ReadSessionDep, user: CurrentUser) -> DatasetOut:
     """One dataset with its check summary and class statistics."""
     return dataset_out(_load(session, dataset_id))

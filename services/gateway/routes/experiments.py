@@ -2,42 +2,56 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, defer, selectinload
+from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
-from distillery.db import Experiment, Metric, Stage, StageStatus, User
+from distillery.db import Artifact, Experiment, Metric, Stage, StageStatus, User
 from distillery.spec import ExperimentSpec
 from services.gateway import planning
 from services.gateway.deps import (
     ArtifactStorageDep,
     CurrentUser,
     DispatcherDep,
+    ReadSessionDep,
     SessionDep,
     SettingsDep,
     ensure_owner_or_admin,
 )
+from services.gateway.responses import etag_matches, model_response, not_modified
 from services.gateway.schemas import (
     ArtifactOut,
     ExperimentDetail,
     ExperimentMetrics,
     ExperimentPage,
     ExperimentSummary,
+    ExperimentWithSpec,
     MetricPoint,
     StageBrief,
     StageMetrics,
     StageOut,
 )
 
+#: Presigned artifact URLs live an hour; a detail's ETag changes every half hour, so a client
+#: that keeps a body because of a 304 never holds a link with less than half an hour left.
+URL_EPOCH_S = 1800
+
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 
-def summary(experiment: Experiment, owner: User | None = None) -> ExperimentSummary:
+def summary(
+    experiment: Experiment, owner: User | None = None, *, with_spec: bool = False
+) -> ExperimentSummary:
     owner = owner or experiment.owner
-    return ExperimentSummary(
+    model = ExperimentWithSpec if with_spec else ExperimentSummary
+    extra = {"spec": experiment.spec} if with_spec else {}
+    return model(
+        **extra,
         id=experiment.id,
         name=experiment.name,
         owner=owner.name if owner else None,
@@ -67,7 +81,7 @@ def submit_experiment(
     user: CurrentUser,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
-) -> ExperimentSummary:
+) -> Response:
     """Validate the spec, store it, plan its stages and enqueue the first one.
 
     Stages: teacher -> student (baseline) -> distill -> profile, minus those the spec leaves
@@ -78,45 +92,116 @@ def submit_experiment(
         experiment = planning.create_experiment(session, spec, user, settings, dispatcher)
     except planning.PlanError as e:
         raise RequestValidationError(e.errors) from None
-    return summary(experiment, owner=user)
+    return model_response(summary(experiment, owner=user), status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=ExperimentPage)
 def list_experiments(
-    session: SessionDep,
+    session: ReadSessionDep,
     user: CurrentUser,
     status_: Annotated[StageStatus | None, Query(alias="status")] = None,
     owner: Annotated[str | None, Query(description="owner's user name")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> ExperimentPage:
-    """Everyone's experiments, newest first, optionally of one status and/or one owner."""
-    query = select(Experiment)
+    with_spec: Annotated[bool, Query(description="include each experiment's full spec")] = False,
+) -> Response:
+    """Everyone's experiments, newest first, optionally of one status and/or one owner.
+
+    Items are summaries (stages and their progress); `with_spec=true` adds each full spec (the
+    detail route always has it). One query: the page, its owners and stages, and the total."""
+    query = select(Experiment, func.count().over().label("total"))
     if status_ is not None:
         query = query.where(Experiment.status == status_)
     if owner is not None:
         query = query.join(User, Experiment.owner_id == User.id).where(User.name == owner)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.options(
-            selectinload(Experiment.stages),
-            selectinload(Experiment.owner),
-            defer(Experiment.spec),
-            defer(Experiment.results),
+    options = [joinedload(Experiment.stages), joinedload(Experiment.owner)]
+    if not with_spec:
+        options.append(defer(Experiment.spec))
+    rows = (
+        session.execute(
+            query.options(*options, defer(Experiment.results))
+            .order_by(Experiment.created_at.desc(), Experiment.id.desc())
+            .limit(limit)
+            .offset(offset)
         )
-        .order_by(Experiment.created_at.desc(), Experiment.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    return ExperimentPage(items=[summary(e) for e in rows], total=total, limit=limit, offset=offset)
+        .unique()
+        .all()
+    )
+    if rows:
+        total = rows[0].total
+    else:  # past the last page: the window had no row to carry the count
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    page = ExperimentPage(
+        items=[summary(e, with_spec=with_spec) for e, _ in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+    return model_response(page, serialize_as_any=True)
 
 
-@router.get("/{experiment_id}", response_model=ExperimentDetail)
+def detail_etag(session: Session, experiment_id: str) -> str | None:
+    """A weak ETag that changes whenever anything the detail route shows changes (the
+    experiment row, any stage column, a new metric or artifact) and every `URL_EPOCH_S`; one
+    query, no ORM objects. None if there is no such experiment."""
+    of_metrics = (
+        select(Metric.id)
+        .join(Stage, Metric.stage_id == Stage.id)
+        .where(Stage.experiment_id == experiment_id)
+        .subquery()
+    )
+    of_artifacts = (
+        select(Artifact.id, Artifact.size).where(Artifact.experiment_id == experiment_id).subquery()
+    )
+    aggregates = [
+        select(func.count()).select_from(of_metrics),
+        select(func.max(of_metrics.c.id)),
+        select(func.count()).select_from(of_artifacts),
+        select(func.max(of_artifacts.c.id)),
+        select(func.sum(of_artifacts.c.size)),
+    ]
+    query = (
+        select(
+            Experiment.updated_at,
+            Experiment.status,
+            Experiment.cancel_requested,
+            *(a.scalar_subquery() for a in aggregates),
+            *Stage.__table__.columns,
+        )
+        .outerjoin(Stage, Stage.experiment_id == Experiment.id)
+        .where(Experiment.id == experiment_id)
+        .order_by(Stage.position)
+    )
+    rows = session.execute(query).all()
+    if not rows:
+        return None
+    state = repr([tuple(r) for r in rows]) + f"|{int(time.time() // URL_EPOCH_S)}"
+    return f'W/"{hashlib.sha256(state.encode()).hexdigest()[:32]}"'
+
+
+@router.get(
+    "/{experiment_id}",
+    response_model=ExperimentDetail,
+    responses={304: {"description": "unchanged since the `ETag` given in `If-None-Match`"}},
+)
 def get_experiment(
-    experiment_id: str, session: SessionDep, user: CurrentUser, storage: ArtifactStorageDep
-) -> ExperimentDetail:
+    experiment_id: str,
+    session: ReadSessionDep,
+    user: CurrentUser,
+    storage: ArtifactStorageDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
     """Spec, owner, every stage's status and progress with its latest metrics, the results
-    table, and presigned links to the artifacts."""
+    table, and presigned links to the artifacts.
+
+    The answer carries an `ETag`; send it back as `If-None-Match` (as `distillery status
+    --watch` does) and an unchanged experiment answers `304 Not Modified` after one small query.
+    """
+    etag = detail_etag(session, experiment_id)
+    if etag is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment {experiment_id!r}")
+    if etag_matches(if_none_match, etag):
+        return not_modified(etag)
     experiment = session.scalar(
         select(Experiment)
         .where(Experiment.id == experiment_id)
@@ -147,9 +232,10 @@ def get_experiment(
         for a in sorted(experiment.artifacts, key=lambda a: (a.stage or "", a.key))
     ]
     base = summary(experiment).model_dump(exclude={"stages"})
-    return ExperimentDetail(
+    detail = ExperimentDetail(
         **base, spec=experiment.spec, stages=stages, results=experiment.results, artifacts=artifacts
     )
+    return model_response(detail, headers={"ETag": etag})
 
 
 def _latest_metrics(session: Session, stage_ids: list[int]) -> dict[int, Metric]:
@@ -162,7 +248,9 @@ def _latest_metrics(session: Session, stage_ids: list[int]) -> dict[int, Metric]
 
 
 @router.get("/{experiment_id}/metrics", response_model=ExperimentMetrics)
-def get_metrics(experiment_id: str, session: SessionDep, user: CurrentUser) -> ExperimentMetrics:
+def get_metrics(
+    experiment_id: str, session: ReadSessionDep, user: CurrentUser
+) -> ExperimentMetrics:
     """Per-epoch history of every stage, in stage order."""
     experiment = load_experiment(session, experiment_id)
     rows = session.scalars(
@@ -181,9 +269,7 @@ def get_metrics(experiment_id: str, session: SessionDep, user: CurrentUser) -> E
 
 
 @router.post("/{experiment_id}/cancel", response_model=ExperimentSummary)
-def cancel_experiment(
-    experiment_id: str, session: SessionDep, user: CurrentUser
-) -> ExperimentSummary:
+def cancel_experiment(experiment_id: str, session: SessionDep, user: CurrentUser) -> Response:
     """Owner or admin: queued stages are cancelled at once; a running stage stops at its next
     step and keeps its last checkpoint. The experiment is `cancelled` once nothing runs."""
     experiment = load_experiment(session, experiment_id)
@@ -193,7 +279,7 @@ def cancel_experiment(
     except planning.Conflict as e:
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
     session.expire_all()
-    return summary(load_experiment(session, experiment_id))
+    return model_response(summary(load_experiment(session, experiment_id)))
 
 
 @router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)

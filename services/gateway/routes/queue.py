@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from sqlalchemy import or_, select
 from sqlalchemy.orm import joinedload
 
 from distillery.db import Experiment, Stage, StageStatus
-from services.gateway.deps import CurrentUser, SessionDep
+from services.gateway.deps import CurrentUser, ReadSessionDep
+from services.gateway.responses import model_response
 from services.gateway.schemas import QueueEntry, QueueOut
 
 router = APIRouter(prefix="/queue", tags=["queue"])
 
 
 @router.get("", response_model=QueueOut)
-def get_queue(session: SessionDep, user: CurrentUser) -> QueueOut:
+def get_queue(session: ReadSessionDep, user: CurrentUser) -> Response:
     """Running stages and stages waiting on a queue, by enqueue time: whose, on which worker,
     since when, how far. (A later stage of an experiment waits in Postgres, not on a queue,
     until the stage before it finishes.)"""
@@ -48,8 +49,9 @@ def get_queue(session: SessionDep, user: CurrentUser) -> QueueOut:
         )
         for s in rows
     ]
-    return QueueOut(
+    out = QueueOut(
         running=sum(e.status == StageStatus.running for e in entries),
         queued=sum(e.status == StageStatus.queued for e in entries),
         entries=entries,
     )
+    return model_response(out)

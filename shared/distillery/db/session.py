@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+#: A pooled connection that sat idle longer than this is pinged before it is handed out (a
+#: restarted database or a proxy's idle timeout drops connections). A busy pool is not pinged:
+#: a ping per checkout was a round trip on every request.
+PING_IDLE_S = 10.0
+
 
 def make_engine(url: str, schema: str | None = None) -> Engine:
     """An engine for `url`. `schema` (Postgres only) puts every table in that schema (tests)."""
-    kwargs: dict = {"pool_pre_ping": True}
+    kwargs: dict = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     elif schema:
         kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
     engine = create_engine(url, **kwargs)
+    ping_idle_connections(engine, PING_IDLE_S)
     if url.startswith("sqlite"):
 
         @event.listens_for(engine, "connect")
@@ -30,6 +38,27 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
             cur.close()
 
     return engine
+
+
+def ping_idle_connections(engine: Engine, idle_s: float) -> None:
+    """Ping a pooled connection on checkout only if it was idle more than `idle_s` seconds; a
+    dead one is replaced (SQLAlchemy retries the checkout with a fresh connection)."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("checked_in_at")
+        if since is None or time.monotonic() - since <= idle_s:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as e:  # noqa: BLE001 - any failure means the connection is gone
+            raise exc.DisconnectionError(f"stale pooled connection: {e}") from e
+        if not alive:
+            raise exc.DisconnectionError("stale pooled connection")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
