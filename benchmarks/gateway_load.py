@@ -9,8 +9,10 @@ sending to throwaway Redis queues that are deleted afterwards. For each client c
 sweep (one gateway for the whole sweep, levels run one after the other), each client loops over
 a weighted mix: POST /experiments (20%), GET /experiments?limit=20 (40%), GET /experiments/{id}
 (30%), GET /queue (10%). Prints, per level, requests/s and p50/p99 latency per kind, then one
-line per level so the knee shows; the number of 5xx answers must be zero and every submitted
-experiment must have put exactly one message on the GPU queue (the exit status is 1 otherwise).
+line per level so the knee shows, with the gateway's CPU time per request (its processes, from
+/proc: steadier than latency on a shared machine). The number of 5xx answers must be zero and
+every submitted experiment must have put exactly one message on the GPU queue (the exit status
+is 1 otherwise).
 Traffic goes to 127.0.0.1 only; the run is bounded in time.
 """
 
@@ -177,14 +179,33 @@ def sweep_table(workers: int, levels: list[tuple[int, dict]]) -> None:
     """One line per client count: where throughput stops growing and latency starts to."""
     head = (
         f"{'clients':>7} {'workers':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'5xx':>5} "
-        f"{'errors':>6} {'submitted':>9} {'queued':>6}"
+        f"{'errors':>6} {'submitted':>9} {'queued':>6} {'CPU ms/req':>10}"
     )
     print(f"\n{head}\n{'-' * len(head)}")
     for clients, r in levels:
         print(
             f"{clients:>7} {workers:>7} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
-            f"{r['5xx']:>5} {r['errors']:>6} {r['submitted']:>9} {r['queued']:>6}"
+            f"{r['5xx']:>5} {r['errors']:>6} {r['submitted']:>9} {r['queued']:>6} "
+            f"{r['cpu_ms']:>10.2f}"
         )
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and its children (uvicorn's workers), from
+    /proc (0.0 where it is not readable): CPU per request is steadier than latency on a shared
+    machine."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def client_counts(text: str) -> list[int]:
@@ -270,12 +291,16 @@ def main() -> int:
         levels = []
         for clients in args.clients:
             print(f"\n== {clients} clients, {args.duration:.0f} s ==")
-            before = r.llen(gpu_q)
+            before, cpu0 = r.llen(gpu_q), tree_cpu_s(gateway.popen.pid)
             t0 = time.monotonic()
             results = asyncio.run(run_load(url, token, clients, args.duration, args.seed))
             elapsed = time.monotonic() - t0
+            cpu = tree_cpu_s(gateway.popen.pid) - cpu0
             submitted = sum(1 for _, s in results.get("submit", []) if s == 201)
-            levels.append((clients, report(results, elapsed, r.llen(gpu_q) - before, submitted)))
+            level = report(results, elapsed, r.llen(gpu_q) - before, submitted)
+            level["cpu_ms"] = 1e3 * cpu / max(level["requests"], 1)
+            print(f"gateway CPU: {level['cpu_ms']:.2f} ms per request")
+            levels.append((clients, level))
         sweep_table(args.workers, levels)
         ok = all(level["ok"] for _, level in levels)
         verdict = "OK: no 5xx, every submit queued" if ok else "FAILED: 5xx/errors or lost messages"

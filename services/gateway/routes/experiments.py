@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, defer, joinedload, selectinload
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
 
-from distillery.db import Artifact, Experiment, Metric, Stage, StageStatus, User
+from distillery.db import Experiment, Metric, Stage, StageStatus, User
 from distillery.spec import ExperimentSpec
-from services.gateway import planning
+from services.gateway import planning, queries
 from services.gateway.deps import (
     ArtifactStorageDep,
     CurrentUser,
@@ -44,14 +43,9 @@ URL_EPOCH_S = 1800
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 
-def summary(
-    experiment: Experiment, owner: User | None = None, *, with_spec: bool = False
-) -> ExperimentSummary:
+def summary(experiment: Experiment, owner: User | None = None) -> ExperimentSummary:
     owner = owner or experiment.owner
-    model = ExperimentWithSpec if with_spec else ExperimentSummary
-    extra = {"spec": experiment.spec} if with_spec else {}
-    return model(
-        **extra,
+    return ExperimentSummary(
         id=experiment.id,
         name=experiment.name,
         owner=owner.name if owner else None,
@@ -109,74 +103,24 @@ def list_experiments(
 
     Items are summaries (stages and their progress); `with_spec=true` adds each full spec (the
     detail route always has it). One query: the page, its owners and stages, and the total."""
-    query = select(Experiment, func.count().over().label("total"))
-    if status_ is not None:
-        query = query.where(Experiment.status == status_)
-    if owner is not None:
-        query = query.join(User, Experiment.owner_id == User.id).where(User.name == owner)
-    options = [joinedload(Experiment.stages), joinedload(Experiment.owner)]
-    if not with_spec:
-        options.append(defer(Experiment.spec))
-    rows = (
-        session.execute(
-            query.options(*options, defer(Experiment.results))
-            .order_by(Experiment.created_at.desc(), Experiment.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
-        .unique()
-        .all()
-    )
-    if rows:
-        total = rows[0].total
-    else:  # past the last page: the window had no row to carry the count
-        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    page = ExperimentPage(
-        items=[summary(e, with_spec=with_spec) for e, _ in rows],
-        total=total,
-        limit=limit,
-        offset=offset,
-    )
+    filters = {"by_status": status_ is not None, "by_owner": owner is not None}
+    params = {"status": status_, "owner": owner, "limit": limit, "offset": offset}
+    rows = session.execute(queries.page_query(**filters, with_spec=with_spec), params).all()
+    items: dict[str, ExperimentSummary] = {}
+    for row in rows:
+        item = items.get(row.id)
+        if item is None:
+            fields = {n: getattr(row, n) for n in queries.SUMMARY_COLUMNS}
+            if with_spec:
+                fields["spec"] = row.spec
+            model = ExperimentWithSpec if with_spec else ExperimentSummary
+            item = items[row.id] = model(**fields, owner=row.owner, stages=[])
+        if row.s_name is not None:
+            item.stages.append(StageBrief(**queries.stage_fields(row, queries.BRIEF_COLUMNS)))
+    # Past the last page no row carries the count.
+    total = rows[0].total if rows else session.scalar(queries.count_query(**filters), params)
+    page = ExperimentPage(items=list(items.values()), total=total or 0, limit=limit, offset=offset)
     return model_response(page, serialize_as_any=True)
-
-
-def detail_etag(session: Session, experiment_id: str) -> str | None:
-    """A weak ETag that changes whenever anything the detail route shows changes (the
-    experiment row, any stage column, a new metric or artifact) and every `URL_EPOCH_S`; one
-    query, no ORM objects. None if there is no such experiment."""
-    of_metrics = (
-        select(Metric.id)
-        .join(Stage, Metric.stage_id == Stage.id)
-        .where(Stage.experiment_id == experiment_id)
-        .subquery()
-    )
-    of_artifacts = (
-        select(Artifact.id, Artifact.size).where(Artifact.experiment_id == experiment_id).subquery()
-    )
-    aggregates = [
-        select(func.count()).select_from(of_metrics),
-        select(func.max(of_metrics.c.id)),
-        select(func.count()).select_from(of_artifacts),
-        select(func.max(of_artifacts.c.id)),
-        select(func.sum(of_artifacts.c.size)),
-    ]
-    query = (
-        select(
-            Experiment.updated_at,
-            Experiment.status,
-            Experiment.cancel_requested,
-            *(a.scalar_subquery() for a in aggregates),
-            *Stage.__table__.columns,
-        )
-        .outerjoin(Stage, Stage.experiment_id == Experiment.id)
-        .where(Experiment.id == experiment_id)
-        .order_by(Stage.position)
-    )
-    rows = session.execute(query).all()
-    if not rows:
-        return None
-    state = repr([tuple(r) for r in rows]) + f"|{int(time.time() // URL_EPOCH_S)}"
-    return f'W/"{hashlib.sha256(state.encode()).hexdigest()[:32]}"'
 
 
 @router.get(
@@ -195,31 +139,30 @@ def get_experiment(
     table, and presigned links to the artifacts.
 
     The answer carries an `ETag`; send it back as `If-None-Match` (as `distillery status
-    --watch` does) and an unchanged experiment answers `304 Not Modified` after one small query.
+    --watch` does) and an unchanged experiment answers `304 Not Modified` after one query. The
+    tag covers the experiment, every stage column and its metrics and artifacts, and changes
+    every `URL_EPOCH_S` so a kept body's presigned links stay valid.
     """
-    etag = detail_etag(session, experiment_id)
-    if etag is None:
+    rows = queries.detail_rows(session, experiment_id)
+    if not rows:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment {experiment_id!r}")
+    etag = queries.rows_etag(rows, salt=str(int(time.time() // URL_EPOCH_S)))
     if etag_matches(if_none_match, etag):
         return not_modified(etag)
-    experiment = session.scalar(
-        select(Experiment)
-        .where(Experiment.id == experiment_id)
-        .options(
-            selectinload(Experiment.stages),
-            selectinload(Experiment.owner),
-            selectinload(Experiment.artifacts),
-        )
-    )
-    if experiment is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment {experiment_id!r}")
-    latest = _latest_metrics(session, [s.id for s in experiment.stages])
+    stage_rows = [
+        queries.stage_fields(r, queries.STAGE_COLUMNS) for r in rows if r.s_id is not None
+    ]
+    latest = {}
+    if stage_rows:
+        params = {"stage_ids": [s["id"] for s in stage_rows]}
+        latest = {m.stage_id: m for m in session.execute(queries.latest_metrics_query(), params)}
     stages = []
-    for s in experiment.stages:
+    for s in stage_rows:
         out = StageOut.model_validate(s)
-        if s.id in latest:
-            out.latest_metrics = MetricPoint.model_validate(latest[s.id])
+        if s["id"] in latest:
+            out.latest_metrics = MetricPoint.model_validate(latest[s["id"]])
         stages.append(out)
+    found = session.execute(queries.artifacts_query(), {"experiment_id": experiment_id})
     artifacts = [
         ArtifactOut(
             stage=a.stage,
@@ -229,22 +172,18 @@ def get_experiment(
             created_at=a.created_at,
             url=storage.url(a.key),
         )
-        for a in sorted(experiment.artifacts, key=lambda a: (a.stage or "", a.key))
+        for a in sorted(found, key=lambda a: (a.stage or "", a.key))
     ]
-    base = summary(experiment).model_dump(exclude={"stages"})
+    head = rows[0]
     detail = ExperimentDetail(
-        **base, spec=experiment.spec, stages=stages, results=experiment.results, artifacts=artifacts
+        **{n: getattr(head, n) for n in queries.SUMMARY_COLUMNS},
+        owner=head.owner,
+        spec=head.spec,
+        stages=stages,
+        results=head.results,
+        artifacts=artifacts,
     )
     return model_response(detail, headers={"ETag": etag})
-
-
-def _latest_metrics(session: Session, stage_ids: list[int]) -> dict[int, Metric]:
-    if not stage_ids:
-        return {}
-    last = (
-        select(func.max(Metric.id)).where(Metric.stage_id.in_(stage_ids)).group_by(Metric.stage_id)
-    )
-    return {m.stage_id: m for m in session.scalars(select(Metric).where(Metric.id.in_(last)))}
 
 
 @router.get("/{experiment_id}/metrics", response_model=ExperimentMetrics)
