@@ -14,7 +14,12 @@ MIGRATION_LOCK = 0x0D157111
 
 
 def engine_for(settings: Settings) -> Engine:
-    return make_engine(settings.database_url, schema=settings.database_schema or None)
+    """The gateway's engine: one pooled connection per request it serves at once."""
+    return make_engine(
+        settings.database_url,
+        schema=settings.database_schema or None,
+        pool_size=settings.gateway_concurrency,
+    )
 
 
 def migrate_locked(engine: Engine, schema: str | None = None) -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -82,6 +83,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if do_migrate:
             migrate_locked(engine, settings.database_schema or None)
+        # Sync routes and dependencies run on this many threads (anyio's default is 40).
+        to_thread.current_default_thread_limiter().total_tokens = settings.gateway_concurrency
         yield
         engine.dispose()
 

@@ -19,9 +19,15 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 PING_IDLE_S = 10.0
 
 
-def make_engine(url: str, schema: str | None = None) -> Engine:
-    """An engine for `url`. `schema` (Postgres only) puts every table in that schema (tests)."""
+def make_engine(url: str, schema: str | None = None, pool_size: int | None = None) -> Engine:
+    """An engine for `url`. `schema` (Postgres only) puts every table in that schema (tests).
+
+    `pool_size` (Postgres): connections kept open, with as many again allowed in bursts; a
+    process that runs up to N queries at once wants N, or connections beyond the pool are opened
+    and closed per request (a backend start each on the database)."""
     kwargs: dict = {}
+    if pool_size is not None and not url.startswith("sqlite"):
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size)
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     elif schema:
