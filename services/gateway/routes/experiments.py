@@ -17,7 +17,7 @@ from services.gateway.deps import (
     ArtifactStorageDep,
     CurrentUser,
     DispatcherDep,
-    ReadSessionDep,
+    ReadDep,
     SessionDep,
     SettingsDep,
     ensure_owner_or_admin,
@@ -91,7 +91,7 @@ def submit_experiment(
 
 @router.get("", response_model=ExperimentPage)
 def list_experiments(
-    session: ReadSessionDep,
+    read: ReadDep,
     user: CurrentUser,
     status_: Annotated[StageStatus | None, Query(alias="status")] = None,
     owner: Annotated[str | None, Query(description="owner's user name")] = None,
@@ -103,22 +103,23 @@ def list_experiments(
 
     Items are summaries (stages and their progress); `with_spec=true` adds each full spec (the
     detail route always has it). One query: the page, its owners and stages, and the total."""
-    filters = {"by_status": status_ is not None, "by_owner": owner is not None}
-    params = {"status": status_, "owner": owner, "limit": limit, "offset": offset}
-    rows = session.execute(queries.page_query(**filters, with_spec=with_spec), params).all()
-    items: dict[str, ExperimentSummary] = {}
-    for row in rows:
-        item = items.get(row.id)
-        if item is None:
-            fields = {n: getattr(row, n) for n in queries.SUMMARY_COLUMNS}
-            if with_spec:
-                fields["spec"] = row.spec
-            model = ExperimentWithSpec if with_spec else ExperimentSummary
-            item = items[row.id] = model(**fields, owner=row.owner, stages=[])
-        if row.s_name is not None:
-            item.stages.append(StageBrief(**queries.stage_fields(row, queries.BRIEF_COLUMNS)))
-    # Past the last page no row carries the count.
-    total = rows[0].total if rows else session.scalar(queries.count_query(**filters), params)
+    with read() as session:
+        filters = {"by_status": status_ is not None, "by_owner": owner is not None}
+        params = {"status": status_, "owner": owner, "limit": limit, "offset": offset}
+        rows = session.execute(queries.page_query(**filters, with_spec=with_spec), params).all()
+        items: dict[str, ExperimentSummary] = {}
+        for row in rows:
+            item = items.get(row.id)
+            if item is None:
+                fields = {n: getattr(row, n) for n in queries.SUMMARY_COLUMNS}
+                if with_spec:
+                    fields["spec"] = row.spec
+                model = ExperimentWithSpec if with_spec else ExperimentSummary
+                item = items[row.id] = model(**fields, owner=row.owner, stages=[])
+            if row.s_name is not None:
+                item.stages.append(StageBrief(**queries.stage_fields(row, queries.BRIEF_COLUMNS)))
+        # Past the last page no row carries the count.
+        total = rows[0].total if rows else session.scalar(queries.count_query(**filters), params)
     page = ExperimentPage(items=list(items.values()), total=total or 0, limit=limit, offset=offset)
     return model_response(page, serialize_as_any=True)
 
@@ -130,7 +131,7 @@ def list_experiments(
 )
 def get_experiment(
     experiment_id: str,
-    session: ReadSessionDep,
+    read: ReadDep,
     user: CurrentUser,
     storage: ArtifactStorageDep,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -143,37 +144,39 @@ def get_experiment(
     tag covers the experiment, every stage column and its metrics and artifacts, and changes
     every `URL_EPOCH_S` so a kept body's presigned links stay valid.
     """
-    rows = queries.detail_rows(session, experiment_id)
-    if not rows:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment {experiment_id!r}")
-    etag = queries.rows_etag(rows, salt=str(int(time.time() // URL_EPOCH_S)))
-    if etag_matches(if_none_match, etag):
-        return not_modified(etag)
-    stage_rows = [
-        queries.stage_fields(r, queries.STAGE_COLUMNS) for r in rows if r.s_id is not None
-    ]
-    latest = {}
-    if stage_rows:
-        params = {"stage_ids": [s["id"] for s in stage_rows]}
-        latest = {m.stage_id: m for m in session.execute(queries.latest_metrics_query(), params)}
-    stages = []
-    for s in stage_rows:
-        out = StageOut.model_validate(s)
-        if s["id"] in latest:
-            out.latest_metrics = MetricPoint.model_validate(latest[s["id"]])
-        stages.append(out)
-    found = session.execute(queries.artifacts_query(), {"experiment_id": experiment_id})
-    artifacts = [
-        ArtifactOut(
-            stage=a.stage,
-            kind=a.kind,
-            key=a.key,
-            size=a.size,
-            created_at=a.created_at,
-            url=storage.url(a.key),
-        )
-        for a in sorted(found, key=lambda a: (a.stage or "", a.key))
-    ]
+    with read() as session:
+        rows = queries.detail_rows(session, experiment_id)
+        if not rows:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment {experiment_id!r}")
+        etag = queries.rows_etag(rows, salt=str(int(time.time() // URL_EPOCH_S)))
+        if etag_matches(if_none_match, etag):
+            return not_modified(etag)
+        stage_rows = [
+            queries.stage_fields(r, queries.STAGE_COLUMNS) for r in rows if r.s_id is not None
+        ]
+        latest = {}
+        if stage_rows:
+            params = {"stage_ids": [s["id"] for s in stage_rows]}
+            metric_rows = session.execute(queries.latest_metrics_query(), params)
+            latest = {m.stage_id: m for m in metric_rows}
+        stages = []
+        for s in stage_rows:
+            out = StageOut.model_validate(s)
+            if s["id"] in latest:
+                out.latest_metrics = MetricPoint.model_validate(latest[s["id"]])
+            stages.append(out)
+        found = session.execute(queries.artifacts_query(), {"experiment_id": experiment_id})
+        artifacts = [
+            ArtifactOut(
+                stage=a.stage,
+                kind=a.kind,
+                key=a.key,
+                size=a.size,
+                created_at=a.created_at,
+                url=storage.url(a.key),
+            )
+            for a in sorted(found, key=lambda a: (a.stage or "", a.key))
+        ]
     head = rows[0]
     detail = ExperimentDetail(
         **{n: getattr(head, n) for n in queries.SUMMARY_COLUMNS},
@@ -187,20 +190,19 @@ def get_experiment(
 
 
 @router.get("/{experiment_id}/metrics", response_model=ExperimentMetrics)
-def get_metrics(
-    experiment_id: str, session: ReadSessionDep, user: CurrentUser
-) -> ExperimentMetrics:
+def get_metrics(experiment_id: str, read: ReadDep, user: CurrentUser) -> ExperimentMetrics:
     """Per-epoch history of every stage, in stage order."""
-    experiment = load_experiment(session, experiment_id)
-    rows = session.scalars(
-        select(Metric)
-        .join(Stage, Metric.stage_id == Stage.id)
-        .where(Stage.experiment_id == experiment_id)
-        .order_by(Stage.position, Metric.epoch, Metric.id)
-    ).all()
-    by_stage: dict[int, list[MetricPoint]] = {s.id: [] for s in experiment.stages}
-    for m in rows:
-        by_stage[m.stage_id].append(MetricPoint.model_validate(m))
+    with read() as session:
+        experiment = load_experiment(session, experiment_id)
+        rows = session.scalars(
+            select(Metric)
+            .join(Stage, Metric.stage_id == Stage.id)
+            .where(Stage.experiment_id == experiment_id)
+            .order_by(Stage.position, Metric.epoch, Metric.id)
+        ).all()
+        by_stage: dict[int, list[MetricPoint]] = {s.id: [] for s in experiment.stages}
+        for m in rows:
+            by_stage[m.stage_id].append(MetricPoint.model_validate(m))
     return ExperimentMetrics(
         experiment_id=experiment_id,
         stages=[StageMetrics(stage=s.name, history=by_stage[s.id]) for s in experiment.stages],

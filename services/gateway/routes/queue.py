@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from distillery.db import StageStatus
 from services.gateway import queries
-from services.gateway.deps import CurrentUser, ReadSessionDep
+from services.gateway.deps import CurrentUser, ReadDep
 from services.gateway.responses import model_response
 from services.gateway.schemas import QueueEntry, QueueOut
 
@@ -14,11 +14,12 @@ router = APIRouter(prefix="/queue", tags=["queue"])
 
 
 @router.get("", response_model=QueueOut)
-def get_queue(session: ReadSessionDep, user: CurrentUser) -> Response:
+def get_queue(read: ReadDep, user: CurrentUser) -> Response:
     """Running stages and stages waiting on a queue, by enqueue time: whose, on which worker,
     since when, how far. (A later stage of an experiment waits in Postgres, not on a queue,
     until the stage before it finishes.)"""
-    entries = [QueueEntry(**row._mapping) for row in session.execute(queries.queue_query())]
+    with read() as session:
+        entries = [QueueEntry(**row._mapping) for row in session.execute(queries.queue_query())]
     out = QueueOut(
         running=sum(e.status == StageStatus.running for e in entries),
         queued=sum(e.status == StageStatus.queued for e in entries),
