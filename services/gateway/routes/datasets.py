@@ -159,6 +159,7 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: str, session: ReadDep, user: CurrentUser) -> DatasetOut:
+def get_dataset(dataset_id: str, read: ReadDep, user: CurrentUser) -> DatasetOut:
     """One dataset with its check summary and class statistics."""
-    return dataset_out(_load(session, dataset_id))
+    with read() as session:
+        return dataset_out(_load(session, dataset_id))
