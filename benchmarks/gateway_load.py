@@ -357,11 +357,19 @@ def main() -> int:
                     "--no-access-log",
                     "--timeout-keep-alive",
                     "30",
+                    "--log-level",
+                    "info",  # each worker logs its startup (no access log)
                 ],
+            )
+            stack.enter_context(gateway)
+            # /health answers once one worker is up; on a loaded machine the others take longer.
+            devstack.wait_until(
+                lambda: gateway.log().count("Application startup complete") >= args.workers,
+                120,
+                f"{args.workers} uvicorn workers started",
             )
         except (TimeoutError, devstack.ProcessExited) as e:
             raise SystemExit(f"the gateway did not start: {e}") from None
-        stack.enter_context(gateway)
         url = gateway.url
         print(
             f"gateway: uvicorn --workers {args.workers} on {url}; clients "
