@@ -18,16 +18,20 @@ from sqlalchemy.orm import Session
 
 from distillery.db import Artifact, Experiment, Metric, Stage, StageStatus, User
 
+# Tables, not mapped classes: a statement over plain columns skips the ORM's result machinery.
+E, S, U = Experiment.__table__, Stage.__table__, User.__table__
+M, A = Metric.__table__, Artifact.__table__
+
 #: What a list item and a detail show of a stage (`StageBrief`).
 BRIEF_COLUMNS = ("name", "position", "status", "queue", "epoch", "epochs", "step", "steps")
 #: Every stage column: the detail shows most of them and its ETag covers all of them.
-STAGE_COLUMNS = tuple(c.key for c in Stage.__table__.columns)
+STAGE_COLUMNS = tuple(c.key for c in S.columns)
 #: What a summary shows of an experiment.
 SUMMARY_COLUMNS = ("id", "name", "status", "cancel_requested", "created_at", "updated_at")
 
 
 def _stage_cols(*names: str) -> list[Any]:
-    return [Stage.__table__.c[n].label(f"s_{n}") for n in names]
+    return [S.c[n].label(f"s_{n}") for n in names]
 
 
 def stage_fields(row: Row[Any], names: Sequence[str]) -> dict[str, Any]:
@@ -41,38 +45,36 @@ def page_query(*, by_status: bool, by_owner: bool, with_spec: bool) -> Select[An
     """One page of experiments (newest first) with owner names and the total, joined to their
     stages in order: one row per stage (a stage-less experiment gives one row of NULLs).
     Parameters: `status`, `owner` (as asked for), `limit`, `offset`."""
-    cols = [Experiment.__table__.c[n] for n in SUMMARY_COLUMNS]
+    cols = [E.c[n] for n in SUMMARY_COLUMNS]
     if with_spec:
-        cols.append(Experiment.spec)
+        cols.append(E.c.spec)
     page = (
-        select(*cols, User.name.label("owner"), func.count().over().label("total"))
-        .outerjoin(User, Experiment.owner_id == User.id)
-        .order_by(Experiment.created_at.desc(), Experiment.id.desc())
+        select(*cols, U.c.name.label("owner"), func.count().over().label("total"))
+        .outerjoin(U, E.c.owner_id == U.c.id)
+        .order_by(E.c.created_at.desc(), E.c.id.desc())
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
     )
     if by_status:
-        page = page.where(Experiment.status == bindparam("status"))
+        page = page.where(E.c.status == bindparam("status"))
     if by_owner:
-        page = page.where(User.name == bindparam("owner"))
+        page = page.where(U.c.name == bindparam("owner"))
     p = page.subquery("page")
     return (
         select(p, *_stage_cols(*BRIEF_COLUMNS))
-        .outerjoin(Stage, Stage.experiment_id == p.c.id)
-        .order_by(p.c.created_at.desc(), p.c.id.desc(), Stage.position)
+        .outerjoin(S, S.c.experiment_id == p.c.id)
+        .order_by(p.c.created_at.desc(), p.c.id.desc(), S.c.position)
     )
 
 
 @cache
 def count_query(*, by_status: bool, by_owner: bool) -> Select[Any]:
     """How many experiments match (for a page past the last one, whose rows carry no total)."""
-    query = (
-        select(func.count()).select_from(Experiment).outerjoin(User, Experiment.owner_id == User.id)
-    )
+    query = select(func.count()).select_from(E).outerjoin(U, E.c.owner_id == U.c.id)
     if by_status:
-        query = query.where(Experiment.status == bindparam("status"))
+        query = query.where(E.c.status == bindparam("status"))
     if by_owner:
-        query = query.where(User.name == bindparam("owner"))
+        query = query.where(U.c.name == bindparam("owner"))
     return query
 
 
@@ -82,14 +84,9 @@ def detail_query() -> Select[Any]:
     and last id of its metrics and artifacts (for the ETag). Parameter: `experiment_id`."""
     exp_id = bindparam("experiment_id")
     metrics = (
-        select(Metric.id)
-        .join(Stage, Metric.stage_id == Stage.id)
-        .where(Stage.experiment_id == exp_id)
-        .subquery()
+        select(M.c.id).join(S, M.c.stage_id == S.c.id).where(S.c.experiment_id == exp_id).subquery()
     )
-    artifacts = (
-        select(Artifact.id, Artifact.size).where(Artifact.experiment_id == exp_id).subquery()
-    )
+    artifacts = select(A.c.id, A.c.size).where(A.c.experiment_id == exp_id).subquery()
     aggregates = [
         select(func.count()).select_from(metrics).label("n_metrics"),
         select(func.max(metrics.c.id)).label("last_metric"),
@@ -99,17 +96,17 @@ def detail_query() -> Select[Any]:
     ]
     return (
         select(
-            *(Experiment.__table__.c[n] for n in SUMMARY_COLUMNS),
-            Experiment.spec,
-            Experiment.results,
-            User.name.label("owner"),
+            *(E.c[n] for n in SUMMARY_COLUMNS),
+            E.c.spec,
+            E.c.results,
+            U.c.name.label("owner"),
             *(a for a in aggregates),
             *_stage_cols(*STAGE_COLUMNS),
         )
-        .outerjoin(User, Experiment.owner_id == User.id)
-        .outerjoin(Stage, Stage.experiment_id == Experiment.id)
-        .where(Experiment.id == exp_id)
-        .order_by(Stage.position)
+        .outerjoin(U, E.c.owner_id == U.c.id)
+        .outerjoin(S, S.c.experiment_id == E.c.id)
+        .where(E.c.id == exp_id)
+        .order_by(S.c.position)
     )
 
 
@@ -117,22 +114,19 @@ def detail_query() -> Select[Any]:
 def latest_metrics_query() -> Select[Any]:
     """Each stage's last metric row. Parameter: `stage_ids` (expanding)."""
     last = (
-        select(func.max(Metric.id))
-        .where(Metric.stage_id.in_(bindparam("stage_ids", expanding=True)))
-        .group_by(Metric.stage_id)
+        select(func.max(M.c.id))
+        .where(M.c.stage_id.in_(bindparam("stage_ids", expanding=True)))
+        .group_by(M.c.stage_id)
     )
-    cols = (Metric.stage_id, Metric.epoch, Metric.step, Metric.values, Metric.created_at)
-    return select(*cols).where(Metric.id.in_(last))
+    cols = (M.c.stage_id, M.c.epoch, M.c.step, M.c["values"], M.c.created_at)
+    return select(*cols).where(M.c.id.in_(last))
 
 
 @cache
 def artifacts_query() -> Select[Any]:
-    """An experiment's artifacts by stage and key. Parameter: `experiment_id`."""
-    return (
-        select(Artifact.stage, Artifact.kind, Artifact.key, Artifact.size, Artifact.created_at)
-        .where(Artifact.experiment_id == bindparam("experiment_id"))
-        .order_by(func.coalesce(Artifact.stage, ""), Artifact.key)
-    )
+    """An experiment's artifacts (the route sorts them). Parameter: `experiment_id`."""
+    cols = (A.c.stage, A.c.kind, A.c.key, A.c.size, A.c.created_at)
+    return select(*cols).where(A.c.experiment_id == bindparam("experiment_id"))
 
 
 @cache
@@ -141,34 +135,34 @@ def queue_query() -> Select[Any]:
     name and owner."""
     return (
         select(
-            Stage.experiment_id,
-            Experiment.name.label("experiment_name"),
-            User.name.label("owner"),
-            Stage.name.label("stage"),
-            Stage.queue,
-            Stage.status,
-            Stage.worker_id,
-            Stage.enqueued_at,
-            Stage.started_at,
-            Stage.heartbeat_at,
-            Stage.epoch,
-            Stage.epochs,
-            Stage.step,
-            Stage.steps,
+            S.c.experiment_id,
+            E.c.name.label("experiment_name"),
+            U.c.name.label("owner"),
+            S.c.name.label("stage"),
+            S.c.queue,
+            S.c.status,
+            S.c.worker_id,
+            S.c.enqueued_at,
+            S.c.started_at,
+            S.c.heartbeat_at,
+            S.c.epoch,
+            S.c.epochs,
+            S.c.step,
+            S.c.steps,
         )
-        .join(Experiment, Stage.experiment_id == Experiment.id)
-        .outerjoin(User, Experiment.owner_id == User.id)
+        .join(E, S.c.experiment_id == E.c.id)
+        .outerjoin(U, E.c.owner_id == U.c.id)
         .where(
-            (Stage.status == StageStatus.running)
-            | ((Stage.status == StageStatus.queued) & Stage.enqueued_at.is_not(None))
+            (S.c.status == StageStatus.running)
+            | ((S.c.status == StageStatus.queued) & S.c.enqueued_at.is_not(None))
         )
-        .order_by(Stage.enqueued_at.asc().nulls_last(), Stage.id)
+        .order_by(S.c.enqueued_at.asc().nulls_last(), S.c.id)
     )
 
 
 def detail_rows(session: Session, experiment_id: str) -> list[Row[Any]]:
     """The rows of `detail_query` (empty: no such experiment)."""
-    return list(session.execute(detail_query(), {"experiment_id": experiment_id}))
+    return list(session.connection().execute(detail_query(), {"experiment_id": experiment_id}))
 
 
 def rows_etag(rows: Sequence[Row[Any]], salt: str = "") -> str:

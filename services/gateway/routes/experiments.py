@@ -106,7 +106,11 @@ def list_experiments(
     with read() as session:
         filters = {"by_status": status_ is not None, "by_owner": owner is not None}
         params = {"status": status_, "owner": owner, "limit": limit, "offset": offset}
-        rows = session.execute(queries.page_query(**filters, with_spec=with_spec), params).all()
+        rows = (
+            session.connection()
+            .execute(queries.page_query(**filters, with_spec=with_spec), params)
+            .all()
+        )
         items: dict[str, ExperimentSummary] = {}
         for row in rows:
             item = items.get(row.id)
@@ -119,7 +123,11 @@ def list_experiments(
             if row.s_name is not None:
                 item.stages.append(StageBrief(**queries.stage_fields(row, queries.BRIEF_COLUMNS)))
         # Past the last page no row carries the count.
-        total = rows[0].total if rows else session.scalar(queries.count_query(**filters), params)
+        total = (
+            rows[0].total
+            if rows
+            else session.connection().scalar(queries.count_query(**filters), params)
+        )
     page = ExperimentPage(items=list(items.values()), total=total or 0, limit=limit, offset=offset)
     return model_response(page, serialize_as_any=True)
 
@@ -157,7 +165,7 @@ def get_experiment(
         latest = {}
         if stage_rows:
             params = {"stage_ids": [s["id"] for s in stage_rows]}
-            metric_rows = session.execute(queries.latest_metrics_query(), params)
+            metric_rows = session.connection().execute(queries.latest_metrics_query(), params)
             latest = {m.stage_id: m for m in metric_rows}
         stages = []
         for s in stage_rows:
@@ -165,7 +173,9 @@ def get_experiment(
             if s["id"] in latest:
                 out.latest_metrics = MetricPoint.model_validate(latest[s["id"]])
             stages.append(out)
-        found = session.execute(queries.artifacts_query(), {"experiment_id": experiment_id})
+        found = session.connection().execute(
+            queries.artifacts_query(), {"experiment_id": experiment_id}
+        )
         artifacts = [
             ArtifactOut(
                 stage=a.stage,

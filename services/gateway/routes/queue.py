@@ -19,7 +19,10 @@ def get_queue(read: ReadDep, user: CurrentUser) -> Response:
     since when, how far. (A later stage of an experiment waits in Postgres, not on a queue,
     until the stage before it finishes.)"""
     with read() as session:
-        entries = [QueueEntry(**row._mapping) for row in session.execute(queries.queue_query())]
+        entries = [
+            QueueEntry(**row._mapping)
+            for row in session.connection().execute(queries.queue_query())
+        ]
     out = QueueOut(
         running=sum(e.status == StageStatus.running for e in entries),
         queued=sum(e.status == StageStatus.queued for e in entries),
