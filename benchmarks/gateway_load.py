@@ -3,7 +3,7 @@ reads and submits.
 
     python benchmarks/gateway_load.py [--clients 1,10,50,100] [--duration 10] [--workers 2]
 
-Starts its own uvicorn (`--workers`, with `services.devstack`; its log is printed if the run
+Starts its own uvicorn (`--workers`, with `tests.support.devstack`; its log is printed if the run
 fails), in a throwaway Postgres schema, with the Celery dispatcher
 sending to throwaway Redis queues that are deleted afterwards. For each client count in the
 sweep (one gateway for the whole sweep, levels run one after the other), each client loops over
@@ -38,9 +38,9 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distillery.db import make_engine, make_session_factory  # noqa: E402
+from distillery.db.auth import create_user  # noqa: E402
 from distillery.settings import Settings  # noqa: E402
-from services import devstack  # noqa: E402
-from services.gateway.auth import create_user  # noqa: E402
+from tests.support import devstack  # noqa: E402
 
 SPEC = {
     "name": "load",

@@ -23,11 +23,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from distillery.db import User
+from distillery.db.auth import authenticate, hash_token
 from distillery.s3 import DatasetCache
 from distillery.settings import Settings
 from distillery.storage import Storage
-from services.gateway.auth import authenticate, hash_token
-from services.gateway.dispatch import Dispatcher
+from services.dispatch import Dispatcher
 from services.gateway.token_cache import TokenCache
 
 

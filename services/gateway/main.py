@@ -17,13 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from distillery.db import make_session_factory
+from distillery.db.session import engine_for, migrate_locked
 from distillery.s3 import DatasetCache, make_storage
 from distillery.settings import Settings, get_settings
 from distillery.storage import Storage
 from services.celery_app import make_celery
-from services.gateway.database import engine_for, migrate_locked
+from services.dispatch import CeleryDispatcher, Dispatcher
 from services.gateway.deps import GatewayState
-from services.gateway.dispatch import CeleryDispatcher, Dispatcher
 from services.gateway.routes import datasets, experiments, health, queue
 from services.gateway.token_cache import TokenCache
 
@@ -63,7 +63,7 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway. Nothing connects until the first request (or the startup migration)."""
     settings = settings or get_settings()
-    engine = engine_for(settings)
+    engine = engine_for(settings, pool_size=settings.gateway_concurrency)
     state = GatewayState(
         settings=settings,
         engine=engine,

@@ -1,9 +1,9 @@
 """Recently authenticated tokens, so a request does not read `api_tokens` every time.
 
 A hit costs a dictionary lookup; a miss (or an entry older than `ttl_s`) goes to the database
-through `auth.authenticate`, which also refreshes `last_used_at`. Only known tokens are kept, by
-their SHA-256. A token removed from the database keeps working on a process that saw it for at
-most `ttl_s` seconds.
+through `distillery.db.auth.authenticate`, which also refreshes `last_used_at`. Only known
+tokens are kept, by their SHA-256. A token removed from the database keeps working on a process
+that saw it for at most `ttl_s` seconds.
 """
 
 from __future__ import annotations

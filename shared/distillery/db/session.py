@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from distillery.settings import Settings
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: Postgres advisory-lock key held while migrating (several processes may start at once).
+MIGRATION_LOCK = 0x0D157111
 
 #: A pooled connection that sat idle longer than this is pinged before it is handed out (a
 #: restarted database or a proxy's idle timeout drops connections). A busy pool is not pinged:
@@ -82,3 +87,30 @@ def alembic_config(engine: Engine | None = None) -> Config:
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` (`alembic upgrade head`)."""
     command.upgrade(alembic_config(engine), revision)
+
+
+def engine_for(settings: Settings, pool_size: int | None = None) -> Engine:
+    """The engine of the platform's `Settings` (its URL, in its schema); `pool_size` as in
+    `make_engine`."""
+    return make_engine(
+        settings.database_url, schema=settings.database_schema or None, pool_size=pool_size
+    )
+
+
+def migrate_locked(engine: Engine, schema: str | None = None) -> None:
+    """`alembic upgrade head`, creating `schema` first; one process at a time on Postgres."""
+    if engine.dialect.name != "postgresql":
+        migrate(engine)
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+        try:
+            if schema:
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
+                    raise ValueError(f"database_schema {schema!r} is not a plain identifier")
+                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                conn.commit()
+            migrate(engine)
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+            conn.commit()
