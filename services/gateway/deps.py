@@ -123,9 +123,15 @@ async def get_current_user(
     token_hash = hash_token(credentials.credentials)
     user = state.tokens.get(token_hash)
     if user is None:
-        user = await run_in_threadpool(_lookup_token, state, credentials.credentials)
-        if user is not None:
-            state.tokens.put(token_hash, user)
+        # One lookup at a time: when an entry expires under load, the requests that find it
+        # gone wait for the first one's lookup instead of all reading (and each refreshing
+        # `last_used_at` of) the same row.
+        async with state.tokens.lookup_lock:
+            user = state.tokens.get(token_hash)
+            if user is None:
+                user = await run_in_threadpool(_lookup_token, state, credentials.credentials)
+                if user is not None:
+                    state.tokens.put(token_hash, user)
     if user is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "unknown token", headers={"WWW-Authenticate": "Bearer"}

@@ -8,6 +8,7 @@ that saw it for at most `ttl_s` seconds.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -24,6 +25,8 @@ class TokenCache:
         self.ttl_s = ttl_s
         self._entries: dict[str, tuple[float, User]] = {}
         self._lock = threading.Lock()
+        #: Held (in the event loop) while a miss is looked up in the database.
+        self.lookup_lock = asyncio.Lock()
 
     def get(self, token_hash: str) -> User | None:
         entry = self._entries.get(token_hash)
