@@ -34,10 +34,15 @@ def _stage_cols(*names: str) -> list[Any]:
     return [S.c[n].label(f"s_{n}") for n in names]
 
 
-def stage_fields(row: Row[Any], names: Sequence[str]) -> dict[str, Any]:
+@cache
+def _stage_labels(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((n, f"s_{n}") for n in names)
+
+
+def stage_fields(row: Row[Any], names: tuple[str, ...]) -> dict[str, Any]:
     """The `s_<name>` columns of a row as `{name: value}`."""
     mapping = row._mapping
-    return {n: mapping[f"s_{n}"] for n in names}
+    return {n: mapping[label] for n, label in _stage_labels(names)}
 
 
 @cache

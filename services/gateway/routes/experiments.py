@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
@@ -35,6 +36,10 @@ from services.gateway.schemas import (
     StageMetrics,
     StageOut,
 )
+
+#: A page's items become models in one pydantic call each.
+SUMMARY_ITEMS = TypeAdapter(list[ExperimentSummary])
+WITH_SPEC_ITEMS = TypeAdapter(list[ExperimentWithSpec])
 
 #: Presigned artifact URLs live an hour; a detail's ETag changes every half hour, so a client
 #: that keeps a body because of a 304 never holds a link with less than half an hour left.
@@ -111,24 +116,29 @@ def list_experiments(
             .execute(queries.page_query(**filters, with_spec=with_spec), params)
             .all()
         )
-        items: dict[str, ExperimentSummary] = {}
+        items: dict[str, dict[str, Any]] = {}
         for row in rows:
             item = items.get(row.id)
             if item is None:
-                fields = {n: getattr(row, n) for n in queries.SUMMARY_COLUMNS}
+                item = items[row.id] = {n: getattr(row, n) for n in queries.SUMMARY_COLUMNS}
+                item.update(owner=row.owner, stages=[])
                 if with_spec:
-                    fields["spec"] = row.spec
-                model = ExperimentWithSpec if with_spec else ExperimentSummary
-                item = items[row.id] = model(**fields, owner=row.owner, stages=[])
+                    item["spec"] = row.spec
             if row.s_name is not None:
-                item.stages.append(StageBrief(**queries.stage_fields(row, queries.BRIEF_COLUMNS)))
+                item["stages"].append(queries.stage_fields(row, queries.BRIEF_COLUMNS))
         # Past the last page no row carries the count.
         total = (
             rows[0].total
             if rows
             else session.connection().scalar(queries.count_query(**filters), params)
         )
-    page = ExperimentPage(items=list(items.values()), total=total or 0, limit=limit, offset=offset)
+    adapter = WITH_SPEC_ITEMS if with_spec else SUMMARY_ITEMS
+    page = ExperimentPage(
+        items=adapter.validate_python(list(items.values())),
+        total=total or 0,
+        limit=limit,
+        offset=offset,
+    )
     return model_response(page, serialize_as_any=True)
 
 

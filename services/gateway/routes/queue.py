@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from pydantic import TypeAdapter
 
 from distillery.db import StageStatus
 from services.gateway import queries
@@ -12,6 +13,9 @@ from services.gateway.schemas import QueueEntry, QueueOut
 
 router = APIRouter(prefix="/queue", tags=["queue"])
 
+#: Rows become entries in one pydantic call (the queue can hold hundreds of stages).
+ENTRIES = TypeAdapter(list[QueueEntry])
+
 
 @router.get("", response_model=QueueOut)
 def get_queue(read: ReadDep, user: CurrentUser) -> Response:
@@ -19,10 +23,8 @@ def get_queue(read: ReadDep, user: CurrentUser) -> Response:
     since when, how far. (A later stage of an experiment waits in Postgres, not on a queue,
     until the stage before it finishes.)"""
     with read() as session:
-        entries = [
-            QueueEntry(**row._mapping)
-            for row in session.connection().execute(queries.queue_query())
-        ]
+        rows = session.connection().execute(queries.queue_query()).all()
+    entries = ENTRIES.validate_python(rows, from_attributes=True)
     out = QueueOut(
         running=sum(e.status == StageStatus.running for e in entries),
         queued=sum(e.status == StageStatus.queued for e in entries),
