@@ -172,8 +172,9 @@ def get_experiment(
         stage_rows = [
             queries.stage_fields(r, queries.STAGE_COLUMNS) for r in rows if r.s_id is not None
         ]
+        head = rows[0]  # its counts say whether there are metrics and artifacts to read
         latest = {}
-        if stage_rows:
+        if stage_rows and head.n_metrics:
             params = {"stage_ids": [s["id"] for s in stage_rows]}
             metric_rows = session.connection().execute(queries.latest_metrics_query(), params)
             latest = {m.stage_id: m for m in metric_rows}
@@ -183,9 +184,10 @@ def get_experiment(
             if s["id"] in latest:
                 out.latest_metrics = MetricPoint.model_validate(latest[s["id"]])
             stages.append(out)
-        found = session.connection().execute(
-            queries.artifacts_query(), {"experiment_id": experiment_id}
-        )
+        found = []
+        if head.n_artifacts:
+            params = {"experiment_id": experiment_id}
+            found = session.connection().execute(queries.artifacts_query(), params).all()
         artifacts = [
             ArtifactOut(
                 stage=a.stage,
@@ -197,7 +199,6 @@ def get_experiment(
             )
             for a in sorted(found, key=lambda a: (a.stage or "", a.key))
         ]
-    head = rows[0]
     detail = ExperimentDetail(
         **{n: getattr(head, n) for n in queries.SUMMARY_COLUMNS},
         owner=head.owner,
