@@ -56,15 +56,15 @@ def _indexes(engine, table: str) -> set[str]:
 
 
 @pytest.mark.services
-def test_postgres_0002_gateway_indexes_up_and_down(pg_schema: str) -> None:
-    """0002 applies on a populated 0001 database, the list and queue queries can use its
-    indexes, and it downgrades back to 0001's indexes."""
+def test_postgres_0003_gateway_indexes_up_and_down(pg_schema: str) -> None:
+    """0003 applies on a populated 0002 database, the list and queue queries can use its
+    indexes, and it downgrades back to the single-column indexes."""
     from alembic import command
 
     from distillery.db.session import alembic_config
 
     engine = make_engine(PG, schema=pg_schema)
-    migrate(engine, "0001")
+    migrate(engine, "0002")
     with engine.begin() as conn:
         conn.execute(
             text("insert into users (name, is_admin, created_at) values ('a', false, now())")
@@ -98,7 +98,7 @@ def test_postgres_0002_gateway_indexes_up_and_down(pg_schema: str) -> None:
         assert "Sort" not in plan, plan  # the index gives the order
         assert conn.execute(text("select count(*) from experiments")).scalar() == 1
 
-    command.downgrade(alembic_config(engine), "0001")
+    command.downgrade(alembic_config(engine), "0002")
     assert "ix_experiments_status" in _indexes(engine, "experiments")
     assert "ix_experiments_status_created_at_id" not in _indexes(engine, "experiments")
     assert "ix_metrics_stage_id" in _indexes(engine, "metrics")

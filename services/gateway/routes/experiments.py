@@ -1,4 +1,4 @@
-"""`/experiments`: submit a spec, list, inspect, follow metrics, cancel, delete."""
+"""`/experiments`: submit a spec, list, inspect, follow metrics, cancel, retry, delete."""
 
 from __future__ import annotations
 
@@ -73,24 +73,48 @@ def load_experiment(session: Session, experiment_id: str) -> Experiment:
     return experiment
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ExperimentSummary)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ExperimentSummary,
+    responses={
+        200: {
+            "model": ExperimentSummary,
+            "description": "an earlier submission with "
+            "the same Idempotency-Key: that experiment, unchanged",
+        }
+    },
+)
 def submit_experiment(
     spec: ExperimentSpec,
     session: SessionDep,
     user: CurrentUser,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=200,
+            description="retry-safe submission: the same key from the same user returns the "
+            "first experiment (200) instead of creating another",
+        ),
+    ] = None,
 ) -> Response:
     """Validate the spec, store it, plan its stages and enqueue the first one.
 
-    Stages: teacher -> student (baseline) -> distill -> profile, minus those the spec leaves
-    out; a teacher given as `teacher.model.checkpoint` is not trained. Training stages go to
-    the GPU queue, profiling to the profiler queue.
+    Stages (the stage registry's order): size (for a width `auto` student) -> teacher ->
+    student (baseline) -> distill -> profile, minus those the spec leaves out; a teacher given
+    as `teacher.model.checkpoint` is not trained. Training stages go to the GPU queue, sizing
+    and profiling to the profiler queue.
     """
     try:
-        experiment = planning.create_experiment(session, spec, user, settings, dispatcher)
+        experiment, created = planning.create_experiment(
+            session, spec, user, settings, dispatcher, idempotency_key=idempotency_key
+        )
     except planning.PlanError as e:
         raise RequestValidationError(e.errors) from None
+    if not created:
+        return model_response(summary(load_experiment(session, experiment.id)))
     return model_response(summary(experiment, owner=user), status.HTTP_201_CREATED)
 
 
@@ -231,17 +255,37 @@ def get_metrics(experiment_id: str, read: ReadDep, user: CurrentUser) -> Experim
 
 
 @router.post("/{experiment_id}/cancel", response_model=ExperimentSummary)
-def cancel_experiment(experiment_id: str, session: SessionDep, user: CurrentUser) -> Response:
-    """Owner or admin: queued stages are cancelled at once; a running stage stops at its next
-    step and keeps its last checkpoint. The experiment is `cancelled` once nothing runs."""
+def cancel_experiment(
+    experiment_id: str, session: SessionDep, user: CurrentUser, dispatcher: DispatcherDep
+) -> ExperimentSummary:
+    """Owner or admin: queued stages are cancelled at once (their waiting messages dropped); a
+    running stage stops at its next step and keeps its last checkpoint. The experiment is
+    `cancelled` once nothing runs."""
     experiment = load_experiment(session, experiment_id)
     ensure_owner_or_admin(user, experiment.owner_id, f"experiment {experiment_id}")
     try:
-        planning.cancel_experiment(session, experiment_id)
+        planning.cancel_experiment(session, experiment_id, dispatcher)
     except planning.Conflict as e:
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
     session.expire_all()
-    return model_response(summary(load_experiment(session, experiment_id)))
+    return summary(load_experiment(session, experiment_id))
+
+
+@router.post("/{experiment_id}/retry", response_model=ExperimentSummary)
+def retry_experiment(
+    experiment_id: str, session: SessionDep, user: CurrentUser, dispatcher: DispatcherDep
+) -> ExperimentSummary:
+    """Owner or admin: queue a failed or cancelled experiment's failed and cancelled stages
+    again (409 otherwise). Succeeded stages are kept; each stage resumes from its last
+    checkpoint."""
+    experiment = load_experiment(session, experiment_id)
+    ensure_owner_or_admin(user, experiment.owner_id, f"experiment {experiment_id}")
+    try:
+        planning.retry_experiment(session, experiment_id, dispatcher)
+    except planning.Conflict as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
+    session.expire_all()
+    return summary(load_experiment(session, experiment_id))
 
 
 @router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)

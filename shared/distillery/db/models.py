@@ -2,7 +2,8 @@
 
 Postgres is the source of truth for what exists and in what state. A stage lives
 `queued -> running -> succeeded | failed | cancelled`, with progress, a lease while running and
-the storage key of its last checkpoint.
+the storage key of its last checkpoint; only `distillery.stages.lifecycle` writes its status,
+lease, heartbeat, attempts and enqueue time.
 """
 
 from __future__ import annotations
@@ -103,8 +104,11 @@ class Dataset(Base):
 
 class Experiment(Base):
     __tablename__ = "experiments"
-    # The gateway's list is newest first, optionally of one status or owner (migration 0002).
     __table_args__ = (
+        UniqueConstraint(
+            "owner_id", "idempotency_key", name="uq_experiments_owner_idempotency_key"
+        ),
+        # The gateway's list is newest first, optionally of one status or owner (migration 0003).
         Index("ix_experiments_created_at_id", "created_at", "id"),
         Index("ix_experiments_status_created_at_id", "status", "created_at", "id"),
         Index("ix_experiments_owner_id_created_at_id", "owner_id", "created_at", "id"),
@@ -116,6 +120,8 @@ class Experiment(Base):
     status: Mapped[StageStatus] = mapped_column(_status, default=StageStatus.queued)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    #: The submitter's `Idempotency-Key`: a retried submission returns this experiment.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     results: Mapped[dict[str, Any] | None] = mapped_column()  # the comparison table
     created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(_ts, default=utcnow, onupdate=utcnow)
@@ -133,7 +139,7 @@ class Stage(Base):
     __tablename__ = "stages"
     __table_args__ = (
         UniqueConstraint("experiment_id", "name"),
-        # The shared queue: running stages and queued ones by enqueue time (migration 0002).
+        # The shared queue: running stages and queued ones by enqueue time (migration 0003).
         Index("ix_stages_status_enqueued_at", "status", "enqueued_at"),
     )
 
@@ -169,11 +175,16 @@ class Stage(Base):
 
 
 class Metric(Base):
-    """One row per stage and epoch: the epoch's validation metrics and mean loss components."""
+    """One row per stage and epoch (keyed by the global step at its end): the epoch's validation
+    metrics and mean loss components. Written at most once per step, however often the
+    stage was resumed."""
 
     __tablename__ = "metrics"
-    # A stage's history in order and its latest row (migration 0002).
-    __table_args__ = (Index("ix_metrics_stage_id_id", "stage_id", "id"),)
+    __table_args__ = (
+        UniqueConstraint("stage_id", "step", name="uq_metrics_stage_step"),
+        # A stage's history in order and its latest row (migration 0003).
+        Index("ix_metrics_stage_id_id", "stage_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"))

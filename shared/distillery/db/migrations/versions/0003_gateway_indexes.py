@@ -1,7 +1,7 @@
 """gateway indexes: the experiment list's filters and order, the queue, latest metrics
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-01 23:40:00.000000
 
 The list is `ORDER BY created_at DESC, id DESC`, optionally `WHERE status = ?` or `WHERE
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0002"
-down_revision: str | None = "0001"
+revision: str = "0003"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
