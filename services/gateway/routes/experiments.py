@@ -73,6 +73,19 @@ def load_experiment(session: Session, experiment_id: str) -> Experiment:
     return experiment
 
 
+def sweep_not_queued(spec: ExperimentSpec) -> dict[str, Any]:
+    """The 422 error of a sweep spec, with its expansion and sharing plan (`ctx.plan`)."""
+    from distillery.sweeps import plan_sweep
+
+    return {
+        "type": "sweep_not_queued",
+        "loc": ("body", "sweep"),
+        "msg": "sweeps run with `distillery run` for now (the queue takes one experiment per "
+        "spec); `distillery submit --dry-run` prints the expansion",
+        "ctx": {"plan": plan_sweep(spec).as_dict()},
+    }
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -107,6 +120,8 @@ def submit_experiment(
     as `teacher.model.checkpoint` is not trained. Training stages go to the GPU queue, sizing
     and profiling to the profiler queue.
     """
+    if spec.sweep is not None:  # children on the queue: not yet; say so rather than ignore it
+        raise RequestValidationError([sweep_not_queued(spec)])
     try:
         experiment, created = planning.create_experiment(
             session, spec, user, settings, dispatcher, idempotency_key=idempotency_key

@@ -200,6 +200,9 @@ def submit(
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the id")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="validate here and print the stages; submit nothing")
+    ] = False,
 ) -> None:
     """Submit an experiment spec to the shared queue."""
     try:
@@ -210,6 +213,15 @@ def submit(
         _fail(f"{spec_path}: not valid YAML: {e}")
     if not isinstance(raw, dict):
         _fail(f"{spec_path}: a spec is a mapping")
+    if dry_run:
+        from distillery.cli.run import print_plan
+        from distillery.spec import SpecError, load_spec
+
+        try:
+            print_plan(load_spec(spec_path))
+        except SpecError as e:
+            _fail(str(e), 2)
+        return
     exp = _call(_gateway(url, token).post, "/experiments", json=raw)
     if quiet:
         print(exp["id"])

@@ -150,6 +150,11 @@ def test_cli_watch_and_results_of_a_finished_experiment(
     assert "student (distilled)" in r.output and "61.0" in r.output and "+9.0" in r.output
     assert "gap closed by distillation: 45%" in r.output
 
+    r = cli("report", exp_id, "--out", str(tmp_path / "rep"), *opts)
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert f"# Experiment {exp_id}" in text and "| teacher | 61.0 |" in text
+
 
 def test_cli_watch_follows_progress_until_the_end(
     gateway_url, make_user, tmp_path, session_factory
