@@ -312,6 +312,12 @@ def main() -> int:
     )
     p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     p.add_argument(
+        "--gateway-concurrency",
+        type=int,
+        default=None,
+        help="DISTILLERY_GATEWAY_CONCURRENCY of each worker (default: the setting's default)",
+    )
+    p.add_argument(
         "--db-url",
         default=os.environ.get(
             "DISTILLERY_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -347,9 +353,12 @@ def main() -> int:
         stack.callback(r.close)
         for q in (gpu_q, prof_q):
             stack.callback(devstack.delete_queue_keys, r, q)
+        overrides = {}
+        if args.gateway_concurrency is not None:
+            overrides["gateway_concurrency"] = args.gateway_concurrency
         try:
             gateway = devstack.start_gateway(
-                devstack.process_env(settings),
+                devstack.process_env(settings, **overrides),
                 Path(tmp) / "gateway.log",
                 extra_args=[
                     "--workers",
