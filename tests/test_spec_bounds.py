@@ -166,3 +166,11 @@ def test_bounds_are_documented_in_the_json_schema() -> None:
     assert train["epochs"]["maximum"] == 10_000 and train["num_processes"]["maximum"] == 64
     model = schema["$defs"]["ModelSpec"]["properties"]
     assert any(o.get("maximum") == 256 for o in model["width"]["anyOf"])
+
+
+def test_a_sweep_grid_is_bounded_before_it_expands() -> None:
+    grid = {"student.train.lr": [0.001 * (i + 1) for i in range(64)]}
+    grid |= {"student.train.epochs": list(range(1, 65))}
+    t0 = time.perf_counter()
+    text = errors(spec(sweep={"grid": grid}))
+    assert "more than 256 configurations" in text and time.perf_counter() - t0 < 5

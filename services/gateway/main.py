@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +30,7 @@ from services.gateway import openapi
 from services.gateway.deps import GatewayState
 from services.gateway.limits import BodySizeLimit
 from services.gateway.routes import datasets, experiments, health, queue
+from services.gateway.token_cache import TokenCache
 
 DESCRIPTION = """\
 Submit segmentation-distillation experiments to the team's shared queue, register datasets
@@ -65,7 +67,7 @@ def _echo(value: Any) -> Any:
 
 async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 body plus a dotted `field` per error; whole-spec inputs are left out, a bad
-    value is echoed as a short prefix only (`distillery.spec.short`), `ctx` keeps scalars."""
+    value is echoed as a short prefix only (`distillery.spec.short`)."""
     errors = []
     for err in exc.errors()[:100]:
         err = dict(err)
@@ -77,9 +79,14 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
         err["field"] = field_path(err.get("loc", ()))
         if err["field"] == "(body)" and (named := NAMED_FIELD.match(err["msg"])):
             err["field"] = named.group(1)  # a whole-spec check that names its field
-        scalars = {k: _echo(v) for k, v in ctx.items() if isinstance(v, str | int | float)}
-        if scalars:
-            err["ctx"] = scalars
+        # constraints (`le`, `expected`) and plans stay; a validator's exception object goes
+        kept = {
+            k: _echo(v) if isinstance(v, str | int | float) else v
+            for k, v in ctx.items()
+            if not isinstance(v, BaseException)
+        }
+        if kept:
+            err["ctx"] = jsonable_encoder(kept)
         if value is not None and not isinstance(value, dict | list):
             err["input"] = _echo(value)
         errors.append(err)
@@ -96,15 +103,19 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway. Nothing connects until the first request (or the startup migration)."""
     settings = settings or get_settings()
-    engine = engine_for(settings)
+    engine = engine_for(settings, pool_size=settings.gateway_concurrency)
     state = GatewayState(
         settings=settings,
         engine=engine,
         session_factory=make_session_factory(engine),
+        read_session_factory=make_session_factory(
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+        ),
         dispatcher=dispatcher or CeleryDispatcher(make_celery(settings)),
         datasets_storage=datasets_storage or make_storage(settings, settings.datasets_bucket),
         artifacts_storage=artifacts_storage or make_storage(settings, settings.artifacts_bucket),
         dataset_cache=DatasetCache(settings.cache_dir / "datasets"),
+        tokens=TokenCache(settings.token_cache_s),
     )
     do_migrate = settings.migrate_on_start if migrate_on_start is None else migrate_on_start
 
@@ -112,6 +123,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if do_migrate:
             migrate_locked(engine, settings.database_schema or None)
+        # Sync routes and dependencies run on this many threads (anyio's default is 40).
+        to_thread.current_default_thread_limiter().total_tokens = settings.gateway_concurrency
         yield
         engine.dispose()
 

@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     Strict,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -43,6 +44,8 @@ MAX_PROCESSES = 64
 #: Names, folders and keys are at most this long.
 MAX_NAME = 200
 MAX_PATH = 1024
+#: Largest sweep: configurations (grid product plus listed ones), each run once per seed.
+MAX_SWEEP_CHILDREN = 256
 #: How much of a bad value an error message quotes.
 ECHO_CHARS = 40
 
@@ -236,6 +239,16 @@ class ChannelWiseKDTerm(_Term):
     tap: Tap = "logits"
 
 
+class DISTTerm(_Term):
+    """DIST (Huang et al. 2022): Pearson-correlation relations between the class probabilities,
+    ``T^2 (beta * inter-class + gamma * intra-class)``; see `distillery.losses.dist`."""
+
+    kind: Literal["dist"] = "dist"
+    temperature: Temperature = 1.0
+    beta: Weight = 1.0
+    gamma: Weight = 1.0
+
+
 class FeatureMSETerm(_Term):
     kind: Literal["feature_mse"] = "feature_mse"
     student_tap: Tap
@@ -255,13 +268,14 @@ LossTerm = Annotated[
     | ConfidencePenaltyTerm
     | LogitKDTerm
     | ChannelWiseKDTerm
+    | DISTTerm
     | FeatureMSETerm
     | AttentionTransferTerm,
     Field(discriminator="kind"),
 ]
 
 SUPERVISED_KINDS = {"cross_entropy", "focal", "ohem", "confidence_penalty"}
-DISTILL_KINDS = {"logit_kd", "channel_wise_kd", "feature_mse", "attention_transfer"}
+DISTILL_KINDS = {"logit_kd", "channel_wise_kd", "dist", "feature_mse", "attention_transfer"}
 
 
 # ------------------------------------------------------------------------------------ training
@@ -428,6 +442,58 @@ class TrackingSpec(_Strict):
     log_feature_maps: Bool = True
 
 
+# --------------------------------------------------------------------------------------- sweep
+
+
+class SweepConfiguration(_Strict):
+    """A child: the base spec with these overrides (dotted path -> value)."""
+
+    name: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class SweepSpec(_Strict):
+    """Children of one spec (see `distillery.sweeps`): the product of `grid`, plus the listed
+    `configurations`, each trained once per seed of `seeds` (student seeds; the teacher keeps
+    the spec's `seed`). Stages identical across children are planned once."""
+
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=32)
+    #: Dotted paths into the base spec (list items by index) -> the values to try.
+    grid: dict[
+        Annotated[str, Field(max_length=200)],
+        Annotated[list[Any], Field(min_length=1, max_length=64)],
+    ] = Field(default_factory=dict, max_length=8)
+    configurations: list[SweepConfiguration] = Field(default_factory=list, max_length=256)
+    #: Also compare each child with a student-alone baseline given as much training time as
+    #: its distillation took (more epochs at the same seed): gains at equal compute.
+    compute_matched_baseline: bool = False
+
+    @model_validator(mode="after")
+    def _bounded(self) -> SweepSpec:
+        """At most `MAX_SWEEP_CHILDREN` configurations (grid product + listed) before any child
+        is built: a grid of a few long lists must not expand into millions of specs."""
+        children = len(self.configurations)
+        product = 1
+        for values in self.grid.values():
+            product *= len(values)
+            if product > MAX_SWEEP_CHILDREN:
+                break
+        children += product if self.grid else 0
+        if children > MAX_SWEEP_CHILDREN:
+            raise ValueError(
+                f"the sweep has more than {MAX_SWEEP_CHILDREN} configurations (grid product "
+                "plus configurations)"
+            )
+        return self
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat a value: {short(v)}")
+        return v
+
+
 # ---------------------------------------------------------------------------------- experiment
 
 #: The stages a spec runs by default (`size` is planned by itself for a width `auto` student).
@@ -457,6 +523,25 @@ class ExperimentSpec(_Strict):
         for name in v:
             STAGES.check(name)
         return [name for name in STAGES.in_order() if name in v]
+
+    #: Children of this spec (a grid and configurations, times seeds); none = one experiment.
+    sweep: SweepSpec | None = None
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_expands(cls, v: SweepSpec | None, info: ValidationInfo) -> SweepSpec | None:
+        """Every grid path exists and every child is a valid spec (errors located at `sweep`)."""
+        if v is None or set(cls.model_fields) - {"sweep"} - set(info.data):
+            return v  # no sweep, or another field is invalid (its own error says why)
+        if not {"student", "distill"} <= set(info.data["stages"]):
+            raise ValueError(
+                "the children compare distilled students with the baseline; stages must "
+                "include student and distill"
+            )
+        from distillery.sweeps import check_sweep
+
+        check_sweep(cls.model_construct(**{**info.data, "sweep": None}), v)
+        return v
 
     @model_validator(mode="after")
     def _checks(self) -> ExperimentSpec:

@@ -80,7 +80,10 @@ def test_tokens_expire_are_listed_without_values_and_can_be_revoked(db_url, empt
         days = [(t.expires_at - t.created_at).days if t.expires_at else None for t in rows]
     assert days == [89, None, 0] or days == [90, None, 1]  # default 90 days, never, 1 day
 
-    gw = create_app(settings.model_copy(update={"database_schema": empty_schema}))
+    # token_cache_s=0: a revoked token stops at once (a gateway trusts one it saw that long)
+    gw = create_app(
+        settings.model_copy(update={"database_schema": empty_schema, "token_cache_s": 0})
+    )
     with TestClient(gw) as c:
 
         def status(token: str) -> int:

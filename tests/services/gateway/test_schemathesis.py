@@ -38,8 +38,10 @@ def test_schemathesis_finds_no_server_errors_and_no_undeclared_codes(settings, m
                 "60",
                 "--seed",
                 "1",
+                # one worker: hypothesis' lambda-source parsing is not thread-safe on Python 3.11
+                # ("AST constructor recursion depth mismatch" runtime errors with 2)
                 "--workers",
-                "2",
+                "1",
                 # a loaded CI machine: slow answers are not what this test is about
                 "--request-timeout",
                 "60",
