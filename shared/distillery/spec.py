@@ -214,6 +214,9 @@ class TrainSpec(_Strict):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     #: Processes for `accelerate launch` (GPUs on a GPU node; gloo processes on a CPU).
     num_processes: PositiveInt = 1
+    #: Machines the stage trains on, `num_processes` processes each. Above 1 the worker runs it as
+    #: a Kubernetes indexed Job of that many pods (services/worker/multinode.py).
+    num_nodes: PositiveInt = 1
     #: Cap on optimizer steps per epoch (tiny smoke runs); null = the whole training set.
     max_steps_per_epoch: PositiveInt | None = None
     grad_clip_norm: PositiveFloat | None = None

@@ -7,7 +7,7 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/*
 RUN install -d -o postgres -g postgres -m 700 /var/lib/postgresql/data
 COPY postgres-start.sh /usr/local/bin/postgres-start.sh
-ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/bin:/usr/bin:/bin \
+ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PGDATA=/var/lib/postgresql/data
 USER postgres
 CMD ["/usr/local/bin/postgres-start.sh"]
