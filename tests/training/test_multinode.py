@@ -86,3 +86,11 @@ def test_two_machines_one_process_each_end_with_identical_weights(make_spec, tmp
     assert reports[0]["state_hash"] == reports[1]["state_hash"]
     # The main rank wrote the stage's result where the owning worker reads it.
     assert (workdir / "student" / "result.json").is_file()
+
+
+def test_a_multi_node_stage_is_refused_on_one_machine(make_spec, tmp_path: Path):
+    from distillery.training import run_stage
+
+    spec = make_spec(student={"train": {"num_nodes": 2}})
+    with pytest.raises(ValueError, match=r"student\.train\.num_nodes: 2 machines"):
+        run_stage(spec, "student", tmp_path)
