@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from distillery.cli.consoles import make_console
 
 CHECKPOINT_SUFFIXES = {".pt", ".pth"}
 SPEC_SUFFIXES = {".yaml", ".yml", ".json"}
@@ -99,7 +100,7 @@ def profile_command(
     from distillery.profiler.peak import matmul_peak
     from distillery.spec import ProfilingSpec, SpecError, load_spec
 
-    out, err = Console(), Console(stderr=True)
+    out, err = make_console(), make_console(stderr=True)
     overrides = {
         k: v
         for k, v in dict(

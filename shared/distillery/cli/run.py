@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from distillery.results import results_caption
+from distillery.cli.consoles import make_console
+from distillery.cli.tables import results_table
 from distillery.spec import SpecError, load_spec
 
-console = Console()
+console = make_console()
 
 
 def run(
@@ -77,28 +76,6 @@ def run(
         raise typer.Exit(1) from None
     console.print(results_table(results))
     console.print(f"Run folder: {run_dir} (results.json, results.md, checkpoints, wandb)")
-
-
-def results_table(results: dict[str, Any]) -> Table:
-    """The comparison table for the terminal (results.md holds the same as Markdown)."""
-    table = Table(title="Results", caption=results_caption(results))
-    for col in ("model", "mIoU %", "gain", "params (M)", "GFLOPs", "latency ms"):
-        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
-
-    def fmt(v: float | None, spec: str) -> str:
-        return "—" if v is None else format(v, spec)
-
-    for r in results["rows"]:
-        gain = None if r["stage"] == "student" else r["gain_over_baseline"]
-        table.add_row(
-            r["model"],
-            fmt(r["miou"] and 100 * r["miou"], ".1f"),
-            fmt(gain and 100 * gain, "+.1f"),
-            fmt(r["params"] and r["params"] / 1e6, ".3f"),
-            fmt(r["gflops"], ".3f"),
-            fmt(r["latency_ms"], ".2f"),
-        )
-    return table
 
 
 def register(app: typer.Typer) -> None:
