@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,8 +49,14 @@ def run(
         console=console,
     )
     tasks: dict[str, Any] = {}
+    # Piped to a log (`| tee run.log`, CI) rich shows the bars only when they end: print a line
+    # per stage change and per epoch instead, as it goes.
+    piped = not console.is_terminal
 
     def on_stage(name: str, status: str) -> None:
+        if piped:
+            console.print(f"{name}: {status}", highlight=False)
+            return
         if name not in tasks:
             tasks[name] = bars.add_task(name, total=None, info=status)
         if status == "done":
@@ -57,6 +64,13 @@ def run(
             bars.update(tasks[name], total=total, completed=total, info="done")
 
     def on_progress(name: str, p: Any) -> None:
+        if piped:
+            if "miou" in p.metrics:  # the epoch's validation: one line per epoch
+                line = f"{name}: epoch {p.epoch}/{p.epochs}  mIoU {100 * p.metrics['miou']:.1f}"
+                if "loss" in p.metrics:
+                    line += f"  loss {p.metrics['loss']:.3f}"
+                console.print(line, highlight=False)
+            return
         total = p.epochs * p.steps
         done = (p.epoch - 1) * p.steps + p.step
         info = f"epoch {p.epoch}/{p.epochs}"
@@ -67,7 +81,7 @@ def run(
         bars.update(tasks[name], total=total, completed=done, info=info)
 
     try:
-        with bars:
+        with contextlib.nullcontext() if piped else bars:
             results = run_local(
                 spec, run_dir, fresh=fresh, on_progress=on_progress, on_stage=on_stage
             )
