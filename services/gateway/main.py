@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from distillery.db import make_session_factory
 from distillery.s3 import DatasetCache, make_storage
 from distillery.settings import Settings, get_settings
+from distillery.spec import field_path as spec_field_path
 from distillery.storage import Storage
 from services.celery_app import make_celery
 from services.gateway.database import engine_for, migrate_locked
@@ -32,11 +33,14 @@ and follow progress. Every call except `/health` and `/ready` needs `Authorizati
 """
 
 
-def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
-    """`("body", "teacher", "train", "lr")` -> `teacher.train.lr` (the spec's own dotted path)."""
+def field_path(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str:
+    """`("body", "teacher", "train", "lr")` -> `teacher.train.lr` (the spec's own dotted path,
+    without pydantic's union branch names, see `distillery.spec.field_path`)."""
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header", "form"):
-        parts = parts[1:]
+        source, parts = parts[0], parts[1:]
+        if source == "body" and isinstance(body, dict):
+            return spec_field_path(parts, body) or "(body)"
     return ".".join(str(p) for p in parts) or "(body)"
 
 
@@ -44,7 +48,7 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
     """FastAPI's 422 body plus a dotted `field` per error; whole-spec inputs are left out."""
     errors = []
     for err in jsonable_encoder(exc.errors()):
-        err["field"] = field_path(err.get("loc", ()))
+        err["field"] = field_path(err.get("loc", ()), exc.body)
         if isinstance(err.get("input"), dict | list):
             err.pop("input")
         errors.append(err)
