@@ -1,5 +1,6 @@
 #!/bin/sh
-# initdb on first start (the official image's variables), then Postgres on 127.0.0.1:$PGPORT.
+# initdb on first start (the official image's variables; UTF-8, as psycopg needs), then
+# Postgres on 127.0.0.1:$PGPORT.
 set -eu
 : "${POSTGRES_USER:=postgres}" "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}" "${PGPORT:=5432}"
 : "${POSTGRES_DB:=$POSTGRES_USER}"
@@ -7,7 +8,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   pwfile=$(mktemp)
   printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile"
   initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pwfile" \
-    --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+    --encoding=UTF8 --locale=C.UTF-8 --auth-local=trust --auth-host=scram-sha-256 >/dev/null
   rm -f "$pwfile"
   if [ "$POSTGRES_DB" != postgres ]; then
     postgres --single -D "$PGDATA" postgres >/dev/null <<SQL
