@@ -24,6 +24,7 @@ from services.celery_app import make_celery
 from services.gateway.database import engine_for, migrate_locked
 from services.gateway.deps import GatewayState
 from services.gateway.dispatch import CeleryDispatcher, Dispatcher
+from services.gateway.docs import mount_docs
 from services.gateway.routes import datasets, experiments, health, queue
 
 DESCRIPTION = """\
@@ -89,7 +90,10 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by mount_docs, with local assets
+        redoc_url=None,
     )
+    mount_docs(app)
     app.state.gateway = state
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(health.router)
