@@ -66,8 +66,14 @@ def wait_for(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
     raise TimeoutError(f"{what}: not within {timeout_s:.0f}s (last: {last})")
 
 
+def print_logs() -> None:
+    for service in DEPENDENCIES + PLATFORM:
+        print(f"----- logs of {service}")
+        print(compose("logs", "--tail", "80", service, check=False)[-8000:])
+
+
 @pytest.fixture(scope="module")
-def stack() -> Iterator[dict[str, float]]:
+def stack(request: pytest.FixtureRequest) -> Iterator[dict[str, float]]:
     """The stack up, dependencies first (podman runs no health checks here, so the order that
     `depends_on: service_healthy` gives under Docker is kept by hand); down -v afterwards."""
     times: dict[str, float] = {}
@@ -87,10 +93,11 @@ def stack() -> Iterator[dict[str, float]]:
         times["ready"] = time.monotonic() - start
         yield times
     except BaseException:
-        for service in DEPENDENCIES + PLATFORM:
-            print(f"----- logs of {service}")
-            print(compose("logs", "--tail", "60", service, check=False)[-6000:])
+        print_logs()
         raise
+    else:
+        if request.session.testsfailed:
+            print_logs()
     finally:
         down = time.monotonic()
         compose("down", "-v", timeout_s=300, check=False)
