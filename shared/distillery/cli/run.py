@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from distillery.cli.consoles import make_console
 from distillery.cli.tables import results_table
 from distillery.spec import SpecError, load_spec
+from distillery.stages.plan import planned_kinds
 
 console = make_console()
 
@@ -37,7 +38,8 @@ def run(
     # The progress bars are the interface; wandb's own chatter would break them up.
     os.environ.setdefault("WANDB_SILENT", "true")
     console.print(
-        f"[bold]{spec.name}[/bold]: stages {', '.join(spec.planned_stages())} → {run_dir}"
+        f"[bold]{spec.name}[/bold]: stages "
+        f"{', '.join(k.name for k in planned_kinds(spec))} → {run_dir}"
     )
 
     bars = Progress(
@@ -65,8 +67,10 @@ def run(
 
     def on_progress(name: str, p: Any) -> None:
         if piped:
-            if "miou" in p.metrics:  # the epoch's validation: one line per epoch
-                line = f"{name}: epoch {p.epoch}/{p.epochs}  mIoU {100 * p.metrics['miou']:.1f}"
+            if p.epoch_end:  # the epoch's validation: one line per epoch
+                line = f"{name}: epoch {p.epoch}/{p.epochs}"
+                if "miou" in p.metrics:
+                    line += f"  mIoU {100 * p.metrics['miou']:.1f}"
                 if "loss" in p.metrics:
                     line += f"  loss {p.metrics['loss']:.3f}"
                 console.print(line, highlight=False)

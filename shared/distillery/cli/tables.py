@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from distillery.results import results_caption
+from distillery.stages.results import results_caption
 
 
 def results_table(results: dict[str, Any]) -> Table:
