@@ -99,10 +99,13 @@ def test_workers_build_on_a_cuda_pytorch_image():
     assert low <= torch_version < high
 
 
-def test_gateway_image_installs_no_torch():
+def test_gateway_image_installs_no_torch_unless_asked():
     """The gateway validates specs but never trains: its requirements leave torch out and the
-    project goes in with --no-deps (the build itself asserts the app imports without torch)."""
+    project goes in with --no-deps (the build itself asserts the app imports without torch);
+    torch comes only from the TORCH_REQUIREMENT build argument, empty by default."""
     assert base_image_default(DOCKERFILES["gateway"]) == "python:3.11-slim"
+    args = [a for i, a in dockerfile_instructions(DOCKERFILES["gateway"]) if i == "ARG"]
+    assert "TORCH_REQUIREMENT=" in args
     runs = " ".join(a for i, a in dockerfile_instructions(DOCKERFILES["gateway"]) if i == "RUN")
     assert "torch==" not in runs
     assert "pip install --no-deps ." in runs
