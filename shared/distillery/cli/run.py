@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from distillery.cli.consoles import make_console
 from distillery.cli.tables import results_table
-from distillery.spec import SpecError, load_spec
+from distillery.spec import ExperimentSpec, SpecError, load_spec
 from distillery.stages.plan import planned_kinds
 
 console = make_console()
@@ -24,9 +24,17 @@ def run(
         Path | None, typer.Option(help="Run folder; default runs/<spec name>.")
     ] = None,
     fresh: Annotated[bool, typer.Option(help="Start over instead of resuming.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the stages (a sweep: its children and shared stages); run nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Make the data if absent, train teacher, student baseline and distilled student, profile
-    the student, and print the comparison table."""
+    the student, and print the comparison table. A spec with a `sweep:` section runs all its
+    children, training shared stages once."""
     from distillery.pipeline import ExperimentFailed, run_local
 
     try:
@@ -35,8 +43,14 @@ def run(
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
     run_dir = run_dir or Path("runs") / spec.name
+    if dry_run:
+        print_plan(spec)
+        return
     # The progress bars are the interface; wandb's own chatter would break them up.
     os.environ.setdefault("WANDB_SILENT", "true")
+    if spec.sweep is not None:
+        run_sweep_here(spec, run_dir, fresh)
+        return
     console.print(
         f"[bold]{spec.name}[/bold]: stages "
         f"{', '.join(k.name for k in planned_kinds(spec))} → {run_dir}"
@@ -96,5 +110,29 @@ def run(
     console.print(f"Run folder: {run_dir} (results.json, results.md, checkpoints, wandb)")
 
 
+def print_plan(spec: ExperimentSpec) -> None:
+    """The dry run: a sweep's expansion and sharing, or one experiment's stages."""
+    from distillery.sweeps import describe_plan, plan_sweep
+
+    if spec.sweep is None:
+        stages = ", ".join(k.name for k in planned_kinds(spec))
+        console.print(f"{spec.name}: one experiment, stages {stages}")
+        return
+    console.print(describe_plan(plan_sweep(spec)), highlight=False)
+
+
+def run_sweep_here(spec: ExperimentSpec, run_dir: Path, fresh: bool) -> None:
+    """Run every child of a sweep on this machine and print the comparison table."""
+    from distillery.sweep_local import run_sweep
+    from distillery.sweeps import describe_plan, plan_sweep
+
+    console.print(describe_plan(plan_sweep(spec)), highlight=False)
+    results = run_sweep(
+        spec, run_dir, fresh=fresh, on_event=lambda msg: console.print(msg, highlight=False)
+    )
+    console.print((run_dir / "results.md").read_text(), highlight=False)
+    console.print(f"Run folder: {run_dir} (results.json, results.md; `distillery report` plots)")
+    if results["status"] == "failed":
+        raise typer.Exit(1)
 def register(app: typer.Typer) -> None:
     app.command()(run)

@@ -79,7 +79,7 @@ def reads_logits(terms: Iterable[Any]) -> bool:
     """True if some term's loss depends on the trained model's logits (so every parameter gets
     a gradient; otherwise DDP must look for unused parameters)."""
     for t in terms:
-        if t.kind in SUPERVISED_KINDS or t.kind == "logit_kd":
+        if t.kind in SUPERVISED_KINDS or t.kind in ("logit_kd", "dist"):
             return True
         if getattr(t, "tap", None) == "logits" or getattr(t, "student_tap", None) == "logits":
             return True
