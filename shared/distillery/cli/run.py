@@ -134,5 +134,7 @@ def run_sweep_here(spec: ExperimentSpec, run_dir: Path, fresh: bool) -> None:
     console.print(f"Run folder: {run_dir} (results.json, results.md; `distillery report` plots)")
     if results["status"] == "failed":
         raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(run)
