@@ -23,11 +23,13 @@ from distillery.db.session import engine_for, migrate_locked
 from distillery.s3 import DatasetCache, make_storage
 from distillery.settings import Settings, get_settings
 from distillery.spec import ECHO_CHARS, short
+from distillery.spec import field_path as spec_field_path
 from distillery.storage import Storage
 from services.celery_app import make_celery
 from services.dispatch import CeleryDispatcher, Dispatcher
 from services.gateway import openapi
 from services.gateway.deps import GatewayState
+from services.gateway.docs import mount_docs
 from services.gateway.limits import BodySizeLimit
 from services.gateway.routes import datasets, experiments, health, queue
 from services.gateway.token_cache import TokenCache
@@ -39,11 +41,14 @@ and follow progress. Every call except `/health` and `/ready` needs `Authorizati
 """
 
 
-def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
-    """`("body", "teacher", "train", "lr")` -> `teacher.train.lr` (the spec's own dotted path)."""
+def field_path(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str:
+    """`("body", "teacher", "train", "lr")` -> `teacher.train.lr` (the spec's own dotted path,
+    without pydantic's union branch names, see `distillery.spec.field_path`)."""
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header", "form"):
-        parts = parts[1:]
+        source, parts = parts[0], parts[1:]
+        if source == "body" and isinstance(body, dict):
+            return spec_field_path(parts, body) or "(body)"
     return ".".join(str(p) for p in parts) or "(body)"
 
 
@@ -76,7 +81,7 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
         value = err.pop("input", None)
         err = jsonable_encoder(err)
         err["msg"] = str(err.get("msg", ""))[:MAX_MESSAGE]
-        err["field"] = field_path(err.get("loc", ()))
+        err["field"] = field_path(err.get("loc", ()), exc.body)
         if err["field"] == "(body)" and (named := NAMED_FIELD.match(err["msg"])):
             err["field"] = named.group(1)  # a whole-spec check that names its field
         # constraints (`le`, `expected`) and plans stay; a validator's exception object goes
@@ -133,7 +138,10 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by mount_docs, with local assets
+        redoc_url=None,
     )
+    mount_docs(app)
     app.state.gateway = state
     app.add_middleware(
         BodySizeLimit,

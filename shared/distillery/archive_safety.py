@@ -177,8 +177,11 @@ def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits | None = No
             with zipfile.ZipFile(archive) as zf:
                 _extract_zip(zf, dest, limits)
         else:
+            # The "data" filter (Python >= 3.11.4) also drops setuid bits and the like; without
+            # it (Debian 12's 3.11.2) `list_members` has already refused links, devices, escapes.
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             with tarfile.open(archive, "r:*") as tf:
-                tf.extractall(dest, filter="data")
+                tf.extractall(dest, **safe)
     except ArchiveError:
         raise
     except _CORRUPT as e:

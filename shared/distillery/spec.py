@@ -298,6 +298,9 @@ class TrainSpec(_Strict):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     #: Processes for `accelerate launch` (GPUs on a GPU node; gloo processes on a CPU); <= 64.
     num_processes: Annotated[int, Strict(), Field(ge=1, le=MAX_PROCESSES)] = 1
+    #: Machines the stage trains on, `num_processes` processes each (<= 16). Above 1 the worker
+    #: runs it as a Kubernetes indexed Job of that many pods (services/worker/multinode.py).
+    num_nodes: Annotated[int, Strict(), Field(ge=1, le=16)] = 1
     #: Cap on optimizer steps per epoch (tiny smoke runs); null = the whole training set.
     max_steps_per_epoch: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] | None = None
     grad_clip_norm: Annotated[float, Strict(), Field(gt=0, le=1e6, allow_inf_nan=False)] | None = (
@@ -606,12 +609,45 @@ class SpecError(ValueError):
     """A spec file that cannot be read or validated; the message names the file and fields."""
 
 
-def format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(spec)"
-        lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)
+def field_path(loc: tuple[Any, ...] | list[Any], raw: Any) -> str:
+    """The dotted path of an error in the spec as written: pydantic's union branch names
+    (`constrained-int`, `literal['auto']`, a loss's `logit_kd`) are dropped by walking `raw`
+    (the input) and keeping only the parts that are keys or indices in it."""
+    if raw is None:  # no input to walk: drop what reads as a branch name
+        return ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or "-" in p)))
+    parts: list[str] = []
+    node = raw
+    for i, part in enumerate(loc):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+        elif i == len(loc) - 1 and isinstance(node, dict) and isinstance(part, str):
+            node = None  # a missing field: the last part is its name
+        else:
+            continue  # a union branch or a discriminator tag, not part of the spec
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def readable_errors(errors: list[dict[str, Any]], raw: Any) -> dict[str, str]:
+    """One message per field: the alternatives of a union become `A, or B`
+    (`Input should be greater than 0, or 'auto'`)."""
+    grouped: dict[str, list[str]] = {}
+    for e in errors:
+        msgs = grouped.setdefault(field_path(e["loc"], raw) or "(spec)", [])
+        if e["msg"] not in msgs:
+            msgs.append(e["msg"])
+    return {
+        field: ", or ".join([msgs[0], *(m.removeprefix("Input should be ") for m in msgs[1:])])
+        for field, msgs in grouped.items()
+    }
+
+
+def format_validation_error(err: ValidationError, raw: Any = None) -> str:
+    """`  field.path: message` lines, one per field (see `readable_errors`)."""
+    errors = readable_errors(err.errors(), raw)
+    return "\n".join(f"  {field}: {msg}" for field, msg in errors.items())
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
@@ -628,4 +664,4 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(f"{path}: invalid spec\n{format_validation_error(e)}") from None
+        raise SpecError(f"{path}: invalid spec\n{format_validation_error(e, raw)}") from None

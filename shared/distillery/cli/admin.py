@@ -163,6 +163,44 @@ def migrate_db(database_url: DbOpt = None) -> None:
     typer.echo("database is up to date", err=True)
 
 
+@admin_app.command("init")
+def init_platform(
+    database_url: DbOpt = None,
+    wait: Annotated[
+        float,
+        typer.Option("--wait", help="seconds to keep retrying while Postgres or S3 is not up yet"),
+    ] = 0.0,
+) -> None:
+    """Prepare a fresh platform: run the database migrations and create the datasets and
+    artifacts buckets (`DISTILLERY_S3_*`). Safe to run again; the gateway needs both."""
+    import time
+
+    from distillery.s3 import ensure_bucket, make_storage
+    from distillery.settings import Settings
+
+    settings = Settings() if database_url is None else Settings(database_url=database_url)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            _sessions, engine = _session_factory(database_url)
+            engine.dispose()
+            created = [
+                bucket
+                for bucket in (settings.datasets_bucket, settings.artifacts_bucket)
+                if ensure_bucket(make_storage(settings, bucket))
+            ]
+            break
+        except Exception as e:  # noqa: BLE001 - retried until --wait runs out, then shown whole
+            if time.monotonic() >= deadline:
+                typer.echo(f"error: {type(e).__name__}: {e}", err=True)
+                raise typer.Exit(1) from None
+            time.sleep(1)
+    typer.echo("database is up to date", err=True)
+    for bucket in (settings.datasets_bucket, settings.artifacts_bucket):
+        state = "created" if bucket in created else "exists"
+        typer.echo(f"bucket {bucket}: {state} (s3 {settings.s3_endpoint})", err=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `distillery` app."""
     app.add_typer(admin_app, name="admin")

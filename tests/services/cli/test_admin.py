@@ -111,3 +111,56 @@ def test_tokens_expire_are_listed_without_values_and_can_be_revoked(db_url, empt
     engine.dispose()
     r = runner.invoke(app, ["admin", "revoke-token", "999999"])
     assert r.exit_code == 1 and "no token with id 999999" in r.stderr
+
+
+def test_admin_init_migrates_and_creates_the_buckets_then_the_gateway_is_ready(
+    db_url, empty_schema, s3_server, settings
+):
+    from distillery.s3 import make_client
+
+    tag = uuid.uuid4().hex[:12]
+    datasets, artifacts = f"init-d-{tag}", f"init-a-{tag}"
+    env = {
+        "DISTILLERY_DATABASE_URL": db_url,
+        "DISTILLERY_DATABASE_SCHEMA": empty_schema,
+        "DISTILLERY_S3_ENDPOINT": s3_server.endpoint,
+        "DISTILLERY_S3_ACCESS_KEY": s3_server.access_key,
+        "DISTILLERY_S3_SECRET_KEY": s3_server.secret_key,
+        "DISTILLERY_S3_SECURE": "false",
+        "DISTILLERY_DATASETS_BUCKET": datasets,
+        "DISTILLERY_ARTIFACTS_BUCKET": artifacts,
+    }
+    client = make_client(settings)
+    try:
+        r = CliRunner(env=env).invoke(app, ["admin", "init"], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        assert f"bucket {datasets}: created" in r.stderr
+        assert client.bucket_exists(datasets) and client.bucket_exists(artifacts)
+        # Again: nothing to do, says so.
+        r = CliRunner(env=env).invoke(app, ["admin", "init"], catch_exceptions=False)
+        assert r.exit_code == 0 and f"bucket {artifacts}: exists" in r.stderr
+        ready_settings = settings.model_copy(
+            update={
+                "database_schema": empty_schema,
+                "datasets_bucket": datasets,
+                "artifacts_bucket": artifacts,
+            }
+        )
+        with TestClient(create_app(ready_settings)) as c:
+            ready = c.get("/ready")
+            assert ready.status_code == 200, ready.text
+    finally:
+        for bucket in (datasets, artifacts):
+            if client.bucket_exists(bucket):
+                client.remove_bucket(bucket)
+
+
+def test_admin_init_names_what_is_down(db_url, empty_schema):
+    env = {
+        "DISTILLERY_DATABASE_URL": db_url,
+        "DISTILLERY_DATABASE_SCHEMA": empty_schema,
+        "DISTILLERY_S3_ENDPOINT": "127.0.0.1:9",  # nothing listens on the discard port
+    }
+    r = CliRunner(env=env).invoke(app, ["admin", "init"], catch_exceptions=False)
+    assert r.exit_code == 1
+    assert r.stderr.startswith("error: ") and "127.0.0.1" in r.stderr
