@@ -79,15 +79,28 @@ class AugmentSpec(_Strict):
 
 
 class DataSpec(_Strict):
+    """Training and validation sets (any mix of formats and sizes) and how they are read."""
+
     train: list[DatasetRef] = Field(min_length=1)
     val: list[DatasetRef] = Field(min_length=1)
     train_split: str = "train"
     val_split: str = "val"
-    #: (height, width) of training crops and of validation images (resized), in pixels.
+    #: (height, width) of training crops, in pixels.
     image_size: HW = (64, 128)
+    #: Validation input: each image is resized, aspect ratio kept, to just cover this (h, w);
+    #: null = `image_size` (the framing of the training crops at scale 1), `native` = no resize.
+    #: Scores are always taken at the label's native resolution (logits upsampled to it).
+    val_input_size: HW | Literal["native"] | None = None
     augment: AugmentSpec = AugmentSpec()
     num_workers: Annotated[int, Field(ge=0)] = 0
     synthetic: SyntheticSpec | None = None
+
+    @property
+    def val_resize(self) -> tuple[int, int] | None:
+        """The (h, w) validation images are resized to cover, or None for native size."""
+        if self.val_input_size == "native":
+            return None
+        return tuple(self.val_input_size or self.image_size)  # type: ignore[return-value]
 
 
 # -------------------------------------------------------------------------------------- models

@@ -99,13 +99,16 @@ def test_jitter_factors_act_as_documented() -> None:
     assert torch.allclose(sat.jitter(grey, _g(0)), grey, atol=1e-6)  # grey has no saturation
 
 
-def test_val_transform_resizes_image_bilinear_and_mask_nearest() -> None:
+def test_val_transform_resizes_the_image_keeping_its_aspect_and_leaves_the_mask_native() -> None:
     mask = _block_mask(64, 128)
     img, m = ValTransform((32, 64))(_image_from(mask), mask)
     assert img.shape == (3, 32, 64) and img.dtype == torch.float32
-    assert torch.equal(m, mask[1::2, 1::2])
+    assert torch.equal(m, mask)  # scored at the label's native resolution
     img2, m2 = ValTransform(None)(_image_from(mask), mask)
     assert img2.shape == (3, 64, 128) and torch.equal(m2, mask)
+    bdd = _block_mask(72, 128)  # 16:9 with a 2:1 size asked: covered, not distorted
+    img3, m3 = ValTransform((32, 64))(_image_from(bdd), bdd)
+    assert img3.shape == (3, 36, 64) and torch.equal(m3, bdd)
 
 
 def test_normalize_denormalize_roundtrip() -> None:

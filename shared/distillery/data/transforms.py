@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from distillery.data.labels import IGNORE_INDEX
+from distillery.inference import input_hw
 from distillery.spec import AugmentSpec
 
 #: ImageNet channel statistics (RGB, on images scaled to [0, 1]).
@@ -89,7 +90,10 @@ class Normalize:
 
 
 class ValTransform:
-    """Validation: resize the image (bilinear) and the mask (nearest) to `size`, then normalise."""
+    """Validation: resize the image (bilinear, aspect ratio kept) so that it just covers `size`
+    (h, w), or keep it native if `size` is None; then normalise. The mask is NOT resized: scores
+    are taken at the label's native resolution (the logits are upsampled to it, see
+    `distillery.inference.segment`)."""
 
     random = False
 
@@ -100,10 +104,8 @@ class ValTransform:
         self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         img = image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
-        mask = mask.long()
-        if self.size is not None:
-            img, mask = resize_image(img, self.size), resize_mask(mask, self.size)
-        return normalize(img), mask
+        img = resize_image(img, input_hw(img.shape[-2:], self.size))
+        return normalize(img), mask.long()
 
 
 class TrainTransform:
