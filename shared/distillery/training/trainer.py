@@ -53,7 +53,7 @@ from distillery.training.class_weights import class_weights_for
 from distillery.training.cpu_memory import retain_freed_memory
 from distillery.training.evaluation import Evaluation, evaluate
 from distillery.training.loaders import epoch_seed, train_loader, val_loader
-from distillery.training.plan import StagePlan, check_precision, plan_stage, reads_logits
+from distillery.training.plan import StagePlan, check_precision, plan_stage
 from distillery.training.progress import Progress, ProgressReporter, interactive
 from distillery.training.result import RESULT_FILE, StageCancelled, StageResult
 from distillery.training.schedules import build_scheduler
@@ -196,11 +196,8 @@ def train_stage(
     main_role = TEACHER if stage == "teacher" else STUDENT
     roles = frozenset({STUDENT, TEACHER}) if plan.online else frozenset({main_role})
 
-    alternating_objectives = plan.alternate is not None and plan.alternate.between == "objectives"
-    find_unused = alternating_objectives or not reads_logits(plan.losses)
-    if plan.online:
-        find_unused = find_unused or not reads_logits(plan.teacher_losses)
-    accelerator = make_accelerator(train, find_unused_parameters=find_unused)
+    # Every objective reaches every parameter (see `step_losses`): DDP needs no unused search.
+    accelerator = make_accelerator(train, find_unused_parameters=False)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     if device.type == "cpu":
         retain_freed_memory()  # no page faults on every step's activations (see cpu_memory)
@@ -539,6 +536,11 @@ def step_losses(
             continue
         other = outputs.get(TEACHER if role == STUDENT else STUDENT)
         loss, parts = lr_.objective(outputs[role], masks, other, kinds=phase.kinds(role))
+        if accelerator.num_processes > 1:
+            # DDP reduces every parameter's gradient on every step; a term that reads only
+            # features (feature_mse alone, or an alternating block of them) would leave the
+            # decoder without one. This zero reaches every parameter through the logits.
+            loss = loss + outputs[role].logits.float().sum() * 0.0
         total = loss if total is None else total + loss
         key = "loss" if i == 0 else "teacher_loss"
         components[key] = parts.pop("total")
