@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from distillery.spec import DatasetRef, ExperimentSpec
-from distillery.training.plan import check_precision, plan_stage
+from distillery.training.plan import check_precision, check_processes, plan_stage, visible_gpus
 from distillery.training.progress import Progress
 from distillery.training.result import RESULT_FILE, StageResult
 
@@ -53,6 +53,7 @@ def run_stage(
     """
     plan = plan_stage(spec, stage)  # validates the stage and its settings early
     check_precision(plan.train)
+    check_processes(plan.train.num_processes, visible_gpus())
     workdir = Path(workdir).resolve()
     stage_dir = workdir / stage
     result_file = stage_dir / RESULT_FILE
