@@ -230,6 +230,9 @@ class TrainSpec(_Strict):
     #: Cap on optimizer steps per epoch (tiny smoke runs); null = the whole training set.
     max_steps_per_epoch: PositiveInt | None = None
     grad_clip_norm: PositiveFloat | None = None
+    #: With num_processes > 1, BatchNorm statistics over the global batch of all processes
+    #: (SyncBatchNorm on CUDA, an all-reduce on gloo) instead of each process's 1-2 crops.
+    sync_batchnorm: bool = True
 
     @field_validator("schedule")
     @classmethod

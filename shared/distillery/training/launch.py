@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_pixels_local": ev.local_pixels if ev else 0,
         "val_pixels_total": ev.metrics.num_pixels if ev else 0,
         "miou": ev.metrics.miou if ev else None,
+        "synced_norms": outcome.synced_norms,
     }
     (report_dir / f"rank-{outcome.rank}.json").write_text(json.dumps(report, indent=2))
     if outcome.rank == 0:

@@ -39,6 +39,7 @@ from distillery.losses.output import unwrap
 from distillery.models import build_model
 from distillery.models.checkpoint import load_model_checkpoint, save_model_checkpoint
 from distillery.models.complexity import count_parameters
+from distillery.models.sync_norm import convert_sync_batchnorm, count_synced
 from distillery.spec import (
     DISTILL_KINDS,
     DatasetRef,
@@ -169,6 +170,8 @@ class TrainOutcome:
     world_size: int = 1
     state_hash: str = ""
     evaluation: Evaluation | None = None
+    #: Norm layers of the exported model synchronised over processes (`train.sync_batchnorm`).
+    synced_norms: int = 0
 
 
 # ---------------------------------------------------------------------------------- training
@@ -238,10 +241,15 @@ def train_stage(
 
     # ---- models and objectives (same seed on every process: identical initial weights) ----
     model = _initial_model(plan.model, "teacher" if stage == "teacher" else "student")
+    sync_norms = world > 1 and train.sync_batchnorm
+    if sync_norms:
+        model = convert_sync_batchnorm(model, device)
     teacher: nn.Module | None = None
     teacher_spec: ModelSpec | None = None
     if stage == "distill":
         teacher, teacher_spec = _load_teacher(spec, plan, teacher_path)
+        if sync_norms and plan.online:  # a frozen teacher stays in eval mode
+            teacher = convert_sync_batchnorm(teacher, device)
         teacher.to(device)
     all_terms = plan.losses + (plan.teacher_losses if plan.online else [])
     with accelerator.main_process_first():
@@ -492,6 +500,7 @@ def train_stage(
         world_size=world,
         state_hash=state_hash(lr_.model for lr_ in learners),
         evaluation=evaluation,
+        synced_norms=count_synced(exported),
     )
 
 
