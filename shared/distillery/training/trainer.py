@@ -50,6 +50,7 @@ from distillery.spec import (
 from distillery.tracking import Tracker
 from distillery.training import checkpoints as ckpt
 from distillery.training.alternation import STUDENT, TEACHER, Phase, phase_at, updates_per_role
+from distillery.training.amp import clip_and_step, share_scaler
 from distillery.training.class_weights import class_weights_for
 from distillery.training.cpu_memory import retain_freed_memory
 from distillery.training.evaluation import Evaluation, evaluate
@@ -305,6 +306,7 @@ def train_stage(
         learners.append(Learner(TEACHER, teacher, teacher_objective, t_opt, t_sched, teacher_taps))
         accelerator.register_for_checkpointing(teacher_objective)
     by_role = {lr.role: lr for lr in learners}
+    share_scaler((lr_.optimizer for lr_ in learners), accelerator.scaler)  # fp16: one update
 
     # ---- resume ----
     state = ckpt.TrainerState()
@@ -360,16 +362,11 @@ def train_stage(
                     )
                     accelerator.backward(total)
                     if accelerator.sync_gradients:
-                        for lr_ in learners:
-                            if lr_.role in phase.update:
-                                sync_objective_grads(lr_.objective, accelerator)
-                                if train.grad_clip_norm is not None:
-                                    accelerator.clip_grad_norm_(
-                                        lr_.parameters(), train.grad_clip_norm
-                                    )
-                    for lr_ in learners:
-                        if lr_.role in phase.update:
-                            lr_.optimizer.step()
+                        updated = [lr_ for lr_ in learners if lr_.role in phase.update]
+                        for lr_ in updated:
+                            sync_objective_grads(lr_.objective, accelerator)
+                        clip_and_step(updated, accelerator.scaler, train.grad_clip_norm)
+                        for lr_ in updated:
                             lr_.scheduler.step()
                             lr_.optimizer.zero_grad(set_to_none=True)
                 micro += 1
