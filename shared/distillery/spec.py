@@ -230,6 +230,9 @@ class TrainSpec(_Strict):
     #: Cap on optimizer steps per epoch (tiny smoke runs); null = the whole training set.
     max_steps_per_epoch: PositiveInt | None = None
     grad_clip_norm: PositiveFloat | None = None
+    #: Loss components are read from the device (a host-device sync), logged and reported every
+    #: this many optimizer steps (and at the end of each epoch); other steps never wait on it.
+    log_every_steps: PositiveInt = 1
     #: With num_processes > 1, BatchNorm statistics over the global batch of all processes
     #: (SyncBatchNorm on CUDA, an all-reduce on gloo) instead of each process's 1-2 crops.
     sync_batchnorm: bool = True

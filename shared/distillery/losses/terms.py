@@ -132,6 +132,8 @@ class _Supervised(TermLoss):
     ) -> None:
         super().__init__(name)
         self.fn, self.ignore_index, self.options = fn, ignore_index, options
+        #: Check label values (an error naming bad ones; reads back from the device).
+        self.check_targets = True
         self.register_buffer("class_weights", class_weights, persistent=False)
 
     def forward(self, student: ModelOutput, target: Tensor, teacher: ModelOutput | None) -> Tensor:
@@ -140,6 +142,7 @@ class _Supervised(TermLoss):
             target,
             class_weights=self.class_weights,
             ignore_index=self.ignore_index,
+            check_targets=self.check_targets,
             **self.options,
         )
 

@@ -257,12 +257,15 @@ def train_stage(
         weights = class_weights_for(
             all_terms, spec.data, lambda ref: _root_of(ref, resolve_root), Path(workdir)
         )
-    objective = build_objective(plan.losses, model, teacher, class_weights=weights).to(device)
+    # Labels were checked when loaded (DatasetError names the file): no per-step check/sync.
+    objective = build_objective(
+        plan.losses, model, teacher, class_weights=weights, check_targets=False
+    ).to(device)
     teacher_objective = None
     if plan.online:
         assert teacher is not None
         teacher_objective = build_objective(
-            plan.teacher_losses, teacher, model, class_weights=weights
+            plan.teacher_losses, teacher, model, class_weights=weights, check_targets=False
         ).to(device)
     elif teacher is not None:
         teacher.eval().requires_grad_(False)
@@ -349,8 +352,8 @@ def train_stage(
             for lr_ in learners:
                 unwrap(lr_.model).train()
             epoch_start = step_start = time.perf_counter()
-            step, micro, sums, count = 0, 0, {}, 0
-            epoch_losses = _Means()
+            step, micro, logged_micro = 0, 0, 0
+            since_log, epoch_losses = _DeviceMeans(), _DeviceMeans()
             for batch in loader:
                 if should_stop is not None and should_stop():
                     raise StageCancelled(stage, epoch, step, ckpt.latest_checkpoint(ckpt_root))
@@ -370,24 +373,27 @@ def train_stage(
                             lr_.scheduler.step()
                             lr_.optimizer.zero_grad(set_to_none=True)
                 micro += 1
-                if accelerator.is_main_process:
-                    for k, v in components.items():
-                        sums[k] = sums[k] + v if k in sums else v
-                    count += 1
+                if accelerator.is_main_process:  # device tensors: read only on logging steps
+                    since_log.add(components)
+                    epoch_losses.add({k: v for k, v in components.items() if "/" not in k})
                 if not accelerator.sync_gradients:
                     continue
                 # ---- one optimizer step done ----
                 step += 1
                 state.global_step += 1
-                if not accelerator.is_main_process:
+                logging_step = (
+                    state.global_step % train.log_every_steps == 0 or step == steps_per_epoch
+                )
+                if not (accelerator.is_main_process and logging_step):
                     continue
                 now = time.perf_counter()
-                scalars = _step_scalars(sums, count, by_role, main_role)
-                scalars["images_per_s"] = count * train.batch_size * world / (now - step_start)
-                epoch_losses.add({k: scalars[k] for k in ("loss", "teacher_loss") if k in scalars})
+                scalars = since_log.means()  # the one device read of these steps
+                scalars |= _learning_rates(by_role, main_role)
+                images = (micro - logged_micro) * train.batch_size * world
+                scalars["images_per_s"] = images / (now - step_start)
                 tracker.log({f"train/{k}": v for k, v in scalars.items()}, step=state.global_step)
                 reporter.step(Progress(stage, epoch, train.epochs, step, steps_per_epoch, scalars))
-                sums, count, step_start = {}, 0, time.perf_counter()
+                since_log, logged_micro, step_start = _DeviceMeans(), micro, time.perf_counter()
             epoch_time = time.perf_counter() - epoch_start
 
             # ---- evaluate (every process scores its shard; results are reduced) ----
@@ -555,33 +561,34 @@ def step_losses(
     return total, components
 
 
-class _Means:
-    """Running means of named scalars (a key may be missing from some updates)."""
+class _DeviceMeans:
+    """Running means of named scalar tensors, kept on the device until `means` reads them all
+    at once (one host-device sync); a key may be missing from some updates."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
-    def add(self, values: dict[str, float]) -> None:
+    def add(self, values: dict[str, torch.Tensor]) -> None:
         for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
             self.counts[k] = self.counts.get(k, 0) + 1
 
     def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+        keys = list(self.sums)
+        if not keys:
+            return {}
+        values = torch.stack([self.sums[k] for k in keys]).tolist()
+        return {k: v / self.counts[k] for k, v in zip(keys, values, strict=True)}
 
 
-def _step_scalars(
-    sums: dict[str, torch.Tensor], count: int, learners: dict[str, Learner], main_role: str
-) -> dict[str, float]:
-    """Mean loss components over the step's micro-batches (one device sync), and the LRs."""
-    keys = list(sums)
-    values = torch.stack([sums[k].float() for k in keys]).tolist() if keys else []
-    scalars = {k: v / max(1, count) for k, v in zip(keys, values, strict=True)}
-    scalars["lr"] = learners[main_role].scheduler.get_last_lr()[0]
+def _learning_rates(learners: dict[str, Learner], main_role: str) -> dict[str, float]:
+    """``lr`` of the exported model's learner, ``teacher_lr`` of an online teacher."""
+    rates = {"lr": learners[main_role].scheduler.get_last_lr()[0]}
     if TEACHER in learners and main_role != TEACHER:
-        scalars["teacher_lr"] = learners[TEACHER].scheduler.get_last_lr()[0]
-    return scalars
+        rates["teacher_lr"] = learners[TEACHER].scheduler.get_last_lr()[0]
+    return rates
 
 
 def _flat_val(metrics: dict[str, Any]) -> dict[str, float]:
