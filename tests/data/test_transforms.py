@@ -118,3 +118,40 @@ def test_normalize_denormalize_roundtrip() -> None:
     assert np.array_equal(back, x.permute(1, 2, 0).numpy())
     with pytest.raises(ValueError, match="3xHxW"):
         denormalize(torch.zeros(1, 3, 4, 4))
+
+
+def test_only_the_crop_window_is_resized_jittered_and_normalised(monkeypatch) -> None:
+    import distillery.data.transforms as transforms
+
+    resized: list[tuple[int, ...]] = []
+    real_resize = transforms.resize_image
+
+    def recording_resize(image: torch.Tensor, size) -> torch.Tensor:
+        out = real_resize(image, size)
+        resized.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(transforms, "resize_image", recording_resize)
+    jittered: list[tuple[int, ...]] = []
+
+    class Recording(TrainTransform):
+        def jitter(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            jittered.append(tuple(image.shape))
+            return super().jitter(image, generator)
+
+    mask = _block_mask(256, 512, block=32)  # cover scale 1/8, then x1.5: 48x96 scaled
+    tf = Recording((32, 64), AugmentSpec(scale_range=(1.5, 1.5), hflip=False, **NO_JITTER))
+    img, m = tf(_image_from(mask), mask, _g(3))
+    assert img.shape == (3, 32, 64) and m.shape == (32, 64)
+    assert jittered == [(3, 32, 64)]  # the crop only
+    (_, rh, rw), *_ = resized
+    assert rh * rw < 48 * 96  # less than the whole scaled image was resized
+
+    # what a full resize followed by the crop gives, up to a sub-pixel shift at block edges
+    full = transforms.resize_mask(mask, (48, 96))
+    agree = max(
+        (m == full[y : y + 32, x : x + 64]).float().mean().item()
+        for y in range(17)
+        for x in range(33)
+    )
+    assert agree > 0.9
