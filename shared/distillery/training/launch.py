@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-
-import torch
 
 from distillery.spec import SpecError, load_spec
 
@@ -36,9 +33,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
         spec = load_spec(args.spec)
     except SpecError as e:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 from torch import nn
 
 from distillery.data import build_datasets
@@ -58,6 +58,7 @@ from distillery.training.loaders import epoch_seed, train_loader, val_loader
 from distillery.training.plan import StagePlan, check_precision, plan_stage
 from distillery.training.progress import Progress, ProgressReporter, interactive
 from distillery.training.result import RESULT_FILE, StageCancelled, StageResult
+from distillery.training.runtime import apply_runtime
 from distillery.training.schedules import build_scheduler
 from distillery.training.visuals import fixed_batch, log_epoch_media
 
@@ -92,6 +93,8 @@ def make_accelerator(train: TrainSpec, find_unused_parameters: bool) -> Accelera
         cpu=not cuda,
         mixed_precision=train.mixed_precision,
         gradient_accumulation_steps=train.grad_accum_steps,
+        # batches come from pinned memory on CUDA: copy them without blocking the host
+        dataloader_config=DataLoaderConfiguration(non_blocking=cuda),
         kwargs_handlers=[
             DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
         ],
@@ -205,6 +208,8 @@ def train_stage(
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     if device.type == "cpu":
         retain_freed_memory()  # no page faults on every step's activations (see cpu_memory)
+    runtime = apply_runtime(train, spec.data.num_workers, device)
+    runtime |= {"world_size": world, "mixed_precision": train.mixed_precision}
     if accelerator.is_main_process:
         stage_dir.mkdir(parents=True, exist_ok=True)
     set_seed(spec.seed)
@@ -327,7 +332,7 @@ def train_stage(
         stage_dir,
         name=f"{spec.name}-{stage}",
         group=tracker_group or spec.name,
-        config={"stage": stage, **spec.model_dump(mode="json")},
+        config={"stage": stage, "runtime": runtime, **spec.model_dump(mode="json")},
         job_type=stage,
         enabled=accelerator.is_main_process,
     )
@@ -491,6 +496,7 @@ def train_stage(
         wandb_run=wandb_run,
         params=count_parameters(exported),
         extra_models=extra,
+        runtime=runtime,
     )
     if accelerator.is_main_process:
         result.save(stage_dir / RESULT_FILE)
