@@ -233,6 +233,12 @@ class TrainSpec(_Strict):
     #: Loss components are read from the device (a host-device sync), logged and reported every
     #: this many optimizer steps (and at the end of each epoch); other steps never wait on it.
     log_every_steps: PositiveInt = 1
+    #: Intra-op CPU threads of each training process; null = OMP_NUM_THREADS if set, else the
+    #: cores divided among the processes less one per loader worker. Recorded in the result.
+    num_threads: PositiveInt | None = None
+    #: CUDA: TF32 for float32 matmuls and convolutions (Ampere and newer; ~10-bit mantissa,
+    #: much faster). Recorded in the result; mixed precision is unaffected.
+    tf32: bool = True
     #: With num_processes > 1, BatchNorm statistics over the global batch of all processes
     #: (SyncBatchNorm on CUDA, an all-reduce on gloo) instead of each process's 1-2 crops.
     sync_batchnorm: bool = True
@@ -315,6 +321,8 @@ class ProfilingSpec(_Strict):
     #: `runtime[+precision]`: runtime eager | channels_last | compile | onnx, precision fp32 |
     #: bf16 | fp16 (autocast). A bare precision (`bf16`) means `eager+bf16`.
     variants: list[str] = Field(default_factory=lambda: ["eager"], min_length=1)
+    #: Untimed calls before timing (at least 1 with a `compile` variant: its first call compiles,
+    #: and is reported apart as `latency_ms.first_call`).
     warmup: Annotated[int, Field(ge=0)] = 3
     min_repeats: PositiveInt = 5
     max_repeats: PositiveInt = 50
@@ -345,6 +353,12 @@ class ProfilingSpec(_Strict):
 
     @model_validator(mode="after")
     def _repeats(self) -> ProfilingSpec:
+        compiled = [v for v in self.variants if v.split("+")[0].strip() == "compile"]
+        if compiled and self.warmup < 1:
+            raise ValueError(
+                f"warmup is 0 but {', '.join(compiled)} compiles on its first call: give "
+                "warmup >= 1 (the compile time is reported as latency_ms.first_call)"
+            )
         if self.min_repeats > self.max_repeats:
             raise ValueError(
                 f"min_repeats ({self.min_repeats}) must be <= max_repeats ({self.max_repeats})"
@@ -415,6 +429,20 @@ class ExperimentSpec(_Strict):
         if self.student.model.width == "auto" and uses_student:
             planned.insert(0, "size")
         return planned
+
+    def with_num_threads(self, threads: int) -> ExperimentSpec:
+        """This spec with `train.num_threads` set for every training stage."""
+
+        def set_threads(train: TrainSpec) -> TrainSpec:
+            return train.model_copy(update={"num_threads": threads})
+
+        teacher = self.teacher.model_copy(update={"train": set_threads(self.teacher.train)})
+        student = self.student.model_copy(update={"train": set_threads(self.student.train)})
+        d = self.distillation
+        distillation = d.model_copy(update={"train": set_threads(d.train) if d.train else None})
+        return self.model_copy(
+            update={"teacher": teacher, "student": student, "distillation": distillation}
+        )
 
     def with_student_width(self, width: int) -> ExperimentSpec:
         """This spec with the student's `auto` width resolved."""
