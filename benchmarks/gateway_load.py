@@ -2,7 +2,7 @@
 
     python benchmarks/gateway_load.py [--clients 50] [--duration 20] [--workers 2]
 
-Starts its own uvicorn (`--workers`, with `services.devstack`; its log is printed if the run
+Starts its own uvicorn (`--workers`, with `tests.support.devstack`; its log is printed if the run
 fails), in a throwaway Postgres schema, with the Celery dispatcher
 sending to throwaway Redis queues that are deleted afterwards. Each client loops over a weighted
 mix: POST /experiments (20%), GET /experiments?limit=20 (40%), GET /experiments/{id} (30%),
@@ -31,9 +31,9 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distillery.db import make_engine, make_session_factory  # noqa: E402
+from distillery.db.auth import create_user  # noqa: E402
 from distillery.settings import Settings  # noqa: E402
-from services import devstack  # noqa: E402
-from services.gateway.auth import create_user  # noqa: E402
+from tests.support import devstack  # noqa: E402
 
 SPEC = {
     "name": "load",

@@ -27,8 +27,8 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
   for _ in $(seq 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
 fi
-# The S3 server (seaweedfs `weed`, from PyPI) is started by the test fixtures (services/devstack.py).
+# The S3 server (seaweedfs `weed`, from PyPI) is started by the test fixtures (tests/support/devstack.py).
 
 export WANDB_MODE=offline WANDB_SILENT=true
-ruff check . && ruff format --check .
+ruff check . && ruff format --check . && lint-imports
 exec python -m pytest "$@"

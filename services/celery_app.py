@@ -52,3 +52,19 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def make_worker_app(settings: Settings) -> Celery:
+    """The Celery app of a worker process (GPU or profiler), with the `distillery.run_stage`
+    task. On top of `make_celery`: every stage runs in a fresh pool process
+    (`worker_max_tasks_per_child=1`), so the parent of the prefork pool never touches CUDA."""
+    app = make_celery(settings, include=["services.worker.tasks"])
+    app.conf.update(
+        worker_max_tasks_per_child=1,
+        # A fresh pool process imports the engine before it reports ready
+        # (`tasks.preload_engine`); on a busy machine that takes longer than Celery's 4 s.
+        worker_proc_alive_timeout=120,
+        # Task events let Flower show what each worker runs.
+        worker_send_task_events=True,
+    )
+    return app

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from distillery.spec import TrackingSpec
-from distillery.tracking import Tracker, has_wandb_credentials, read_offline_run
+from distillery.tracking import Tracker, has_wandb_credentials
+from tests.support.wandb_runs import read_offline_run
 
 OFFLINE = TrackingSpec(mode="offline")
 

@@ -16,11 +16,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from distillery.db import User
+from distillery.db.auth import authenticate
 from distillery.s3 import DatasetCache
 from distillery.settings import Settings
 from distillery.storage import Storage
-from services.gateway.auth import authenticate
-from services.gateway.dispatch import Dispatcher
+from services.dispatch import Dispatcher
 
 
 @dataclass

@@ -16,13 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from distillery.db import make_session_factory
+from distillery.db.session import engine_for, migrate_locked
 from distillery.s3 import DatasetCache, make_storage
 from distillery.settings import Settings, get_settings
 from distillery.storage import Storage
 from services.celery_app import make_celery
-from services.gateway.database import engine_for, migrate_locked
+from services.dispatch import CeleryDispatcher, Dispatcher
 from services.gateway.deps import GatewayState
-from services.gateway.dispatch import CeleryDispatcher, Dispatcher
 from services.gateway.routes import datasets, experiments, health, queue
 
 DESCRIPTION = """\

@@ -16,7 +16,7 @@ from distillery.db import planning as db_planning
 from distillery.db.models import utcnow
 from distillery.settings import Settings
 from distillery.spec import ExperimentSpec
-from services.gateway.dispatch import Dispatcher, enqueue_stage
+from services.dispatch import Dispatcher, enqueue_stage
 
 
 class PlanError(ValueError):

@@ -7,7 +7,7 @@ latency measurements never share the machine with training or with another measu
 from __future__ import annotations
 
 from distillery.settings import get_settings
-from services.worker.app import make_worker_app
+from services.celery_app import make_worker_app
 
 settings = get_settings()
 app = make_worker_app(settings)

@@ -30,7 +30,7 @@ from distillery.db import Stage, make_engine, make_session_factory
 from distillery.runner import stages_to_enqueue
 from distillery.settings import Settings, get_settings
 from services.celery_app import RUN_STAGE_TASK, make_celery
-from services.gateway.dispatch import CeleryDispatcher, enqueue_stage
+from services.dispatch import CeleryDispatcher, enqueue_stage
 
 log = logging.getLogger("distillery.reconcile")
 

@@ -22,7 +22,7 @@ from distillery.runner import StageRunner
 from distillery.s3 import DatasetCache, make_storage
 from distillery.settings import Settings
 from distillery.spec import DatasetRef
-from services.gateway.dispatch import CeleryDispatcher, enqueue_stage
+from services.dispatch import CeleryDispatcher, enqueue_stage
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -14,15 +15,20 @@ class Registry(Generic[T]):
     >>> MODELS = Registry("model")
     >>> @MODELS.register("unet")
     ... class UNet: ...
+
+    A component whose module needs torch can be registered lazily, as ``"module:attribute"``
+    (`lazy`): its name is known (and `check` passes) without importing it; `get` imports it.
+    That keeps spec validation torch-free.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, lazy: Mapping[str, str] | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._lazy: dict[str, str] = dict(lazy or {})
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(item: T) -> T:
-            if name in self._items:
+            if name in self._items or name in self._lazy:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._items[name] = item
             return item
@@ -30,6 +36,9 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> T:
+        if name not in self._items and name in self._lazy:
+            module, _, attr = self._lazy[name].partition(":")
+            self._items[name] = getattr(importlib.import_module(module), attr)
         try:
             return self._items[name]
         except KeyError:
@@ -37,16 +46,20 @@ class Registry(Generic[T]):
 
     def check(self, name: str) -> str:
         """`name` if it is registered, else `ValueError` (for pydantic validators)."""
-        if name not in self._items:
+        if name not in self:
             raise ValueError(self._unknown(name))
         return name
 
     def _unknown(self, name: str) -> str:
-        known = ", ".join(sorted(self._items)) or "none"
+        known = ", ".join(self.names()) or "none"
         return f"unknown {self.kind} {name!r}; registered: {known}"
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted({*self._items, *self._lazy})
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._lazy
+
+
+#: Segmentation models (`ModelSpec.arch`). The UNet family spans large teachers and tiny students.
+MODELS: Registry = Registry("model", lazy={"unet": "distillery.models.unet:UNet"})

@@ -125,7 +125,7 @@ class ModelSpec(_Strict):
     @field_validator("arch")
     @classmethod
     def _registered(cls, v: str) -> str:
-        from distillery.models import MODELS
+        from distillery.registry import MODELS
 
         return MODELS.check(v)
 
@@ -246,7 +246,7 @@ class TrainSpec(_Strict):
     @field_validator("schedule")
     @classmethod
     def _registered(cls, v: str) -> str:
-        from distillery.training.schedules import SCHEDULES
+        from distillery.schedules import SCHEDULES
 
         return SCHEDULES.check(v)
 

@@ -15,7 +15,6 @@ by `job_type` (the stage); the spec is the run's config; wandb's system metrics 
 
 from __future__ import annotations
 
-import json
 import logging
 import netrc
 import os
@@ -24,7 +23,6 @@ import time
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -260,7 +258,7 @@ _BLOCK = 32768
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
-def _iter_payloads(path: Path, strict: bool = True) -> Iterator[bytes]:
+def iter_payloads(path: Path, strict: bool = True) -> Iterator[bytes]:
     """Record payloads of a LevelDB-style log: 32 KiB blocks of chunks with a 7-byte header
     (crc32, length, type); a record may span blocks (FIRST, MIDDLE..., LAST). With
     `strict=False` a truncated or corrupt tail (a file still being written) ends the scan."""
@@ -296,16 +294,6 @@ def _iter_payloads(path: Path, strict: bool = True) -> Iterator[bytes]:
             pending = b""
 
 
-def iter_run_records(path: Path) -> Iterator[Any]:
-    """The `wandb.proto.wandb_internal_pb2.Record`s of a ``run-<id>.wandb`` file."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    for payload in _iter_payloads(path):
-        record = pb.Record()
-        record.ParseFromString(payload)
-        yield record
-
-
 def run_file_complete(run_dir: Path, tail: int = 32) -> bool:
     """True once the run's ``.wandb`` file holds its exit record (among the last `tail`)."""
     from wandb.proto import wandb_internal_pb2 as pb
@@ -313,69 +301,9 @@ def run_file_complete(run_dir: Path, tail: int = 32) -> bool:
     files = list(Path(run_dir).glob("run-*.wandb"))
     if not files:
         return False
-    for payload in list(_iter_payloads(files[0], strict=False))[-tail:]:
+    for payload in list(iter_payloads(files[0], strict=False))[-tail:]:
         record = pb.Record()
         record.ParseFromString(payload)
         if record.WhichOneof("record_type") == "exit":
             return True
     return False
-
-
-def _set_item(target: dict[str, Any], item: Any) -> None:
-    keys = list(item.nested_key) or [item.key]
-    for k in keys[:-1]:
-        target = target.setdefault(k, {})
-    target[keys[-1]] = json.loads(item.value_json)
-
-
-@dataclass
-class OfflineRun:
-    """What a run folder holds, as read from its ``.wandb`` file."""
-
-    run_id: str
-    project: str
-    group: str
-    job_type: str
-    name: str
-    config: dict[str, Any]
-    history: list[dict[str, Any]]
-    summary: dict[str, Any]
-    files: list[str] = field(default_factory=list)
-    #: System-metric (hardware use) samples recorded.
-    num_stats: int = 0
-    exit_code: int | None = None
-
-
-def read_offline_run(run_dir: Path) -> OfflineRun:
-    """Read config, history rows, summary, media files and exit code of a wandb run folder."""
-    files = sorted(Path(run_dir).glob("run-*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"{run_dir}: no run-*.wandb file")
-    run = OfflineRun("", "", "", "", "", {}, [], {})
-    for rec in iter_run_records(files[0]):
-        kind = rec.WhichOneof("record_type")
-        if kind == "run":
-            r = rec.run
-            run.run_id, run.project, run.group = r.run_id, r.project, r.run_group
-            run.job_type, run.name = r.job_type, r.display_name
-            for item in r.config.update:
-                _set_item(run.config, item)
-        elif kind == "config":
-            for item in rec.config.update:
-                _set_item(run.config, item)
-        elif kind == "history":
-            row: dict[str, Any] = {}
-            for item in rec.history.item:
-                _set_item(row, item)
-            run.history.append(row)
-        elif kind == "summary":
-            for item in rec.summary.update:
-                _set_item(run.summary, item)
-        elif kind == "files":
-            run.files += [f.path for f in rec.files.files]
-        elif kind == "stats":
-            run.num_stats += 1
-        elif kind == "exit":
-            run.exit_code = rec.exit.exit_code
-    run.config.pop("_wandb", None)
-    return run

@@ -11,8 +11,8 @@ from PIL import Image
 
 from distillery.data import CityscapesDataset, DatasetError, ensure_synthetic, generate_synthetic
 from distillery.data.labels import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID
-from distillery.data.scene import CITYSCAPES_STYLE, render_scene
 from distillery.data.synthetic import marker_path
+from distillery.data.synthetic.scene import CITYSCAPES_STYLE, render_scene
 from distillery.spec import DataSpec
 
 

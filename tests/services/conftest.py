@@ -22,7 +22,7 @@ Fixtures (all reusable by the worker and end-to-end tests):
   services.gateway.main:app`) with `settings` as DISTILLERY_* environment; its log is printed
   if the test fails.
 
-The S3 server, the gateway and the worker processes are started by `services.devstack`, as the
+The S3 server, the gateway and the worker processes are started by `tests.support.devstack`, as the
 benchmarks start theirs. If a server is unreachable the tests are skipped, except under CI (`CI`
 set), where they fail.
 """
@@ -44,8 +44,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from distillery.db import make_engine, make_session_factory
 from distillery.settings import Settings
-from services import devstack
-from services.devstack import S3Server, delete_queue_keys
+from tests.support import devstack
+from tests.support.devstack import S3Server, delete_queue_keys
 
 DEFAULT_DB_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -246,7 +246,7 @@ def settings(
 @pytest.fixture
 def make_user(session_factory: sessionmaker[Session]) -> Callable[..., str]:
     """`make_user(name, admin=False) -> token` in the test's schema."""
-    from services.gateway.auth import create_user
+    from distillery.db.auth import create_user
 
     def make(name: str, admin: bool = False) -> str:
         with session_factory() as session:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from distillery.tracking import read_offline_run
 from distillery.training import run_stage
+from tests.support.wandb_runs import read_offline_run
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,8 @@ admin_app = typer.Typer(
 
 def _session_factory(database_url: str | None):  # noqa: ANN202 - sessionmaker
     from distillery.db import make_session_factory
+    from distillery.db.session import engine_for, migrate_locked
     from distillery.settings import Settings
-    from services.gateway.database import engine_for, migrate_locked
 
     settings = Settings() if database_url is None else Settings(database_url=database_url)
     engine = engine_for(settings)
@@ -39,8 +39,8 @@ def create_user(
     database_url: DbOpt = None,
 ) -> None:
     """Create a user and print their API token (shown this once)."""
-    from services.gateway.auth import UserExists
-    from services.gateway.auth import create_user as _create
+    from distillery.db.auth import UserExists
+    from distillery.db.auth import create_user as _create
 
     sessions, engine = _session_factory(database_url)
     try:
@@ -65,7 +65,7 @@ def create_token(
     from sqlalchemy import select
 
     from distillery.db import User
-    from services.gateway.auth import issue_token
+    from distillery.db.auth import issue_token
 
     sessions, engine = _session_factory(database_url)
     try:

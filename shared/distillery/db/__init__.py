@@ -11,7 +11,13 @@ from distillery.db.models import (
     StageStatus,
     User,
 )
-from distillery.db.session import make_engine, make_session_factory, migrate
+from distillery.db.session import (
+    engine_for,
+    make_engine,
+    make_session_factory,
+    migrate,
+    migrate_locked,
+)
 
 __all__ = [
     "ApiToken",
@@ -23,7 +29,9 @@ __all__ = [
     "Stage",
     "StageStatus",
     "User",
+    "engine_for",
     "make_engine",
     "make_session_factory",
     "migrate",
+    "migrate_locked",
 ]

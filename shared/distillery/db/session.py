@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from distillery.settings import Settings
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: Postgres advisory-lock key held while migrating (several processes may start at once).
+MIGRATION_LOCK = 0x0D157111
 
 
 def make_engine(url: str, schema: str | None = None) -> Engine:
@@ -47,3 +52,27 @@ def alembic_config(engine: Engine | None = None) -> Config:
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` (`alembic upgrade head`)."""
     command.upgrade(alembic_config(engine), revision)
+
+
+def engine_for(settings: Settings) -> Engine:
+    """The engine of the platform's `Settings` (its URL, in its schema)."""
+    return make_engine(settings.database_url, schema=settings.database_schema or None)
+
+
+def migrate_locked(engine: Engine, schema: str | None = None) -> None:
+    """`alembic upgrade head`, creating `schema` first; one process at a time on Postgres."""
+    if engine.dialect.name != "postgresql":
+        migrate(engine)
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+        try:
+            if schema:
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
+                    raise ValueError(f"database_schema {schema!r} is not a plain identifier")
+                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                conn.commit()
+            migrate(engine)
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+            conn.commit()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from distillery.registry import Registry
+from distillery.registry import MODELS
 
 if TYPE_CHECKING:
     from distillery.models.base import SegmentationModel
     from distillery.spec import ModelSpec
 
-MODELS: Registry[type[SegmentationModel]] = Registry("model")
+__all__ = ["MODELS", "build_model"]
 
 
 def build_model(spec: ModelSpec, width: int | None = None) -> SegmentationModel:

@@ -6,10 +6,8 @@ from torch import nn
 
 from distillery.models.base import SegmentationModel
 from distillery.models.blocks import ConvBlock, UpBlock
-from distillery.models.registry import MODELS
 
 
-@MODELS.register("unet")
 class UNet(SegmentationModel):
     """Level i has `width * 2**i` channels at 1/2**i resolution; the bottleneck is at 1/2**depth.
 

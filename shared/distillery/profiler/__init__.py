@@ -4,64 +4,55 @@ latency budgets, and the width search for `student.model.width: auto`.
 
 >>> report = profile_model(model, spec.profiling, batch_sizes=[1, 4])
 >>> rich.print(format_report(report)); Path("report.md").write_text(report_markdown(report))
+
+Importing the package imports no torch: each name is imported from its module when first used
+(the spec validates variant names through `distillery.profiler.variants` without torch).
 """
 
-from distillery.profiler.budget import (
-    BudgetNotMetError,
-    budget_verdict,
-    resolve_auto_width,
-    search_student_width,
-)
-from distillery.profiler.device import DeviceError, DeviceInfo, describe_device, resolve_device
-from distillery.profiler.experiment import profile_checkpoint, profile_experiment
-from distillery.profiler.format import (
-    format_report,
-    format_width_search,
-    report_markdown,
-    width_search_markdown,
-)
-from distillery.profiler.peak import matmul_peak
-from distillery.profiler.profile import check_input_size, model_flops, model_info, profile_model
-from distillery.profiler.report import (
-    BudgetVerdict,
-    ModelInfo,
-    ProfileReport,
-    ProfileRow,
-    WidthCandidate,
-    WidthSearch,
-)
-from distillery.profiler.timing import LatencyStats, measure_latency
-from distillery.profiler.variants import Variant, parse_variant, parse_variants
+from __future__ import annotations
 
-__all__ = [
-    "BudgetNotMetError",
-    "BudgetVerdict",
-    "DeviceError",
-    "DeviceInfo",
-    "LatencyStats",
-    "ModelInfo",
-    "ProfileReport",
-    "ProfileRow",
-    "Variant",
-    "WidthCandidate",
-    "WidthSearch",
-    "budget_verdict",
-    "check_input_size",
-    "describe_device",
-    "format_report",
-    "format_width_search",
-    "matmul_peak",
-    "measure_latency",
-    "model_flops",
-    "model_info",
-    "parse_variant",
-    "parse_variants",
-    "profile_checkpoint",
-    "profile_experiment",
-    "profile_model",
-    "report_markdown",
-    "resolve_auto_width",
-    "resolve_device",
-    "search_student_width",
-    "width_search_markdown",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BudgetNotMetError": "distillery.profiler.budget",
+    "BudgetVerdict": "distillery.profiler.report",
+    "DeviceError": "distillery.profiler.device",
+    "DeviceInfo": "distillery.profiler.device",
+    "LatencyStats": "distillery.profiler.timing",
+    "ModelInfo": "distillery.profiler.report",
+    "ProfileReport": "distillery.profiler.report",
+    "ProfileRow": "distillery.profiler.report",
+    "Variant": "distillery.profiler.variants",
+    "WidthCandidate": "distillery.profiler.report",
+    "WidthSearch": "distillery.profiler.report",
+    "budget_verdict": "distillery.profiler.budget",
+    "check_input_size": "distillery.profiler.profile",
+    "describe_device": "distillery.profiler.device",
+    "format_report": "distillery.profiler.format",
+    "format_width_search": "distillery.profiler.format",
+    "matmul_peak": "distillery.profiler.peak",
+    "measure_latency": "distillery.profiler.timing",
+    "model_flops": "distillery.profiler.profile",
+    "model_info": "distillery.profiler.profile",
+    "parse_variant": "distillery.profiler.variants",
+    "parse_variants": "distillery.profiler.variants",
+    "profile_checkpoint": "distillery.profiler.experiment",
+    "profile_experiment": "distillery.profiler.experiment",
+    "profile_model": "distillery.profiler.profile",
+    "report_markdown": "distillery.profiler.format",
+    "resolve_auto_width": "distillery.profiler.budget",
+    "resolve_device": "distillery.profiler.device",
+    "search_student_width": "distillery.profiler.budget",
+    "width_search_markdown": "distillery.profiler.format",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'distillery.profiler' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from distillery.cli.main import app
 from distillery.db import ApiToken, User, make_engine, make_session_factory
-from services.gateway.auth import hash_token
+from distillery.db.auth import hash_token
 from services.gateway.main import create_app
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from distillery.db import ApiToken
-from services.gateway.auth import hash_token
+from distillery.db.auth import hash_token
 
 from .helpers import auth, spec_dict
 

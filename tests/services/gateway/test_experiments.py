@@ -328,8 +328,8 @@ def test_broker_down_keeps_the_stage_for_the_reconciler(settings, make_user, ses
 
     from fastapi.testclient import TestClient
 
-    from services.devstack import free_port
     from services.gateway.main import create_app
+    from tests.support.devstack import free_port
 
     from .helpers import auth
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from services.devstack import free_port
 from services.gateway.main import create_app
+from tests.support.devstack import free_port
 
 
 def test_health_and_ready(client):

@@ -1,7 +1,7 @@
 """Worker processes for the worker and end-to-end tests: real `celery worker` and reconciler
-processes started by `services.devstack`, each in its own process group (so a test can SIGKILL a
-worker and its children), with the test's `settings` as DISTILLERY_* environment. Their logs are
-printed at teardown (pytest shows them when a test fails)."""
+processes started by `tests.support.devstack`, each in its own process group (so a test can
+SIGKILL a worker and its children), with the test's `settings` as DISTILLERY_* environment.
+Their logs are printed at teardown (pytest shows them when a test fails)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from distillery.settings import Settings
-from services import devstack
-from services.devstack import Process
+from tests.support import devstack
+from tests.support.devstack import Process
 
 
 def _poll(check: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2):

@@ -13,7 +13,7 @@ from distillery.db import Experiment, Metric, Stage, StageStatus
 from distillery.db.planning import create_experiment
 from distillery.spec import ExperimentSpec
 from services.celery_app import RUN_STAGE_TASK, make_celery
-from services.gateway.dispatch import CeleryDispatcher, enqueue_stage
+from services.dispatch import CeleryDispatcher, enqueue_stage
 
 pytestmark = pytest.mark.slow
 

@@ -1,9 +1,9 @@
 """Write the synthetic driving-scene data set in the native Cityscapes and BDD100K layouts.
 
-Scenes come from `distillery.data.scene` (see there for what they contain). Each image is drawn
-from its own seed ``(seed, format offset, split, index)``, so a data set is reproducible, the
-two formats differ (different seeds and camera styles) and growing `num_train` keeps the first
-images unchanged.
+Scenes come from `distillery.data.synthetic.scene` (see there for what they contain). Each
+image is drawn from its own seed ``(seed, format offset, split, index)``, so a data set is
+reproducible, the two formats differ (different seeds and camera styles) and growing
+`num_train` keeps the first images unchanged.
 
 A generated root holds a marker ``.distillery-synthetic-{format}.json`` written last: a root
 with the marker (and the same parameters) is complete; an interrupted generation (no marker, or
@@ -26,7 +26,7 @@ from PIL import Image
 
 from distillery.data.errors import DatasetError
 from distillery.data.labels import LABEL_ID_TO_TRAIN_ID
-from distillery.data.scene import BDD100K_STYLE, CITYSCAPES_STYLE, render_scene
+from distillery.data.synthetic.scene import BDD100K_STYLE, CITYSCAPES_STYLE, render_scene
 from distillery.spec import DataSpec
 
 Format = Literal["cityscapes", "bdd100k"]

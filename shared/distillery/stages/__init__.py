@@ -1,0 +1,1 @@
+"""A stage's life (lifecycle), the registry of stage kinds, artifact keys and hooks."""
