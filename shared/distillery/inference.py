@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -83,9 +82,3 @@ def same_size_runs(items: Sequence[dict]) -> Iterator[list[dict]]:
 def collate_list(items: list[dict]) -> list[dict]:
     """DataLoader `collate_fn` for validation/prediction: a list of items of any sizes."""
     return items
-
-
-@torch.inference_mode()
-def predict_labels(model: nn.Module, images: Tensor, out_hw: Sequence[int]) -> Tensor:
-    """(N, *out_hw) int64 trainIds: the argmax of `segment` (no autocast: float32 inputs)."""
-    return segment(model, images, out_hw).argmax(1)
