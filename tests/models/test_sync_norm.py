@@ -40,6 +40,7 @@ def _rank(rank: int, init: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_global_batchnorm_matches_batchnorm_on_the_whole_batch(tmp_path: Path) -> None:
     init = f"file://{tmp_path / 'rendezvous'}"
     mp.spawn(_rank, args=(init, str(tmp_path / "r")), nprocs=2, join=True)
