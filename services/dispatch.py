@@ -1,28 +1,43 @@
-"""Putting a stage on its queue. Postgres is the source of truth; the message is only the id.
+"""Putting a stage on its queue, and reading or dropping what waits there. Postgres is the
+source of truth; the message is only the stage id.
 
-The gateway enqueues the first stage of a new experiment; a worker that finishes a stage
-enqueues the next (`enqueue_stage` works for both).
+The gateway enqueues the first stage of a new experiment (or of a retried one); a worker that
+finishes a stage enqueues the next, and a preempted worker its own stage again; the reconciler
+re-sends lost messages. Cancelling an experiment drops its waiting messages, so a cancelled
+backlog costs the workers nothing.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import time
 from typing import Protocol
 
 from celery import Celery
 from sqlalchemy.orm import Session
 
 from distillery.db import Stage
-from distillery.db.models import utcnow
+from distillery.stages import lifecycle
 from services.celery_app import RUN_STAGE_TASK
 
 log = logging.getLogger(__name__)
 
 
+#: Kombu's Redis transport keeps a queue's messages in lists `<queue>` and `<queue>\x06\x16<pri>`,
+#: and messages delivered but not yet acknowledged in the hash `unacked` (delivery time in the
+#: sorted set `unacked_index`).
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITIES = (3, 6, 9)
+
+
 class Dispatcher(Protocol):
-    """Sends one stage to the workers listening on `stage.queue`."""
+    """Sends one stage to the workers listening on `stage.queue`; drops waiting messages."""
 
     def enqueue(self, stage: Stage) -> None: ...
+
+    def drop(self, queue: str, stage_ids: set[int]) -> int: ...
 
 
 class CeleryDispatcher:
@@ -33,6 +48,66 @@ class CeleryDispatcher:
 
     def enqueue(self, stage: Stage) -> None:
         self.celery.send_task(RUN_STAGE_TASK, args=[stage.id], queue=stage.queue)
+
+    def drop(self, queue: str, stage_ids: set[int]) -> int:
+        """Remove the waiting messages of `stage_ids` from `queue` (Redis); returns how many."""
+        if not stage_ids:
+            return 0
+        with self.celery.connection_for_write() as conn:
+            if conn.transport_cls not in ("redis", "rediss"):
+                return 0
+            client = conn.default_channel.client
+            dropped = 0
+            for key in _queue_keys(queue):
+                for raw in client.lrange(key, 0, -1):
+                    if stage_id_of(raw) in stage_ids:
+                        dropped += int(client.lrem(key, 0, raw))
+            return dropped
+
+
+def _queue_keys(queue: str) -> list[str]:
+    return [queue, *(f"{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITIES)]
+
+
+def stage_id_of(raw: bytes | str | dict) -> int | None:
+    """The stage id of a `run_stage` message (kombu's JSON envelope), else None."""
+    try:
+        msg = raw if isinstance(raw, dict) else json.loads(raw)
+        if msg.get("headers", {}).get("task") != RUN_STAGE_TASK:
+            return None
+        body = msg["body"]
+        if msg.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return int(json.loads(body)[0][0])
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def pending_stage_ids(app: Celery, queues: set[str], delivered_within_s: float) -> set[int]:
+    """Ids of the stages whose `run_stage` message is alive on a Redis broker: waiting in one of
+    `queues`, or delivered to a worker less than `delivered_within_s` ago and not yet
+    acknowledged (the worker is starting the stage). Empty for any other broker."""
+    found: set[int] = set()
+    with app.connection_for_write() as conn:
+        if conn.transport_cls not in ("redis", "rediss"):
+            return found
+        client = conn.default_channel.client
+        for queue in queues:
+            for key in _queue_keys(queue):
+                found |= {i for i in map(stage_id_of, client.lrange(key, 0, -1)) if i is not None}
+        since = time.time() - delivered_within_s
+        for tag in client.zrangebyscore("unacked_index", since, "+inf"):
+            raw = client.hget("unacked", tag)
+            if raw is None:
+                continue
+            try:
+                message, _exchange, routing_key = json.loads(raw)
+            except (ValueError, TypeError):
+                continue
+            stage_id = stage_id_of(message)
+            if routing_key in queues and stage_id is not None:
+                found.add(stage_id)
+    return found
 
 
 def enqueue_stage(session: Session, dispatcher: Dispatcher, stage: Stage) -> bool:
@@ -47,6 +122,6 @@ def enqueue_stage(session: Session, dispatcher: Dispatcher, stage: Stage) -> boo
     except Exception:  # noqa: BLE001 - any broker failure leaves the stage for the reconciler
         log.exception("could not enqueue stage %s (%s); it stays queued", stage.id, stage.name)
         return False
-    stage.enqueued_at = utcnow()
+    lifecycle.mark_enqueued(session, stage)
     session.commit()
     return True

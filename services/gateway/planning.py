@@ -1,22 +1,28 @@
-"""The gateway's experiment rules: submission checks, cancel, delete, status roll-up.
+"""The gateway's experiment rules: submission checks and idempotency, cancel, retry, delete.
 
 Stages of one experiment run strictly in order (`position`): at submission only the first is
-enqueued; the worker that finishes a stage enqueues the next.
+enqueued; the worker that finishes a stage enqueues the next. Every change of a stage's status
+goes through `distillery.stages.lifecycle`.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from distillery.db import Dataset, Experiment, Stage, StageStatus, User
-from distillery.db import planning as db_planning
-from distillery.db.models import utcnow
+from distillery.db import Dataset, Experiment, StageStatus, User
 from distillery.settings import Settings
 from distillery.spec import ExperimentSpec
+from distillery.stages import keys, lifecycle
+from distillery.stages.plan import create_experiment as plan_experiment
+from distillery.stages.plan import planned_kinds
 from services.dispatch import Dispatcher, enqueue_stage
+
+log = logging.getLogger(__name__)
 
 
 class PlanError(ValueError):
@@ -63,17 +69,34 @@ def _err(loc: list[Any], msg: str, type_: str = "value_error") -> dict[str, Any]
     return {"loc": loc, "msg": msg, "type": type_}
 
 
+def find_submission(session: Session, owner: User, idempotency_key: str) -> Experiment | None:
+    """The experiment `owner` submitted with this `Idempotency-Key`, if any."""
+    return session.scalar(
+        select(Experiment).where(
+            Experiment.owner_id == owner.id, Experiment.idempotency_key == idempotency_key
+        )
+    )
+
+
 def create_experiment(
     session: Session,
     spec: ExperimentSpec,
     owner: User,
     settings: Settings,
     dispatcher: Dispatcher,
-) -> Experiment:
+    idempotency_key: str | None = None,
+) -> tuple[Experiment, bool]:
     """Check dataset references, store the spec and its planned stages (the same planning as
-    `distillery run`: `distillery.db.planning`), commit, then enqueue the first stage."""
+    `distillery run`: `distillery.stages.plan`), commit, then enqueue the first stage.
+
+    With an `idempotency_key` the owner already used, nothing is created: returns
+    (that experiment, False); else (the new experiment, True)."""
+    if idempotency_key is not None:
+        existing = find_submission(session, owner, idempotency_key)
+        if existing is not None:
+            return existing, False
     errors = dataset_errors(session, spec)
-    if not spec.planned_stages():
+    if not planned_kinds(spec):
         errors.append(
             _err(
                 ["body", "stages"],
@@ -82,21 +105,29 @@ def create_experiment(
         )
     if errors:
         raise PlanError(errors)
-    experiment = db_planning.create_experiment(
+    experiment = plan_experiment(
         session,
         spec,
         owner_id=owner.id,
-        gpu_queue=settings.gpu_queue,
-        profiler_queue=settings.profiler_queue,
+        queues={"gpu": settings.gpu_queue, "profiler": settings.profiler_queue},
+        idempotency_key=idempotency_key,
     )
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # the same key, submitted concurrently: the other request won
+        session.rollback()
+        existing = find_submission(session, owner, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing, False
     enqueue_stage(session, dispatcher, experiment.stages[0])
-    return experiment
+    return experiment, True
 
 
-def cancel_experiment(session: Session, experiment_id: str) -> Experiment:
-    """Request cancellation: queued stages are cancelled now; a running stage stops at its next
-    step (the worker reads `cancel_requested`) and the worker then marks the experiment."""
+def cancel_experiment(session: Session, experiment_id: str, dispatcher: Dispatcher) -> Experiment:
+    """Request cancellation: queued stages are cancelled now and their waiting messages dropped;
+    a running stage stops at its next step (the worker reads `cancel_requested`) and the worker
+    then marks the experiment."""
     experiment = session.get(
         Experiment, experiment_id, with_for_update=True, populate_existing=True
     )
@@ -104,24 +135,35 @@ def cancel_experiment(session: Session, experiment_id: str) -> Experiment:
         raise LookupError(experiment_id)
     if experiment.status.finished:
         raise Conflict(f"experiment {experiment_id} already {experiment.status.value}")
-    experiment.cancel_requested = True
-    now = utcnow()
-    # A conditional UPDATE: a worker that has just claimed a stage (queued -> running) wins.
-    session.execute(
-        update(Stage)
-        .where(Stage.experiment_id == experiment_id, Stage.status == StageStatus.queued)
-        .values(status=StageStatus.cancelled, finished_at=now, error="cancelled before it started")
-        .execution_options(synchronize_session=False)
-    )
-    session.flush()
-    stages = session.scalars(
-        select(Stage).where(Stage.experiment_id == experiment_id).order_by(Stage.position)
-    ).all()
-    for s in stages:
-        session.refresh(s)
-    if not any(s.status == StageStatus.running for s in stages):
-        experiment.status = StageStatus.cancelled
+    queues = {st.id: st.queue for st in experiment.stages}
+    cancelled = lifecycle.request_cancel(session, experiment)
     session.commit()
+    session.refresh(experiment)
+    for queue in {queues[i] for i in cancelled}:
+        try:
+            dispatcher.drop(queue, {i for i in cancelled if queues[i] == queue})
+        except Exception:  # noqa: BLE001 - a message left behind is skipped by the worker
+            log.warning("could not drop the messages of %s from %s", experiment_id, queue)
+    return experiment
+
+
+def retry_experiment(session: Session, experiment_id: str, dispatcher: Dispatcher) -> Experiment:
+    """Queue a failed or cancelled experiment's unfinished stages again (succeeded stages are
+    kept; each resumes from its last checkpoint) and enqueue the first of them."""
+    experiment = session.get(
+        Experiment, experiment_id, with_for_update=True, populate_existing=True
+    )
+    if experiment is None:
+        raise LookupError(experiment_id)
+    if experiment.status not in (StageStatus.failed, StageStatus.cancelled):
+        raise Conflict(
+            f"experiment {experiment_id} is {experiment.status.value}: only a failed or "
+            "cancelled experiment can be retried"
+        )
+    first = lifecycle.retry(session, experiment)
+    session.commit()
+    if first is not None:
+        enqueue_stage(session, dispatcher, first)
     session.refresh(experiment)
     return experiment
 
@@ -139,4 +181,4 @@ def ensure_deletable(experiment: Experiment) -> None:
 
 def artifacts_prefix(experiment_id: str) -> str:
     """Where a run's checkpoints, results and reports live in the artifacts bucket."""
-    return f"artifacts/{experiment_id}/"
+    return keys.experiment_prefix(experiment_id)

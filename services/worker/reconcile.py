@@ -1,13 +1,13 @@
 """The reconciler: Postgres is the source of truth, Redis only carries messages.
 
-Every `interval` seconds it asks the database which stages need a message
-(`distillery.runner.stages_to_enqueue`): a queued stage whose message may be lost (never sent, or
-sent over `stale_after` seconds ago) and a running stage whose lease expired (its worker was
-killed; the stage is reset to queued and resumes from its last checkpoint). It sends those again
-(see `reconcile_once` for when). A queued stage whose message still waits in its Redis queue, or
-was just delivered, is left alone, so a stage waiting behind a long one is not sent twice; any
-duplicate that slips through is harmless, because the runner claims a stage at most once at a
-time.
+Every `interval` seconds (10 by default) it asks the database which stages need a message
+(`distillery.stages.lifecycle.requeue_lost`): a queued stage whose message may be lost (never
+sent, or sent over `stale_after` seconds ago, 45 by default) and a running stage whose lease
+expired or whose holder is a dead process of this host (the stage is reset to queued and
+resumes from its last checkpoint). It sends those again (see `reconcile_once` for when). A
+queued stage whose message still waits in its Redis queue, or was just delivered, is left
+alone, so a stage waiting behind a long one is not sent twice; any duplicate that slips through
+is harmless, because a stage is claimed at most once at a time.
 
 Run it once per deployment: `python -m services.worker.reconcile [--interval S] [--stale-after S]`.
 """
@@ -15,71 +15,22 @@ Run it once per deployment: `python -m services.worker.reconcile [--interval S] 
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import logging
 import signal
 import threading
-import time
 from datetime import UTC, datetime
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from distillery.db import Stage, make_engine, make_session_factory
-from distillery.runner import stages_to_enqueue
 from distillery.settings import Settings, get_settings
-from services.celery_app import RUN_STAGE_TASK, make_celery
-from services.dispatch import CeleryDispatcher, enqueue_stage
+from distillery.stages import lifecycle
+from distillery.stages.lifecycle import aware as _aware
+from services.celery_app import make_celery
+from services.dispatch import CeleryDispatcher, enqueue_stage, pending_stage_ids
 
 log = logging.getLogger("distillery.reconcile")
-
-#: Kombu's Redis transport keeps a queue's messages in lists `<queue>` and `<queue>\x06\x16<pri>`,
-#: and messages delivered but not yet acknowledged in the hash `unacked` (delivery time in the
-#: sorted set `unacked_index`).
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITIES = (3, 6, 9)
-
-
-def pending_stage_ids(app: Celery, queues: set[str], delivered_within_s: float) -> set[int]:
-    """Ids of the stages whose `run_stage` message is alive on a Redis broker: waiting in one of
-    `queues`, or delivered to a worker less than `delivered_within_s` ago and not yet
-    acknowledged (the worker is starting the stage). Empty for any other broker."""
-    found: set[int] = set()
-    with app.connection_for_write() as conn:
-        if conn.transport_cls not in ("redis", "rediss"):
-            return found
-        client = conn.default_channel.client
-        for queue in queues:
-            for key in [queue, *(f"{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITIES)]:
-                found |= {i for i in map(_stage_id, client.lrange(key, 0, -1)) if i is not None}
-        since = time.time() - delivered_within_s
-        for tag in client.zrangebyscore("unacked_index", since, "+inf"):
-            raw = client.hget("unacked", tag)
-            if raw is None:
-                continue
-            try:
-                message, _exchange, routing_key = json.loads(raw)
-            except (ValueError, TypeError):
-                continue
-            stage_id = _stage_id(message)
-            if routing_key in queues and stage_id is not None:
-                found.add(stage_id)
-    return found
-
-
-def _stage_id(raw: bytes | str | dict) -> int | None:
-    """The stage id of a `run_stage` message (kombu's JSON envelope), else None."""
-    try:
-        msg = raw if isinstance(raw, dict) else json.loads(raw)
-        if msg.get("headers", {}).get("task") != RUN_STAGE_TASK:
-            return None
-        body = msg["body"]
-        if msg.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        return int(json.loads(body)[0][0])
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return None
 
 
 def _eligible_since(stage: Stage) -> datetime | None:
@@ -89,10 +40,6 @@ def _eligible_since(stage: Stage) -> datetime | None:
         return _aware(stage.experiment.created_at)
     before = [x for x in stage.experiment.stages if x.position < stage.position]
     return _aware(max(before, key=lambda x: x.position).finished_at) if before else None
-
-
-def _aware(ts: datetime | None) -> datetime | None:
-    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
 
 
 def reconcile_once(app: Celery, sessions: sessionmaker[Session], stale_after_s: float) -> list[int]:
@@ -109,7 +56,7 @@ def reconcile_once(app: Celery, sessions: sessionmaker[Session], stale_after_s: 
     sent: list[int] = []
     dispatcher = CeleryDispatcher(app)
     with sessions() as s:
-        candidates = stages_to_enqueue(s, at, stale_after_s)
+        candidates = lifecycle.requeue_lost(s, at, stale_after_s)
         stale = [st for st in candidates if st.enqueued_at is not None]
         pending = (
             pending_stage_ids(app, {st.queue for st in stale}, stale_after_s) if stale else set()
@@ -120,7 +67,7 @@ def reconcile_once(app: Celery, sessions: sessionmaker[Session], stale_after_s: 
                 if since is not None and (at - since).total_seconds() < stale_after_s:
                     continue  # its sender is probably sending it right now
             elif stage.enqueued_at is not None and stage.id in pending:
-                stage.enqueued_at = at  # its message is alive: look again after stale_after
+                lifecycle.mark_enqueued(s, stage)  # its message is alive: look again later
                 continue
             if enqueue_stage(s, dispatcher, stage):
                 sent.append(stage.id)
@@ -159,11 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m services.worker.reconcile",
         description="Re-enqueue stages whose Celery message was lost or whose worker died.",
     )
-    parser.add_argument("--interval", type=float, default=30.0, help="seconds between passes")
+    parser.add_argument("--interval", type=float, default=10.0, help="seconds between passes")
     parser.add_argument(
         "--stale-after",
         type=float,
-        default=300.0,
+        default=45.0,
         help="re-send a queued stage whose message is not in its queue after this many seconds",
     )
     parser.add_argument("--once", action="store_true", help="one pass, then exit (e.g. cron)")

@@ -10,19 +10,20 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from celery import Celery
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from distillery.db import Dataset, Stage, StageStatus, make_engine, make_session_factory
-from distillery.runner import StageRunner
 from distillery.s3 import DatasetCache, make_storage
 from distillery.settings import Settings
 from distillery.spec import DatasetRef
+from distillery.stages import lifecycle
+from distillery.stages.runner import StageRunner
 from services.dispatch import CeleryDispatcher, enqueue_stage
+from services.worker import preemption
 
 log = logging.getLogger(__name__)
 
@@ -57,31 +58,22 @@ def dataset_resolver(
 def heartbeat(
     sessions: sessionmaker[Session], stage_id: int, worker: str, lease_seconds: int
 ) -> Iterator[None]:
-    """Renew this worker's lease on the stage every `lease_seconds / 5` from a thread.
+    """Renew this worker's lease on the stage every `lease_seconds / 3` from a thread.
 
     The runner renews the lease when training reports progress; this keeps it alive through
     long silent phases (start-up, dataset download, validation, profiling) so that only a dead
     process loses its lease. It touches the stage only while this worker holds it running.
     """
     stop = threading.Event()
-    interval = max(0.5, lease_seconds / 5)
+    interval = max(0.5, lease_seconds / 3)
     lease = timedelta(seconds=lease_seconds)
 
     def beat() -> None:
         while not stop.wait(interval):
-            t = datetime.now(UTC)
             try:
                 with sessions.begin() as s:
-                    r = s.execute(
-                        update(Stage)
-                        .where(
-                            Stage.id == stage_id,
-                            Stage.worker_id == worker,
-                            Stage.status == StageStatus.running,
-                        )
-                        .values(heartbeat_at=t, lease_expires_at=t + lease)
-                    )
-                log.debug("heartbeat: stage %s, %s row(s) renewed", stage_id, r.rowcount)
+                    held = lifecycle.heartbeat(s, stage_id, worker, lease)
+                log.debug("heartbeat: stage %s held: %s", stage_id, held)
             except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
                 log.warning("heartbeat for stage %s failed", stage_id, exc_info=True)
 
@@ -95,7 +87,8 @@ def heartbeat(
 
 
 def execute_stage(app: Celery, settings: Settings, stage_id: int, worker: str) -> int | None:
-    """Run stage `stage_id` with a `StageRunner`; enqueue the next stage on its own queue."""
+    """Run stage `stage_id` with a `StageRunner`; enqueue what it says comes next (the next
+    stage, on its own queue, or this stage again after a preemption pause)."""
     engine = make_engine(settings.database_url, settings.database_schema or None)
     sessions = make_session_factory(engine)
     runner = StageRunner(
@@ -106,19 +99,16 @@ def execute_stage(app: Celery, settings: Settings, stage_id: int, worker: str) -
         resolve_root=dataset_resolver(settings, sessions),
         lease_seconds=settings.lease_seconds,
         tracking_mode=settings.wandb_mode,
+        should_pause=preemption.requested,
     )
     try:
         with heartbeat(sessions, stage_id, worker, settings.lease_seconds):
-            # The runner records the stage's own failures; a database outage propagates, and
-            # the message is redelivered or re-sent by the reconciler.
+            # The runner records the stage's own failures; a database that stays away
+            # propagates, and the message is redelivered or re-sent by the reconciler.
             next_id = runner.run(stage_id)
         if next_id is None:
             return None
         with sessions() as s:
-            if s.get(Stage, stage_id).worker_id != worker:
-                # A duplicate message for a stage another process ran: that process sends the
-                # next stage (or the reconciler does, if it could not).
-                return None
             stage = s.get(Stage, next_id)
             if stage is not None and stage.status == StageStatus.queued:
                 enqueue_stage(s, CeleryDispatcher(app), stage)

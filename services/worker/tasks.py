@@ -13,10 +13,11 @@ import os
 import socket
 
 from celery import Task, shared_task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_shutting_down
 
 from distillery.settings import get_settings
 from services.celery_app import RUN_STAGE_TASK
+from services.worker import preemption
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,12 @@ PRELOAD = ("services.worker.runtime", "distillery.models", "distillery.training.
 def worker_id() -> str:
     """Unique per process: a lease held by a dead process is never mistaken for a live one."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@worker_shutting_down.connect
+def pause_running_stages(**_: object) -> None:
+    """SIGTERM to the worker: its running stage checkpoints and goes back to the queue."""
+    preemption.forward_to_children()
 
 
 @worker_process_init.connect
@@ -46,4 +53,7 @@ def run_stage(self: Task, stage_id: int) -> int | None:
     """Run stage `stage_id`; returns the id of the stage it enqueued next, if any."""
     from services.worker.runtime import execute_stage  # the engine: torch is imported here
 
+    # Here, not at process start: billiard resets the pool process's exit signals after its
+    # initializers run.
+    preemption.install_in_child()
     return execute_stage(self.app, get_settings(), stage_id, worker_id())

@@ -1,7 +1,9 @@
 """`distillery run`: a whole experiment on one machine, no servers.
 
 The same `StageRunner` as the workers, with SQLite (`<run_dir>/distillery.db`) in place of Postgres
-and the run folder in place of MinIO. Running the same spec again resumes where it stopped.
+and the run folder in place of MinIO. Running the same spec again resumes where it stopped: a
+failed or cancelled experiment is retried (`lifecycle.retry`), its stages resuming from their
+last checkpoints (`fresh=True` starts a new experiment).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Any
 from sqlalchemy import select
 
 from distillery.db import Experiment, StageStatus, make_engine, make_session_factory, migrate
-from distillery.db.planning import create_experiment
-from distillery.results import results_markdown
-from distillery.runner import StageRunner
 from distillery.spec import ExperimentSpec
+from distillery.stages import lifecycle
+from distillery.stages.plan import create_experiment
+from distillery.stages.results import results_markdown
+from distillery.stages.runner import StageRunner
 from distillery.storage import LocalStorage
 
 
@@ -58,12 +61,10 @@ def run_local(
             .scalars()
             .first()
         )
-        if exp is not None and (
-            fresh
-            or exp.spec != spec_json
-            or exp.status in (StageStatus.failed, StageStatus.cancelled)
-        ):
+        if exp is not None and (fresh or exp.spec != spec_json):
             exp = None  # a new experiment; the old one stays in the database
+        if exp is not None and exp.status in (StageStatus.failed, StageStatus.cancelled):
+            lifecycle.retry(s, exp)
         if exp is None:
             exp = create_experiment(s, spec)
         experiment_id = exp.id

@@ -57,9 +57,26 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted({*self._items, *self._lazy})
 
+    def in_order(self) -> list[str]:
+        """Names in the order they were declared (lazy ones first)."""
+        return [*self._lazy, *(n for n in self._items if n not in self._lazy)]
+
     def __contains__(self, name: object) -> bool:
         return name in self._items or name in self._lazy
 
 
 #: Segmentation models (`ModelSpec.arch`). The UNet family spans large teachers and tiny students.
 MODELS: Registry = Registry("model", lazy={"unet": "distillery.models.unet:UNet"})
+
+#: Stage kinds, in the order an experiment runs them (`distillery.stages.kinds.StageKind`).
+#: A new kind is one module in `distillery/stages/` plus one line here.
+STAGES: Registry = Registry(
+    "stage",
+    lazy={
+        "size": "distillery.stages.size:SIZE",
+        "teacher": "distillery.stages.train:TEACHER",
+        "student": "distillery.stages.train:STUDENT",
+        "distill": "distillery.stages.train:DISTILL",
+        "profile": "distillery.stages.profile:PROFILE",
+    },
+)

@@ -36,8 +36,9 @@ class Settings(BaseSettings):
     #: Worker-local folders: dataset cache keyed by ETag, and stage working directories.
     cache_dir: Path = Path("/var/cache/distillery")
     work_dir: Path = Path("/tmp/distillery-work")
-    #: A running stage's lease; the heartbeat renews it. An expired lease means a dead worker.
-    lease_seconds: int = 600
+    #: A running stage's lease; the heartbeat renews it every third of it. An expired lease
+    #: means a dead worker (a dead process of the same host is taken over at once).
+    lease_seconds: int = 30
     #: Redis visibility timeout: longer than the longest stage, so a slow stage is not redelivered.
     visibility_timeout_s: int = 7 * 24 * 3600
 

@@ -381,10 +381,8 @@ class TrackingSpec(_Strict):
 
 # ---------------------------------------------------------------------------------- experiment
 
-Stage = Literal["teacher", "student", "distill", "profile"]
-STAGE_ORDER: tuple[Stage, ...] = ("teacher", "student", "distill", "profile")
-#: `size` is planned (first) when `student.model.width` is `auto`: the profiler picks the width.
-PlannedStage = Literal["size", "teacher", "student", "distill", "profile"]
+#: The stages a spec runs by default (`size` is planned by itself for a width `auto` student).
+DEFAULT_STAGES = ("teacher", "student", "distill", "profile")
 
 
 class ExperimentSpec(_Strict):
@@ -396,8 +394,18 @@ class ExperimentSpec(_Strict):
     distillation: DistillationSpec = DistillationSpec()
     profiling: ProfilingSpec = ProfilingSpec()
     tracking: TrackingSpec = TrackingSpec()
-    #: Stages to run; `student` is the baseline (student trained alone).
-    stages: list[Stage] = Field(default_factory=lambda: list(STAGE_ORDER))
+    #: Stage kinds to run (`distillery.registry.STAGES`), run in the registry's order;
+    #: `student` is the baseline (the student trained alone).
+    stages: list[str] = Field(default_factory=lambda: list(DEFAULT_STAGES))
+
+    @field_validator("stages")
+    @classmethod
+    def _registered_stages(cls, v: list[str]) -> list[str]:
+        from distillery.registry import STAGES
+
+        for name in v:
+            STAGES.check(name)
+        return [name for name in STAGES.in_order() if name in v]
 
     @model_validator(mode="after")
     def _checks(self) -> ExperimentSpec:
@@ -414,21 +422,7 @@ class ExperimentSpec(_Strict):
                 raise ValueError(
                     f"{field} {h}x{w} must be divisible by {factor} (2**depth of the UNets)"
                 )
-        self.stages = [s for s in STAGE_ORDER if s in self.stages]
         return self
-
-    def planned_stages(self) -> list[PlannedStage]:
-        """Stages to run in order; a teacher given as a checkpoint is not trained again, and a
-        student of width `auto` is sized first."""
-        planned: list[PlannedStage] = [
-            s
-            for s in self.stages
-            if not (s == "teacher" and self.teacher.model.checkpoint is not None)
-        ]
-        uses_student = any(s in planned for s in ("student", "distill", "profile"))
-        if self.student.model.width == "auto" and uses_student:
-            planned.insert(0, "size")
-        return planned
 
     def with_num_threads(self, threads: int) -> ExperimentSpec:
         """This spec with `train.num_threads` set for every training stage."""

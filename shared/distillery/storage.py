@@ -110,9 +110,18 @@ class LocalStorage:
         return out
 
     def delete_prefix(self, prefix: str) -> int:
+        """Delete the objects under `prefix` and the folders they leave empty."""
         objs = self.list(prefix)
         for obj in objs:
-            self._path(obj.key).unlink()
+            path = self._path(obj.key)
+            path.unlink()
+            for parent in path.parents:
+                if parent == self.root or not parent.is_relative_to(self.root):
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:  # not empty
+                    break
         return len(objs)
 
     def url(self, key: str, expires_s: int = 3600) -> str:

@@ -8,7 +8,7 @@ from distillery.training import checkpoints as ckpt
 
 
 def _save(root: Path, epoch: int, complete: bool = True) -> Path:
-    d = ckpt.epoch_dir(root, epoch)
+    d = ckpt.step_dir(root, epoch)
     d.mkdir(parents=True)
     (d / "model.safetensors").write_bytes(b"x")
     if complete:
@@ -27,16 +27,16 @@ def test_latest_skips_an_interrupted_save(tmp_path: Path) -> None:
     _save(tmp_path, 2)
     _save(tmp_path, 10)  # numeric, not lexical order
     _save(tmp_path, 11, complete=False)
-    assert ckpt.latest_checkpoint(tmp_path) == ckpt.epoch_dir(tmp_path, 10)
+    assert ckpt.latest_checkpoint(tmp_path) == ckpt.step_dir(tmp_path, 10)
     ckpt.remove_incomplete(tmp_path)
-    assert not ckpt.epoch_dir(tmp_path, 11).exists()
+    assert not ckpt.step_dir(tmp_path, 11).exists()
 
 
 def test_prune_keeps_the_newest_two(tmp_path: Path) -> None:
     for e in (1, 2, 3):
         _save(tmp_path, e)
     ckpt.prune(tmp_path)
-    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["epoch-2", "epoch-3"]
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step-2", "step-3"]
 
 
 def test_no_checkpoint_folder(tmp_path: Path) -> None:

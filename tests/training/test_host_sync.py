@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from distillery.training import run_stage
+from distillery.training import StageHooks, run_stage
 
 READS = ("item", "tolist", "__bool__", "__int__")
 FEATURE = {"student_tap": "bottleneck", "teacher_tap": "bottleneck"}
@@ -87,8 +87,10 @@ def test_non_logging_steps_do_not_sync(
         stage,
         tmp_path,
         teacher_path=teacher_model if stage == "distill" else None,
-        should_stop=lambda: events.append("batch") is not None,
-        on_progress=lambda p: events.append("log"),
+        hooks=StageHooks(
+            should_stop=lambda: events.append("batch") is not None,
+            on_progress=lambda p: events.append("log"),
+        ),
     )
     for window in _non_logging_windows(events):
         assert window == [], window

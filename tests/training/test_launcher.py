@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from distillery.data import build_datasets
-from distillery.training import Progress, StageCancelled, run_stage
+from distillery.training import Progress, StageCancelled, StageHooks, StagePaused, run_stage
 
 
 def _ranks(stage_dir: Path) -> list[dict]:
@@ -27,13 +27,11 @@ def test_two_processes_reduce_metrics_agree_on_weights_and_resume(
 
     events: list[Progress] = []
     saved: list[tuple[int, Path]] = []
-    result = run_stage(
-        spec, "student", tmp_path, on_progress=events.append,
-        on_checkpoint=lambda e, d: saved.append((e, d)),
-    )  # fmt: skip
-    steps = [(p.epoch, p.step, p.steps) for p in events if "miou" not in p.metrics]
+    hooks = StageHooks(on_progress=events.append, on_checkpoint=lambda n, d: saved.append((n, d)))
+    result = run_stage(spec, "student", tmp_path, hooks=hooks)
+    steps = [(p.epoch, p.step, p.steps) for p in events if p.kind == "step"]
     assert steps == [(e, s, 3) for e in (1, 2) for s in (1, 2, 3)]  # streamed from the main rank
-    assert [e for e, _ in saved] == [1, 2] and saved[-1][1] == result.checkpoint_dir
+    assert [e for e, _ in saved] == [3, 6] and saved[-1][1] == result.checkpoint_dir
     assert [h["epoch"] for h in result.history] == [1, 2]
 
     ranks = _ranks(stage_dir)
@@ -54,9 +52,9 @@ def test_two_processes_reduce_metrics_agree_on_weights_and_resume(
 
     # resume from epoch 1 on 2 processes: the same final weights as the unbroken run
     (stage_dir / "result.json").unlink()
-    shutil.rmtree(stage_dir / "ckpt" / "epoch-2")
+    shutil.rmtree(stage_dir / "ckpt" / "step-6")
     events.clear()
-    resumed = run_stage(spec, "student", tmp_path, on_progress=events.append)
+    resumed = run_stage(spec, "student", tmp_path, hooks=StageHooks(on_progress=events.append))
     assert {p.epoch for p in events} == {2}
     assert [r["state_hash"] for r in _ranks(stage_dir)] == [ranks[0]["state_hash"]] * 2
     assert resumed.metrics["miou"] == pytest.approx(result.metrics["miou"])
@@ -66,7 +64,7 @@ def test_two_processes_reduce_metrics_agree_on_weights_and_resume(
 def test_stopping_a_multi_process_stage_ends_its_processes(make_spec, tmp_path: Path) -> None:
     spec = make_spec(student={"train": {"epochs": 1, "batch_size": 2, "num_processes": 2}})
     with pytest.raises(StageCancelled):
-        run_stage(spec, "student", tmp_path, should_stop=lambda: True)
+        run_stage(spec, "student", tmp_path, hooks=StageHooks(should_stop=lambda: True))
     assert not (tmp_path / "student" / "result.json").exists()
     assert _processes_mentioning(str(tmp_path)) == []  # the launcher and its ranks are gone
 
@@ -81,3 +79,23 @@ def _processes_mentioning(text: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+@pytest.mark.slow
+def test_a_paused_multi_process_stage_resumes_to_the_unbroken_weights(
+    make_spec, tmp_path: Path
+) -> None:
+    spec = make_spec(student={"train": {"epochs": 2, "batch_size": 2, "num_processes": 2}})
+    run_stage(spec, "student", tmp_path / "a")
+    straight = _ranks(tmp_path / "a" / "student")
+
+    events: list[Progress] = []
+    pause = StageHooks(on_progress=events.append, should_pause=lambda: len(events) >= 4)
+    with pytest.raises(StagePaused) as info:  # the ranks agree on a step in epoch 2
+        run_stage(spec, "student", tmp_path / "b", hooks=pause)
+    assert info.value.checkpoint_dir is not None and info.value.checkpoint_dir.name != "step-6"
+    assert not (tmp_path / "b" / "student" / "result.json").exists()
+    run_stage(spec, "student", tmp_path / "b")
+    assert [r["state_hash"] for r in _ranks(tmp_path / "b" / "student")] == [
+        straight[0]["state_hash"]
+    ] * 2

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from distillery.models.checkpoint import load_model_checkpoint
-from distillery.training import Progress, StageCancelled, run_stage
+from distillery.training import (
+    Progress,
+    StageCancelled,
+    StageDiverged,
+    StageHooks,
+    StagePaused,
+    run_stage,
+)
 from distillery.training.checkpoints import STATE_FILE
 
 
@@ -40,13 +47,11 @@ def test_teacher_stage_trains_checkpoints_and_exports(make_spec, tmp_path: Path)
     spec = make_spec(teacher={"train": {"epochs": 3}})
     events: list[Progress] = []
     saved: list[tuple[int, Path]] = []
-    result = run_stage(
-        spec, "teacher", tmp_path, on_progress=events.append,
-        on_checkpoint=lambda e, d: saved.append((e, d)),
-    )  # fmt: skip
+    hooks = StageHooks(on_progress=events.append, on_checkpoint=lambda n, d: saved.append((n, d)))
+    result = run_stage(spec, "teacher", tmp_path, hooks=hooks)
 
-    steps = [p for p in events if "miou" not in p.metrics]
-    ends = [p for p in events if "miou" in p.metrics]
+    steps = [p for p in events if p.kind == "step"]
+    ends = [p for p in events if p.kind == "epoch"]
     assert [(p.epoch, p.step, p.steps) for p in steps] == [
         (e, s, 3) for e in (1, 2, 3) for s in (1, 2, 3)
     ]
@@ -55,10 +60,10 @@ def test_teacher_stage_trains_checkpoints_and_exports(make_spec, tmp_path: Path)
     assert steps[-1].metrics["lr"] < steps[0].metrics["lr"]  # poly decay
 
     stage_dir = tmp_path / "teacher"
-    assert [e for e, _ in saved] == [1, 2, 3]
-    assert saved[-1][1] == stage_dir / "ckpt" / "epoch-3" == result.checkpoint_dir
+    assert [e for e, _ in saved] == [3, 6, 9]  # global steps at the epoch ends
+    assert saved[-1][1] == stage_dir / "ckpt" / "step-9" == result.checkpoint_dir
     kept = sorted(p.name for p in (stage_dir / "ckpt").iterdir())
-    assert kept == ["epoch-2", "epoch-3"]  # the newest two
+    assert kept == ["step-6", "step-9"]  # the newest two
     assert (result.checkpoint_dir / STATE_FILE).is_file()
 
     m = result.metrics
@@ -74,7 +79,9 @@ def test_teacher_stage_trains_checkpoints_and_exports(make_spec, tmp_path: Path)
 
     # a finished stage is not trained again
     again: list[Progress] = []
-    assert run_stage(spec, "teacher", tmp_path, on_progress=again.append) == result
+    assert (
+        run_stage(spec, "teacher", tmp_path, hooks=StageHooks(on_progress=again.append)) == result
+    )
     assert again == []
 
 
@@ -84,14 +91,16 @@ def test_resumed_run_ends_with_the_weights_of_an_unbroken_run(make_spec, tmp_pat
 
     stop = StopAt(5)  # epoch 1 is steps 1-3; stop during epoch 2
     with pytest.raises(StageCancelled) as info:
-        run_stage(spec, "student", tmp_path / "b", should_stop=stop)
+        run_stage(spec, "student", tmp_path / "b", hooks=StageHooks(should_stop=stop))
     ckpt_root = tmp_path / "b" / "student" / "ckpt"
-    assert info.value.epoch == 2 and info.value.checkpoint_dir == ckpt_root / "epoch-1"
-    assert sorted(p.name for p in ckpt_root.iterdir()) == ["epoch-1"]
+    assert info.value.epoch == 2 and info.value.checkpoint_dir == ckpt_root / "step-3"
+    assert sorted(p.name for p in ckpt_root.iterdir()) == ["step-3"]
     assert not (tmp_path / "b" / "student" / "result.json").exists()
 
     events: list[Progress] = []
-    resumed = run_stage(spec, "student", tmp_path / "b", on_progress=events.append)
+    resumed = run_stage(
+        spec, "student", tmp_path / "b", hooks=StageHooks(on_progress=events.append)
+    )
     assert {p.epoch for p in events} == {2}  # epoch 1 was not trained again
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     assert resumed.history[0] == straight.history[0] | {"train": resumed.history[0]["train"]}
@@ -104,7 +113,9 @@ def test_resume_false_starts_over(make_spec, tmp_path: Path) -> None:
     first = run_stage(spec, "student", tmp_path)
     (tmp_path / "student" / "stale.txt").write_text("x")
     events: list[Progress] = []
-    second = run_stage(spec, "student", tmp_path, resume=False, on_progress=events.append)
+    second = run_stage(
+        spec, "student", tmp_path, resume=False, hooks=StageHooks(on_progress=events.append)
+    )
     assert len(events) == 4 and not (tmp_path / "student" / "stale.txt").exists()
     _assert_same_weights(first.model_path, second.model_path)  # same seed, same run
 
@@ -124,9 +135,13 @@ def test_offline_distillation_keeps_the_teacher_frozen(
     before = _weights(teacher_model)
     events: list[Progress] = []
     result = run_stage(
-        spec, "distill", tmp_path, teacher_path=teacher_model, on_progress=events.append
+        spec,
+        "distill",
+        tmp_path,
+        teacher_path=teacher_model,
+        hooks=StageHooks(on_progress=events.append),
     )
-    step = next(p for p in events if "miou" not in p.metrics)
+    step = next(p for p in events if p.kind == "step")
     assert {
         "loss/cross_entropy",
         "loss/logit_kd",
@@ -154,9 +169,13 @@ def test_online_distillation_trains_both_models(
     spec = make_spec(distillation={"mode": "online"})
     events: list[Progress] = []
     result = run_stage(
-        spec, "distill", tmp_path, teacher_path=teacher_model, on_progress=events.append
+        spec,
+        "distill",
+        tmp_path,
+        teacher_path=teacher_model,
+        hooks=StageHooks(on_progress=events.append),
     )
-    step = next(p for p in events if "miou" not in p.metrics)
+    step = next(p for p in events if p.kind == "step")
     assert {
         "loss/logit_kd",
         "teacher_loss/cross_entropy",
@@ -185,9 +204,13 @@ def test_alternating_models_leaves_the_teacher_alone_in_the_student_turn(
     )
     events: list[Progress] = []
     result = run_stage(
-        spec, "distill", tmp_path, teacher_path=teacher_model, on_progress=events.append
+        spec,
+        "distill",
+        tmp_path,
+        teacher_path=teacher_model,
+        hooks=StageHooks(on_progress=events.append),
     )
-    steps = [p for p in events if "miou" not in p.metrics]
+    steps = [p for p in events if p.kind == "step"]
     assert all("loss" in p.metrics and "teacher_loss" not in p.metrics for p in steps)
     before = _weights(teacher_model)
     for k, v in _weights(result.extra_models["teacher"]).items():  # BN statistics included
@@ -201,11 +224,17 @@ def test_alternating_objectives_start_with_the_supervised_terms(
         distillation={"alternate": {"between": "objectives", "every": 2, "unit": "steps"}}
     )
     events: list[Progress] = []
-    run_stage(spec, "distill", tmp_path, teacher_path=teacher_model, on_progress=events.append)
+    run_stage(
+        spec,
+        "distill",
+        tmp_path,
+        teacher_path=teacher_model,
+        hooks=StageHooks(on_progress=events.append),
+    )
     kinds = [
         tuple(sorted(k.split("/")[1] for k in p.metrics if k.startswith("loss/")))
         for p in events
-        if "miou" not in p.metrics
+        if p.kind == "step"
     ]
     sup, kd = ("cross_entropy",), ("logit_kd",)
     assert kinds == [sup, sup, kd, kd, sup, sup]
@@ -219,8 +248,8 @@ def test_gradient_accumulation_and_class_weights(make_spec, tmp_path: Path) -> N
         }
     )
     events: list[Progress] = []
-    result = run_stage(spec, "student", tmp_path, on_progress=events.append)
-    steps = [p for p in events if "miou" not in p.metrics]
+    result = run_stage(spec, "student", tmp_path, hooks=StageHooks(on_progress=events.append))
+    steps = [p for p in events if p.kind == "step"]
     assert [(p.step, p.steps) for p in steps] == [(1, 2), (2, 2)]  # 3 batches: 2 + 1
     cache = json.loads((tmp_path / "class_weights.json").read_text())
     weights = cache["weights"]["median_frequency"]
@@ -248,3 +277,43 @@ def test_val_metrics_cover_every_val_image(make_spec, tmp_path: Path) -> None:
     iou = [v for v in result.metrics["iou"].values() if v is not None]
     assert iou and result.metrics["miou"] == pytest.approx(sum(iou) / len(iou))
     assert pixels > 0
+
+
+def test_a_paused_stage_resumes_mid_epoch_to_the_weights_of_an_unbroken_run(
+    make_spec, tmp_path: Path
+) -> None:
+    spec = make_spec()
+    straight = run_stage(spec, "student", tmp_path / "a")
+
+    pause = StopAt(5)  # before step 5: epoch 2 has done 1 of its 3 steps (global step 4)
+    with pytest.raises(StagePaused) as info:
+        run_stage(spec, "student", tmp_path / "b", hooks=StageHooks(should_pause=pause))
+    ckpt_root = tmp_path / "b" / "student" / "ckpt"
+    assert info.value.checkpoint_dir == ckpt_root / "step-4" and info.value.step == 1
+    state = json.loads((ckpt_root / "step-4" / STATE_FILE).read_text())
+    assert (state["epoch"], state["global_step"], state["epoch_step"]) == (1, 4, 1)
+
+    events: list[Progress] = []
+    resumed = run_stage(
+        spec, "student", tmp_path / "b", hooks=StageHooks(on_progress=events.append)
+    )
+    assert [(p.epoch, p.step) for p in events if p.kind == "step"] == [(2, 2), (2, 3)]
+    _assert_same_weights(straight.model_path, resumed.model_path)
+    assert resumed.metrics["miou"] == pytest.approx(straight.metrics["miou"])
+
+
+def test_a_diverging_stage_fails_with_the_step_and_keeps_the_last_good_checkpoint(
+    make_spec, tmp_path: Path
+) -> None:
+    spec = make_spec(student={"train": {"epochs": 3, "lr": 1e6, "optimizer": "sgd"}})
+    with pytest.raises(StageDiverged) as info:
+        run_stage(spec, "student", tmp_path)
+    assert str(info.value).startswith(f"diverged at step {info.value.step} (loss=")
+    assert info.value.step >= 1
+    from safetensors.torch import load_file
+
+    for d in (tmp_path / "student" / "ckpt").glob("step-*"):
+        assert int(d.name.split("-")[1]) < info.value.step  # only checkpoints from before
+        for name, tensor in load_file(d / "model.safetensors").items():
+            assert torch.isfinite(tensor).all(), (d.name, name)  # nothing non-finite was saved
+    assert not (tmp_path / "student" / "result.json").exists()

@@ -1,10 +1,10 @@
-"""`/experiments`: submit a spec, list, inspect, follow metrics, cancel, delete."""
+"""`/experiments`: submit a spec, list, inspect, follow metrics, cancel, retry, delete."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer, selectinload
@@ -60,24 +60,50 @@ def load_experiment(session: Session, experiment_id: str) -> Experiment:
     return experiment
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ExperimentSummary)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ExperimentSummary,
+    responses={
+        200: {
+            "model": ExperimentSummary,
+            "description": "an earlier submission with "
+            "the same Idempotency-Key: that experiment, unchanged",
+        }
+    },
+)
 def submit_experiment(
     spec: ExperimentSpec,
     session: SessionDep,
     user: CurrentUser,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=200,
+            description="retry-safe submission: the same key from the same user returns the "
+            "first experiment (200) instead of creating another",
+        ),
+    ] = None,
 ) -> ExperimentSummary:
     """Validate the spec, store it, plan its stages and enqueue the first one.
 
-    Stages: teacher -> student (baseline) -> distill -> profile, minus those the spec leaves
-    out; a teacher given as `teacher.model.checkpoint` is not trained. Training stages go to
-    the GPU queue, profiling to the profiler queue.
+    Stages (the stage registry's order): size (for a width `auto` student) -> teacher ->
+    student (baseline) -> distill -> profile, minus those the spec leaves out; a teacher given
+    as `teacher.model.checkpoint` is not trained. Training stages go to the GPU queue, sizing
+    and profiling to the profiler queue.
     """
     try:
-        experiment = planning.create_experiment(session, spec, user, settings, dispatcher)
+        experiment, created = planning.create_experiment(
+            session, spec, user, settings, dispatcher, idempotency_key=idempotency_key
+        )
     except planning.PlanError as e:
         raise RequestValidationError(e.errors) from None
+    if not created:
+        response.status_code = status.HTTP_200_OK
+        return summary(load_experiment(session, experiment.id))
     return summary(experiment, owner=user)
 
 
@@ -182,14 +208,32 @@ def get_metrics(experiment_id: str, session: SessionDep, user: CurrentUser) -> E
 
 @router.post("/{experiment_id}/cancel", response_model=ExperimentSummary)
 def cancel_experiment(
-    experiment_id: str, session: SessionDep, user: CurrentUser
+    experiment_id: str, session: SessionDep, user: CurrentUser, dispatcher: DispatcherDep
 ) -> ExperimentSummary:
-    """Owner or admin: queued stages are cancelled at once; a running stage stops at its next
-    step and keeps its last checkpoint. The experiment is `cancelled` once nothing runs."""
+    """Owner or admin: queued stages are cancelled at once (their waiting messages dropped); a
+    running stage stops at its next step and keeps its last checkpoint. The experiment is
+    `cancelled` once nothing runs."""
     experiment = load_experiment(session, experiment_id)
     ensure_owner_or_admin(user, experiment.owner_id, f"experiment {experiment_id}")
     try:
-        planning.cancel_experiment(session, experiment_id)
+        planning.cancel_experiment(session, experiment_id, dispatcher)
+    except planning.Conflict as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
+    session.expire_all()
+    return summary(load_experiment(session, experiment_id))
+
+
+@router.post("/{experiment_id}/retry", response_model=ExperimentSummary)
+def retry_experiment(
+    experiment_id: str, session: SessionDep, user: CurrentUser, dispatcher: DispatcherDep
+) -> ExperimentSummary:
+    """Owner or admin: queue a failed or cancelled experiment's failed and cancelled stages
+    again (409 otherwise). Succeeded stages are kept; each stage resumes from its last
+    checkpoint."""
+    experiment = load_experiment(session, experiment_id)
+    ensure_owner_or_admin(user, experiment.owner_id, f"experiment {experiment_id}")
+    try:
+        planning.retry_experiment(session, experiment_id, dispatcher)
     except planning.Conflict as e:
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
     session.expire_all()

@@ -1,5 +1,5 @@
-"""`distillery` commands that talk to the gateway: submit, list, status, results, cancel, delete,
-queue, datasets.
+"""`distillery` commands that talk to the gateway: submit, list, status, results, cancel, retry,
+delete, queue, datasets.
 
 The server and token come from `--url`/`DISTILLERY_URL` and `--token`/`DISTILLERY_TOKEN`. Errors
 from the server (a 422 names each bad field) are printed readably and exit non-zero.
@@ -156,7 +156,7 @@ def _fmt(v: Any, scale: float = 1.0, spec: str = ".3g") -> str:
 
 
 def results_table(results: dict[str, Any]) -> Table:
-    """The comparison table (rows as built by `distillery.results.build_results`)."""
+    """The comparison table (rows as built by `distillery.stages.results.build_results`)."""
     table = Table(title="results", title_justify="left")
     for col in ("model", "mIoU %", "gain", "params (M)", "GFLOPs", "latency ms"):
         table.add_column(col, justify="left" if col == "model" else "right")
@@ -324,6 +324,20 @@ def cancel(
     console.print(f"{exp['id']}: {exp['status']}", highlight=False)
 
 
+def retry(
+    experiment_id: Annotated[str, typer.Argument(metavar="ID")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Run a failed or cancelled experiment again (owner or admin): its failed and cancelled
+    stages are queued and resume from their last checkpoints; finished stages are kept."""
+    exp = _call(_gateway(url, token).post, f"/experiments/{experiment_id}/retry")
+    queued = [st["name"] for st in exp["stages"] if st["status"] == "queued"]
+    console.print(
+        f"{exp['id']}: {exp['status']}; queued again: {', '.join(queued)}", highlight=False
+    )
+
+
 def delete(
     experiment_id: Annotated[str, typer.Argument(metavar="ID")],
     url: UrlOpt = DEFAULT_URL,
@@ -450,6 +464,7 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status)
     app.command("results")(results)
     app.command("cancel")(cancel)
+    app.command("retry")(retry)
     app.command("delete")(delete)
     app.command("queue")(queue)
     app.add_typer(datasets_app, name="datasets")

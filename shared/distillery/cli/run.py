@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from distillery.results import results_caption
 from distillery.spec import SpecError, load_spec
+from distillery.stages.plan import planned_kinds
+from distillery.stages.results import results_caption
 
 console = Console()
 
@@ -48,7 +49,8 @@ def run(
     # The progress bars are the interface; wandb's own chatter would break them up.
     os.environ.setdefault("WANDB_SILENT", "true")
     console.print(
-        f"[bold]{spec.name}[/bold]: stages {', '.join(spec.planned_stages())} → {run_dir}"
+        f"[bold]{spec.name}[/bold]: stages "
+        f"{', '.join(k.name for k in planned_kinds(spec))} → {run_dir}"
     )
 
     bars = Progress(

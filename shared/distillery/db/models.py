@@ -2,7 +2,8 @@
 
 Postgres is the source of truth for what exists and in what state. A stage lives
 `queued -> running -> succeeded | failed | cancelled`, with progress, a lease while running and
-the storage key of its last checkpoint.
+the storage key of its last checkpoint; only `distillery.stages.lifecycle` writes its status,
+lease, heartbeat, attempts and enqueue time.
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ class Dataset(Base):
 
 class Experiment(Base):
     __tablename__ = "experiments"
+    __table_args__ = (
+        UniqueConstraint(
+            "owner_id", "idempotency_key", name="uq_experiments_owner_idempotency_key"
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
@@ -102,6 +108,8 @@ class Experiment(Base):
         ForeignKey("users.id", ondelete="SET NULL"), index=True
     )
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    #: The submitter's `Idempotency-Key`: a retried submission returns this experiment.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     results: Mapped[dict[str, Any] | None] = mapped_column()  # the comparison table
     created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(_ts, default=utcnow, onupdate=utcnow)
@@ -151,9 +159,12 @@ class Stage(Base):
 
 
 class Metric(Base):
-    """One row per stage and epoch: the epoch's validation metrics and mean loss components."""
+    """One row per stage and epoch (keyed by the global step at its end): the epoch's validation
+    metrics and mean loss components. Written at most once per step, however often the
+    stage was resumed."""
 
     __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("stage_id", "step", name="uq_metrics_stage_step"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"), index=True)

@@ -1,6 +1,9 @@
-"""Epoch checkpoints: ``<stage_dir>/ckpt/epoch-<n>/`` holds `accelerator.save_state` output plus
-``trainer_state.json`` (epoch, global step, metrics history), written last: a folder without it
-is an interrupted save and is never resumed from."""
+"""Checkpoints: ``<stage_dir>/ckpt/step-<n>/`` (n = optimizer steps done) holds
+`accelerator.save_state` output plus ``trainer_state.json`` (epochs done, global step, steps done
+in the current epoch, metrics history), written last: a folder without it is an interrupted save
+and is never resumed from. One is written at every epoch end and whenever the stage is paused
+(preemption) mid-epoch; resuming from a mid-epoch one skips the batches already trained on, in
+the epoch's seeded order, so the run continues exactly."""
 
 from __future__ import annotations
 
@@ -13,17 +16,19 @@ from pathlib import Path
 from typing import Any
 
 STATE_FILE = "trainer_state.json"
-#: Epoch checkpoints kept on disk (older ones are deleted after each save).
+#: Checkpoints kept on disk (older ones are deleted after each save).
 KEEP_LAST = 2
-_EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
+_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass
 class TrainerState:
-    """Where the loop stands after `epoch` (1-based) and `global_step` optimizer steps."""
+    """Where the loop stands: `epoch` epochs finished, `global_step` optimizer steps done, of which
+    `epoch_step` in the unfinished epoch `epoch + 1` (0 at an epoch end)."""
 
     epoch: int = 0
     global_step: int = 0
+    epoch_step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     #: Scores of a frozen teacher (computed once; offline distillation).
     teacher_metrics: dict[str, Any] | None = None
@@ -42,24 +47,24 @@ class TrainerState:
             raise ValueError(f"{path}: not a readable trainer state ({e})") from None
 
 
-def epoch_dir(ckpt_root: Path, epoch: int) -> Path:
-    return ckpt_root / f"epoch-{epoch}"
+def step_dir(ckpt_root: Path, global_step: int) -> Path:
+    return ckpt_root / f"step-{global_step}"
 
 
-def _epoch_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
+def _step_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
     if not ckpt_root.is_dir():
         return []
     found = []
     for p in ckpt_root.iterdir():
-        m = _EPOCH_DIR.match(p.name)
+        m = _STEP_DIR.match(p.name)
         if m and p.is_dir():
             found.append((int(m.group(1)), p))
     return sorted(found)
 
 
 def complete_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Finished epoch checkpoints, oldest first."""
-    return [p for _, p in _epoch_dirs(ckpt_root) if (p / STATE_FILE).is_file()]
+    """Finished checkpoints, oldest first."""
+    return [p for _, p in _step_dirs(ckpt_root) if (p / STATE_FILE).is_file()]
 
 
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
@@ -68,8 +73,8 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
 
 
 def remove_incomplete(ckpt_root: Path) -> None:
-    """Delete epoch folders whose save was interrupted."""
-    for _, p in _epoch_dirs(ckpt_root):
+    """Delete checkpoint folders whose save was interrupted."""
+    for _, p in _step_dirs(ckpt_root):
         if not (p / STATE_FILE).is_file():
             shutil.rmtree(p, ignore_errors=True)
 

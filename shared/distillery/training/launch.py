@@ -6,7 +6,9 @@
 Run it plainly for one process, or under ``accelerate launch`` for several (as `run_stage`
 does when ``train.num_processes > 1``). The main rank writes ``DIR/<stage>/result.json`` and
 appends progress to ``--events``; every rank writes ``DIR/<stage>/result/rank-<i>.json`` with a
-hash of its final weights and what it evaluated, to check that processes agree.
+hash of its final weights and what it evaluated, to check that processes agree. When the
+parent creates ``DIR/<stage>/launch/pause``, the ranks agree on it at the same step (a max over
+processes), write a checkpoint there and exit with `PAUSED_EXIT_CODE`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,25 @@ import sys
 from pathlib import Path
 
 from distillery.spec import SpecError, load_spec
+from distillery.training.hooks import StageHooks
+from distillery.training.launcher import PAUSE_FLAG, PAUSED_EXIT_CODE
+from distillery.training.result import StagePaused
+
+
+def pause_flag_checker(flag: Path) -> StageHooks:
+    """Hooks whose `should_pause` is True on every rank at the same step once `flag` exists:
+    each rank looks for the file and the ranks take the max (one tiny all-reduce per step)."""
+    import torch.distributed as dist
+
+    def should_pause() -> bool:
+        seen = torch.tensor([1.0 if flag.exists() else 0.0])
+        if dist.is_available() and dist.is_initialized():
+            if dist.get_backend() == "nccl":
+                seen = seen.cuda()
+            dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+        return bool(seen.item() > 0)
+
+    return StageHooks(should_pause=should_pause)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,15 +62,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from distillery.training.trainer import train_stage
 
-    outcome = train_stage(
-        spec,
-        args.stage,
-        args.workdir.resolve(),
-        teacher_path=args.teacher,
-        resume=not args.no_resume,
-        tracker_group=args.tracker_group,
-        events_path=args.events,
-    )
+    workdir = args.workdir.resolve()
+    try:
+        outcome = train_stage(
+            spec,
+            args.stage,
+            workdir,
+            teacher_path=args.teacher,
+            resume=not args.no_resume,
+            hooks=pause_flag_checker(workdir / args.stage / "launch" / PAUSE_FLAG),
+            tracker_group=args.tracker_group,
+            events_path=args.events,
+        )
+    except StagePaused as e:
+        print(e, file=sys.stderr)
+        return PAUSED_EXIT_CODE
     report_dir = args.workdir.resolve() / args.stage / "result"
     report_dir.mkdir(parents=True, exist_ok=True)
     ev = outcome.evaluation

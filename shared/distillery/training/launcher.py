@@ -4,8 +4,10 @@ subprocess group, with progress streamed back through a JSON-lines file.
 The parent resolves platform datasets to local folders first (the callback cannot cross the
 process boundary), writes the spec as JSON, tails the main rank's progress file (replaying
 `on_progress` / `on_checkpoint`), polls `should_stop` and, to stop, terminates the whole process
-group: the last epoch checkpoint, written before, stays (an unfinished one lacks its
-``trainer_state.json`` and is never resumed from).
+group: the last checkpoint, written before, stays (an unfinished one lacks its
+``trainer_state.json`` and is never resumed from). `should_pause` creates the flag file
+``launch/pause``: the ranks agree on it at their next step, write a checkpoint there, report
+`paused` in the progress file and exit.
 """
 
 from __future__ import annotations
@@ -21,13 +23,24 @@ from pathlib import Path
 
 from distillery.spec import DatasetRef, ExperimentSpec
 from distillery.training import checkpoints as ckpt
+from distillery.training.hooks import NO_HOOKS, StageHooks
 from distillery.training.progress import Progress, ProgressFile, ProgressReporter, interactive
-from distillery.training.result import RESULT_FILE, StageCancelled, StageResult
+from distillery.training.result import (
+    RESULT_FILE,
+    StageCancelled,
+    StageDiverged,
+    StagePaused,
+    StageResult,
+)
 
 #: Seconds between polls of the progress file and `should_stop`.
 POLL_S = 0.2
 #: Seconds the processes get to exit after SIGTERM before SIGKILL.
 TERMINATE_GRACE_S = 20.0
+#: Exit code of the ranks after a pause checkpoint (EX_TEMPFAIL).
+PAUSED_EXIT_CODE = 75
+#: The flag file (in ``<stage>/launch/``) that asks the ranks to pause.
+PAUSE_FLAG = "pause"
 
 
 def free_port() -> int:
@@ -122,10 +135,7 @@ def launch_stage(
     num_processes: int,
     mixed_precision: str,
     teacher_path: Path | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    on_checkpoint: Callable[[int, Path], None] | None = None,
-    resolve_root: Callable[[DatasetRef], Path] | None = None,
+    hooks: StageHooks = NO_HOOKS,
     tracker_group: str | None = None,
 ) -> StageResult:
     """Train `stage` on `num_processes` processes and return its result (see `run_stage`)."""
@@ -133,9 +143,11 @@ def launch_stage(
     launch_dir = stage_dir / "launch"
     launch_dir.mkdir(parents=True, exist_ok=True)
     spec_path = launch_dir / "spec.json"
-    spec_path.write_text(with_local_roots(spec, resolve_root).model_dump_json(indent=2))
+    spec_path.write_text(with_local_roots(spec, hooks.resolve_root).model_dump_json(indent=2))
     events = launch_dir / "progress.jsonl"
     events.unlink(missing_ok=True)
+    pause_flag = launch_dir / PAUSE_FLAG
+    pause_flag.unlink(missing_ok=True)
     log_path = launch_dir / "launch.log"
     cmd = launch_command(
         num_processes=num_processes,
@@ -157,15 +169,15 @@ def launch_stage(
 
     where = {"epoch": 0, "step": 0}
     # Without a callback, an interactive caller gets the bar a one-process stage would show.
-    bar = ProgressReporter(stage, show_bar=on_progress is None and interactive())
+    bar = ProgressReporter(stage, show_bar=hooks.on_progress is None and interactive())
 
     def seen(p: Progress) -> None:
         where["epoch"], where["step"] = p.epoch, p.step
-        if on_progress is not None:
-            on_progress(p)
-        (bar.epoch_end if "miou" in p.metrics else bar.step)(p)
+        if hooks.on_progress is not None:
+            hooks.on_progress(p)
+        (bar.epoch_end if p.epoch_end else bar.step)(p)
 
-    tail = ProgressFile(events, seen, on_checkpoint)
+    tail = ProgressFile(events, seen, hooks.on_checkpoint)
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -173,7 +185,9 @@ def launch_stage(
         try:
             while proc.poll() is None:
                 tail.poll()
-                if should_stop is not None and should_stop():
+                if not pause_flag.exists() and hooks.pause_requested():
+                    pause_flag.touch()  # the ranks checkpoint at their next step and exit
+                if hooks.stop_requested():
                     _terminate(proc)
                     tail.poll()
                     raise StageCancelled(
@@ -188,6 +202,12 @@ def launch_stage(
             raise
         finally:
             bar.close()
+    if tail.diverged is not None:
+        raise StageDiverged(stage, *tail.diverged)
+    if tail.paused:  # accelerate reports the ranks' exit as its own failure
+        raise StagePaused(
+            stage, where["epoch"], where["step"], ckpt.latest_checkpoint(stage_dir / "ckpt")
+        )
     if proc.returncode != 0:
         raise RuntimeError(
             f"stage {stage}: `accelerate launch` on {num_processes} processes exited with code "

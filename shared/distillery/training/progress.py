@@ -12,17 +12,17 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 
 @dataclass
 class Progress:
     """`step` of `steps` optimizer steps in `epoch` of `epochs` (both 1-based).
 
-    Step records carry the training scalars (``loss``, each loss component, ``lr``,
-    ``images_per_s``); the record sent at the end of an epoch carries the validation scores
-    (``miou``, ``pixel_accuracy``, ``iou/<class>``, ``entropy``, ...): ``"miou" in metrics``
-    tells them apart.
+    `kind` says what the record is: ``"step"`` records carry the training scalars (``loss``,
+    each loss component, ``lr``, ``images_per_s``); the ``"epoch"`` record sent at the end of an
+    epoch carries the validation scores (``miou``, ``pixel_accuracy``, ``iou/<class>``,
+    ``entropy``, ...).
     """
 
     stage: str
@@ -31,6 +31,11 @@ class Progress:
     step: int
     steps: int
     metrics: dict[str, float] = field(default_factory=dict)
+    kind: Literal["step", "epoch"] = "step"
+
+    @property
+    def epoch_end(self) -> bool:
+        return self.kind == "epoch"
 
 
 class ProgressReporter:
@@ -92,12 +97,22 @@ class ProgressReporter:
                 f"{self.stage} epoch {p.epoch}/{p.epochs}: mIoU {p.metrics['miou']:.4f}"
             )
 
-    def checkpoint(self, epoch: int, directory: Path) -> None:
+    def checkpoint(self, global_step: int, directory: Path) -> None:
         if not self.enabled:
             return
         if self.on_checkpoint is not None:
-            self.on_checkpoint(epoch, directory)
-        self._write({"event": "checkpoint", "epoch": epoch, "dir": str(directory)})
+            self.on_checkpoint(global_step, directory)
+        self._write({"event": "checkpoint", "global_step": global_step, "dir": str(directory)})
+
+    def diverged(self, step: int, loss: float) -> None:
+        """Tell a parent process why the ranks are about to fail."""
+        if self.enabled:
+            self._write({"event": "diverged", "step": step, "loss": repr(loss)})
+
+    def paused(self, global_step: int) -> None:
+        """Tell a parent process that the ranks stop after a pause checkpoint."""
+        if self.enabled:
+            self._write({"event": "paused", "global_step": global_step})
 
     def close(self) -> None:
         if self._bar is not None:
@@ -131,6 +146,10 @@ class ProgressFile:
         self.on_checkpoint = on_checkpoint
         self._offset = 0
         self._partial = ""
+        #: (step, loss) if the main rank reported a divergence.
+        self.diverged: tuple[int, float] | None = None
+        #: True once the main rank reported a pause checkpoint.
+        self.paused = False
 
     def poll(self) -> int:
         """Replay the complete lines added since the last call; returns how many."""
@@ -151,6 +170,10 @@ class ProgressFile:
             if event == "progress" and self.on_progress is not None:
                 self.on_progress(Progress(**record))
             elif event == "checkpoint" and self.on_checkpoint is not None:
-                self.on_checkpoint(int(record["epoch"]), Path(record["dir"]))
+                self.on_checkpoint(int(record["global_step"]), Path(record["dir"]))
+            elif event == "diverged":
+                self.diverged = (int(record["step"]), float(record["loss"]))
+            elif event == "paused":
+                self.paused = True
             n += 1
         return n

@@ -1,5 +1,6 @@
-"""What a training stage hands back: `StageResult` (also stored as ``<stage>/result.json``), and
-`StageCancelled`, raised when `should_stop()` asked the stage to stop."""
+"""What a training stage hands back: `StageResult` (also stored as ``<stage>/result.json``), or
+how it stopped early: `StageCancelled` (`should_stop()`), `StagePaused` (`should_pause()`:
+a checkpoint was written at that step) or `StageDiverged` (a non-finite loss or weights)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,29 @@ class StageCancelled(Exception):  # noqa: N818 - the platform's name for it
 
     def __reduce__(self) -> tuple[type, tuple[str, int, int, Path | None]]:
         return (type(self), (self.stage, self.epoch, self.step, self.checkpoint_dir))
+
+
+class StagePaused(StageCancelled):
+    """The stage wrote a checkpoint at this step and stopped because `should_pause()` returned
+    True (the worker is being preempted); running it again resumes exactly there."""
+
+    def __init__(
+        self, stage: str = "", epoch: int = 0, step: int = 0, checkpoint_dir: Path | None = None
+    ) -> None:
+        super().__init__(stage, epoch, step, checkpoint_dir)
+        self.args = (f"stage {stage} paused at epoch {epoch}, step {step}; {checkpoint_dir}",)
+
+
+class StageDiverged(RuntimeError):
+    """Training produced a non-finite loss or non-finite weights at global step `step`. The last
+    checkpoint written before it (all finite) is kept; nothing non-finite is stored."""
+
+    def __init__(self, stage: str = "", step: int = 0, loss: float = float("nan")) -> None:
+        self.stage, self.step, self.loss = stage, step, loss
+        super().__init__(f"diverged at step {step} (loss={loss})")
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, float]]:
+        return (type(self), (self.stage, self.step, self.loss))
 
 
 @dataclass

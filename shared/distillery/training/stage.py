@@ -4,22 +4,21 @@ It runs the stage in this process, or, when ``train.num_processes > 1`` (and thi
 already one of several processes), under ``accelerate launch`` in a subprocess group (see
 `launcher`). Either way the caller gets the same callbacks and the same `StageResult`.
 
-Layout of ``workdir/<stage>/``: ``ckpt/epoch-<n>/`` (accelerate state of epoch n, newest two
-kept), ``model.pt`` (the exported model), ``result.json`` (present once the stage finished: a
-re-run just returns it).
+Layout of ``workdir/<stage>/``: ``ckpt/step-<n>/`` (accelerate state after n optimizer steps,
+newest two kept), ``model.pt`` (the exported model), ``result.json`` (present once the stage
+finished: a re-run just returns it).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from distillery.spec import DatasetRef, ExperimentSpec
+from distillery.spec import ExperimentSpec
+from distillery.training.hooks import NO_HOOKS, StageHooks
 from distillery.training.plan import check_precision, check_processes, plan_stage, visible_gpus
-from distillery.training.progress import Progress
 from distillery.training.result import RESULT_FILE, StageResult
 
 TrainStage = Literal["teacher", "student", "distill"]
@@ -32,23 +31,16 @@ def run_stage(
     *,
     teacher_path: Path | None = None,
     resume: bool = True,
-    on_progress: Callable[[Progress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    on_checkpoint: Callable[[int, Path], None] | None = None,
-    resolve_root: Callable[[DatasetRef], Path] | None = None,
+    hooks: StageHooks = NO_HOOKS,
     tracker_group: str | None = None,
 ) -> StageResult:
     """Train `stage` of `spec` in ``workdir/<stage>/`` and return its result.
 
     - `teacher_path`: the teacher's exported model for ``distill`` (else
       ``spec.teacher.model.checkpoint``).
-    - `resume`: continue from the newest epoch checkpoint (and return a finished stage's result
-      as is); False starts over, deleting what the stage wrote before.
-    - `on_progress(Progress)`: after every optimizer step and at every epoch end (validation
-      scores); `on_checkpoint(epoch, dir)`: after each epoch's checkpoint is saved.
-    - `should_stop()`: polled every step; True stops the stage, which raises `StageCancelled`
-      and keeps the last epoch checkpoint.
-    - `resolve_root`: local folder of a platform dataset (`DatasetRef.dataset_id`).
+    - `resume`: continue from the newest checkpoint (and return a finished stage's result as
+      is); False starts over, deleting what the stage wrote before.
+    - `hooks`: progress, checkpoint, stop/pause requests and dataset resolution (`StageHooks`).
     - `tracker_group`: the wandb group (default: the spec's name).
     """
     plan = plan_stage(spec, stage)  # validates the stage and its settings early
@@ -73,10 +65,7 @@ def run_stage(
             num_processes=plan.train.num_processes,
             mixed_precision=plan.train.mixed_precision,
             teacher_path=teacher_path,
-            on_progress=on_progress,
-            should_stop=should_stop,
-            on_checkpoint=on_checkpoint,
-            resolve_root=resolve_root,
+            hooks=hooks,
             tracker_group=tracker_group,
         )
 
@@ -88,9 +77,6 @@ def run_stage(
         workdir,
         teacher_path=teacher_path,
         resume=resume,
-        on_progress=on_progress,
-        should_stop=should_stop,
-        on_checkpoint=on_checkpoint,
-        resolve_root=resolve_root,
+        hooks=hooks,
         tracker_group=tracker_group,
     ).result

@@ -14,6 +14,11 @@ One loop covers the three stages:
 It reads top to bottom like Accelerate's examples: build, `prepare`, `load_state` (resume),
 then per epoch: train with `accumulate`, evaluate (confusion matrices reduced over processes),
 `save_state`, log. Only the main process tracks, reports progress and writes files.
+
+A non-finite loss (or non-finite weights before a checkpoint) stops the stage with
+`StageDiverged` before anything non-finite is saved. `hooks.should_pause()` (preemption) writes a
+checkpoint at the current step and raises `StagePaused`; resuming from it skips the batches of
+that epoch already trained on (the order is seeded per epoch), so the run continues exactly.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,10 +59,17 @@ from distillery.training.amp import clip_and_step, share_scaler
 from distillery.training.class_weights import class_weights_for
 from distillery.training.cpu_memory import retain_freed_memory
 from distillery.training.evaluation import Evaluation, evaluate
+from distillery.training.hooks import NO_HOOKS, StageHooks
 from distillery.training.loaders import epoch_seed, train_loader, val_loader
 from distillery.training.plan import StagePlan, check_precision, plan_stage
 from distillery.training.progress import Progress, ProgressReporter, interactive
-from distillery.training.result import RESULT_FILE, StageCancelled, StageResult
+from distillery.training.result import (
+    RESULT_FILE,
+    StageCancelled,
+    StageDiverged,
+    StagePaused,
+    StageResult,
+)
 from distillery.training.runtime import apply_runtime
 from distillery.training.schedules import build_scheduler
 from distillery.training.visuals import fixed_batch, log_epoch_media
@@ -157,7 +169,7 @@ def state_hash(modules: Iterable[nn.Module]) -> str:
     return h.hexdigest()
 
 
-def _root_of(ref: DatasetRef, resolve_root: Callable[[DatasetRef], Path] | None) -> Path:
+def _root_of(ref: DatasetRef, resolve_root: Any) -> Path:
     if ref.root is not None:
         return Path(ref.root)
     if resolve_root is None:
@@ -188,14 +200,12 @@ def train_stage(
     *,
     teacher_path: Path | None = None,
     resume: bool = True,
-    on_progress: Callable[[Progress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    on_checkpoint: Callable[[int, Path], None] | None = None,
-    resolve_root: Callable[[DatasetRef], Path] | None = None,
+    hooks: StageHooks = NO_HOOKS,
     tracker_group: str | None = None,
     events_path: Path | None = None,
 ) -> TrainOutcome:
     """Train `stage` in this process (one of possibly several launched by accelerate)."""
+    resolve_root = hooks.resolve_root
     plan = plan_stage(spec, stage)
     train = plan.train
     stage_dir = Path(workdir) / stage
@@ -338,12 +348,24 @@ def train_stage(
     )
     reporter = ProgressReporter(
         stage,
-        on_progress=on_progress,
-        on_checkpoint=on_checkpoint,
+        on_progress=hooks.on_progress,
+        on_checkpoint=hooks.on_checkpoint,
         events_path=events_path,
-        show_bar=on_progress is None and events_path is None and interactive(),
+        show_bar=hooks.on_progress is None and events_path is None and interactive(),
         enabled=accelerator.is_main_process,
     )
+
+    def save_checkpoint() -> Path:
+        """accelerate state, then trainer_state.json (marks it complete); never non-finite."""
+        if not all(_finite(lr_) for lr_ in learners):
+            raise StageDiverged(stage, state.global_step, float("nan"))
+        directory = ckpt.step_dir(ckpt_root, state.global_step)
+        accelerator.save_state(str(directory))
+        if accelerator.is_main_process:
+            state.save(directory)
+        accelerator.wait_for_everyone()
+        return directory
+
     media = fixed_batch(val_set) if tracker.wants_images or tracker.wants_feature_maps else None
 
     evaluation: Evaluation | None = None
@@ -359,9 +381,19 @@ def train_stage(
             epoch_start = step_start = time.perf_counter()
             step, micro, logged_micro = 0, 0, 0
             since_log, epoch_losses = _DeviceMeans(), _DeviceMeans()
-            for batch in loader:
-                if should_stop is not None and should_stop():
+            batches: Iterable[Any] = loader
+            if state.epoch_step:  # a mid-epoch checkpoint: skip what was trained on already
+                step = state.epoch_step
+                batches = accelerator.skip_first_batches(loader, step * train.grad_accum_steps)
+            for batch in batches:
+                if hooks.stop_requested():
                     raise StageCancelled(stage, epoch, step, ckpt.latest_checkpoint(ckpt_root))
+                if micro % train.grad_accum_steps == 0 and hooks.pause_requested():
+                    state.epoch_step = step
+                    directory = save_checkpoint()
+                    reporter.checkpoint(state.global_step, directory)
+                    reporter.paused(state.global_step)
+                    raise StagePaused(stage, epoch, step, directory)
                 images, masks = batch["image"], batch["mask"]
                 phase = phase_at(plan.alternate, roles, epoch=epoch, global_step=state.global_step)
                 with accelerator.accumulate(*[lr_.model for lr_ in learners]):
@@ -393,6 +425,9 @@ def train_stage(
                     continue
                 now = time.perf_counter()
                 scalars = since_log.means()  # the one device read of these steps
+                if not math.isfinite(scalars["loss"]):
+                    reporter.diverged(state.global_step, scalars["loss"])
+                    raise StageDiverged(stage, state.global_step, scalars["loss"])
                 scalars |= _learning_rates(by_role, main_role)
                 images = (micro - logged_micro) * train.batch_size * world
                 scalars["images_per_s"] = images / (now - step_start)
@@ -400,6 +435,7 @@ def train_stage(
                 reporter.step(Progress(stage, epoch, train.epochs, step, steps_per_epoch, scalars))
                 since_log, logged_micro, step_start = _DeviceMeans(), micro, time.perf_counter()
             epoch_time = time.perf_counter() - epoch_start
+            state.epoch_step = 0
 
             # ---- evaluate (every process scores its shard; results are reduced) ----
             for lr_ in learners:
@@ -426,17 +462,12 @@ def train_stage(
             )
             state.epoch = epoch
 
-            # ---- checkpoint: accelerate state, then trainer_state.json (marks it complete) ----
-            directory = ckpt.epoch_dir(ckpt_root, epoch)
-            accelerator.save_state(str(directory))
-            if accelerator.is_main_process:
-                state.save(directory)
-            accelerator.wait_for_everyone()
+            directory = save_checkpoint()
 
             # ---- report and log (main process) ----
             if accelerator.is_main_process:
                 flat = _flat_val(val_metrics)
-                reporter.checkpoint(epoch, directory)
+                reporter.checkpoint(state.global_step, directory)
                 ckpt.prune(ckpt_root)
                 tracker.log(
                     {f"val/{k}": v for k, v in flat.items()}
@@ -461,6 +492,7 @@ def train_stage(
                         steps_per_epoch,
                         steps_per_epoch,
                         flat | {"loss": train_summary.get("loss", float("nan"))},
+                        kind="epoch",
                     )
                 )
     except BaseException as exc:
@@ -492,7 +524,7 @@ def train_stage(
         metrics=metrics,
         history=state.history,
         model_path=model_path,
-        checkpoint_dir=ckpt.epoch_dir(ckpt_root, state.epoch),
+        checkpoint_dir=ckpt.step_dir(ckpt_root, state.global_step),
         wandb_run=wandb_run,
         params=count_parameters(exported),
         extra_models=extra,
@@ -565,6 +597,12 @@ def step_losses(
         components.update({f"{key}/{k}": v for k, v in parts.items()})
     assert total is not None, "a phase updates at least one model"
     return total, components
+
+
+def _finite(learner: Learner) -> bool:
+    """Every weight and buffer (BatchNorm statistics too) of the learner is finite."""
+    tensors = [*learner.parameters(), *unwrap(learner.model).buffers()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
 class _DeviceMeans:

@@ -61,6 +61,11 @@ def test_cli_against_the_gateway(gateway_url, make_user, tmp_path, session_facto
     assert r.exit_code == 0 and f"{exp_id}: cancelled" in r.output
     r = cli("cancel", exp_id, *opts)
     assert r.exit_code == 1 and "HTTP 409" in r.output
+    r = cli("retry", exp_id, *opts)  # a cancelled experiment is queued again
+    assert r.exit_code == 0, r.output
+    assert f"{exp_id}: queued; queued again: teacher, student, distill, profile" in r.output
+    r = cli("cancel", exp_id, *opts)
+    assert r.exit_code == 0 and f"{exp_id}: cancelled" in r.output
 
     # Through the environment instead of flags.
     r = cli("delete", exp_id, env={"DISTILLERY_URL": gateway_url, "DISTILLERY_TOKEN": token})

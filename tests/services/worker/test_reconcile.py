@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from distillery.db import Stage, StageStatus
-from distillery.db.planning import create_experiment
 from distillery.spec import ExperimentSpec
+from distillery.stages.plan import create_experiment
 from services.celery_app import RUN_STAGE_TASK, make_celery
 from services.worker.reconcile import pending_stage_ids, reconcile_once, run_loop
 from services.worker.runtime import heartbeat
@@ -36,8 +36,7 @@ def _experiment(session_factory, settings, age_s: float = 0) -> list[int]:
         exp = create_experiment(
             s,
             ExperimentSpec.model_validate(SPEC),
-            gpu_queue=settings.gpu_queue,
-            profiler_queue=settings.profiler_queue,
+            queues={"gpu": settings.gpu_queue, "profiler": settings.profiler_queue},
         )
         exp.created_at = datetime.now(UTC) - timedelta(seconds=age_s)
         s.flush()
@@ -154,7 +153,7 @@ def test_heartbeat_renews_only_the_lease_this_worker_holds(session_factory, sett
             st = s.get(Stage, stage_id)
             st.status, st.worker_id, st.lease_expires_at = StageStatus.running, worker, start
     with heartbeat(session_factory, mine, "me:1", lease_seconds=5):
-        time.sleep(1.6)  # one beat every second
+        time.sleep(2.2)  # one beat every lease / 3 s
     with session_factory() as s:
         assert s.get(Stage, mine).lease_expires_at > start + timedelta(seconds=5)
         assert s.get(Stage, mine).heartbeat_at is not None

@@ -4,63 +4,15 @@ worker was killed resumes on another worker from its last checkpoint in S3. Real
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from distillery.db import Experiment, Metric, Stage, StageStatus
-from distillery.db.planning import create_experiment
-from distillery.spec import ExperimentSpec
-from services.celery_app import RUN_STAGE_TASK, make_celery
-from services.dispatch import CeleryDispatcher, enqueue_stage
+from distillery.db import Metric, Stage, StageStatus
+from services.celery_app import RUN_STAGE_TASK
+from tests.support.experiments import experiment_status, submit, tiny_spec
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_spec(
-    name: str,
-    data_root: Path,
-    *,
-    epochs: int,
-    steps: int,
-    stages: list[str],
-    num_train: int = 8,
-    num_val: int = 4,
-) -> ExperimentSpec:
-    ref = {"format": "cityscapes", "root": str(data_root)}
-    train = {"epochs": epochs, "batch_size": 2, "max_steps_per_epoch": steps}
-    return ExperimentSpec.model_validate(
-        {
-            "name": name,
-            "data": {
-                "train": [ref],
-                "val": [ref],
-                "image_size": [32, 64],
-                "synthetic": {"num_train": num_train, "num_val": num_val, "image_size": [32, 64]},
-            },
-            "teacher": {"model": {"depth": 2, "width": 4}, "train": train},
-            "student": {"model": {"depth": 2, "width": 2}, "train": train},
-            "tracking": {"mode": "disabled"},
-            "stages": stages,
-        }
-    )
-
-
-def submit(session_factory, settings, spec: ExperimentSpec) -> tuple[str, list[int]]:
-    """What the gateway does: store the experiment and its stages, send the first stage."""
-    with session_factory() as s:
-        exp = create_experiment(
-            s, spec, gpu_queue=settings.gpu_queue, profiler_queue=settings.profiler_queue
-        )
-        s.commit()
-        assert enqueue_stage(s, CeleryDispatcher(make_celery(settings)), exp.stages[0])
-        return exp.id, [st.id for st in exp.stages]
-
-
-def experiment_status(session_factory, exp_id: str) -> StageStatus:
-    with session_factory() as s:
-        return s.get(Experiment, exp_id).status
 
 
 def drop_unacked(redis_client, queue: str) -> None:

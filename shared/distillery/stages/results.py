@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-ROWS = (
-    ("teacher", "teacher"),
-    ("student", "student (baseline)"),
-    ("distill", "student (distilled)"),
-)
+
+def table_rows() -> list[tuple[str, str]]:
+    """(stage, label) of the kinds with a row in the table, in the registry's order."""
+    from distillery.registry import STAGES
+
+    kinds = [STAGES.get(name) for name in STAGES.in_order()]
+    return [(k.name, k.table_label) for k in kinds if k.table_label]
 
 
 class _StageLike(Protocol):
@@ -27,7 +29,7 @@ def build_results(stages: Iterable[_StageLike]) -> dict[str, Any]:
     profile = by_name.get("profile", {})
     size = by_name.get("size")
     rows = []
-    for name, label in ROWS:
+    for name, label in table_rows():
         if name not in by_name:
             continue
         res = by_name[name]

@@ -1,0 +1,415 @@
+"""A stage's life: the only code that writes a stage's status, lease, heartbeat, attempts and
+enqueue time (and the experiment's status that rolls them up).
+
+```
+queued ──claim──► running ──succeed──► succeeded
+  ▲  ▲              │ │ └────fail────► failed ────┐
+  │  │              │ └──cancelled───► cancelled ─┤ retry
+  │  └──release─────┘  (preempted: SIGTERM)       │
+  │  └──requeue_lost── (lease expired: worker dead)
+  └──────────────────────────────────────────────┘
+```
+
+Every function is a guarded update in the caller's transaction: a stage is changed only from
+the status (and, while running, by the lease holder) the transition expects, so a worker that
+lost its lease, a duplicate message or a racing cancel can never overwrite another's write.
+Workers are named ``host:pid``; a lease held by a process of this host that no longer exists is
+provably dead and is taken over at once instead of waiting for it to expire.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from distillery.db.models import Experiment, Metric, Stage, StageStatus
+
+log = logging.getLogger(__name__)
+
+
+class StageLost(RuntimeError):
+    """This worker no longer holds the stage (its lease expired and the stage was handed on, or
+    it was cancelled); the worker stops without writing."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(ts: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything stored is UTC."""
+    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
+
+
+def holder_is_dead(worker_id: str | None) -> bool:
+    """True if `worker_id` (``host:pid``) names a process of this host that no longer exists."""
+    if not worker_id or ":" not in worker_id:
+        return False
+    host, _, pid = worker_id.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None: JSON has no NaN or Infinity, and
+    nothing non-finite is ever stored."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    if isinstance(value, int | str | bool) or value is None:
+        return value
+    try:
+        return finite_json(float(value))  # numpy / torch scalars
+    except (TypeError, ValueError):
+        return str(value)
+
+
+# ------------------------------------------------------------------------------------ claim
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A stage this worker now holds."""
+
+    stage_id: int
+    name: str
+    experiment_id: str
+    spec: dict[str, Any]
+    checkpoint_key: str | None
+    attempts: int
+    #: (name, result, model_key) of the experiment's succeeded earlier stages.
+    earlier: tuple[tuple[str, dict[str, Any] | None, str | None], ...]
+
+
+def claim(s: Session, stage_id: int, worker: str, lease: timedelta) -> Claimed | None:
+    """Take the stage for `worker`, or None if it must not run now: finished, waiting for an
+    earlier stage, held by a live worker, or its experiment was cancelled."""
+    stage = s.execute(
+        select(Stage).where(Stage.id == stage_id).with_for_update()
+    ).scalar_one_or_none()
+    if stage is None:
+        log.warning("stage %s does not exist (deleted?)", stage_id)
+        return None
+    exp = stage.experiment
+    if stage.status.finished:
+        return None
+    t = now()
+    if stage.status == StageStatus.running and stage.worker_id != worker:
+        expires = aware(stage.lease_expires_at)
+        if expires is not None and expires > t and not holder_is_dead(stage.worker_id):
+            log.info("stage %s is held by %s; skipping", stage_id, stage.worker_id)
+            return None
+        log.warning(
+            "stage %s: taking over from %s (dead or lease expired)", stage_id, stage.worker_id
+        )
+    if exp.cancel_requested:
+        if stage.status == StageStatus.running:  # its worker died after the cancel
+            _end(stage, StageStatus.cancelled, "cancelled by request")
+        _cancel_queued(exp, "cancelled before it started")
+        _roll_up(exp)
+        return None
+    earlier = [x for x in exp.stages if x.position < stage.position]
+    if any(x.status != StageStatus.succeeded for x in earlier):
+        log.info("stage %s waits for earlier stages", stage_id)
+        return None
+    stage.status = StageStatus.running
+    stage.worker_id = worker
+    stage.started_at = stage.started_at or t
+    stage.heartbeat_at = t
+    stage.lease_expires_at = t + lease
+    stage.attempts += 1
+    stage.error = None
+    exp.status = StageStatus.running
+    return Claimed(
+        stage_id=stage.id,
+        name=stage.name,
+        experiment_id=exp.id,
+        spec=exp.spec,
+        checkpoint_key=stage.checkpoint_key,
+        attempts=stage.attempts,
+        earlier=tuple((x.name, x.result, x.model_key) for x in earlier),
+    )
+
+
+# ---------------------------------------------------------------------------- while running
+
+
+def _held(stage_id: int, worker: str) -> Any:
+    """The guard of every write by the holder: still running, still this worker's."""
+    return (
+        (Stage.id == stage_id) & (Stage.status == StageStatus.running) & (Stage.worker_id == worker)
+    )
+
+
+def renew(
+    s: Session,
+    stage_id: int,
+    worker: str,
+    lease: timedelta,
+    progress: tuple[int, int, int, int] | None = None,
+) -> None:
+    """Extend the lease (and record progress: epoch, epochs, step, steps); `StageLost` if the
+    stage is no longer this worker's."""
+    t = now()
+    values: dict[str, Any] = {"heartbeat_at": t, "lease_expires_at": t + lease}
+    if progress is not None:
+        values.update(zip(("epoch", "epochs", "step", "steps"), progress, strict=True))
+    r = s.execute(update(Stage).where(_held(stage_id, worker)).values(**values))
+    if r.rowcount == 0:
+        raise StageLost(f"this worker ({worker}) no longer holds stage {stage_id}")
+
+
+def heartbeat(s: Session, stage_id: int, worker: str, lease: timedelta) -> bool:
+    """Extend the lease if this worker holds the stage; False if it does not (any more)."""
+    t = now()
+    r = s.execute(
+        update(Stage)
+        .where(_held(stage_id, worker))
+        .values(heartbeat_at=t, lease_expires_at=t + lease)
+    )
+    return r.rowcount > 0
+
+
+def record_metric(
+    s: Session, stage_id: int, worker: str, epoch: int, step: int, values: dict[str, Any]
+) -> None:
+    """The epoch's metric row, exactly once per (stage, step) whatever was written before (a
+    resumed stage writes its epoch again); never a non-finite number."""
+    _require_held(s, stage_id, worker)
+    s.execute(delete(Metric).where(Metric.stage_id == stage_id, Metric.step == step))
+    s.add(Metric(stage_id=stage_id, epoch=epoch, step=step, values=finite_json(values)))
+
+
+def set_checkpoint(s: Session, stage_id: int, worker: str, key: str) -> str | None:
+    """Point the stage at its newest checkpoint (already complete in storage); returns the
+    previous key (the caller deletes it)."""
+    stage = _require_held(s, stage_id, worker)
+    old, stage.checkpoint_key = stage.checkpoint_key, key
+    return old
+
+
+def cancel_requested(s: Session, stage_id: int) -> bool:
+    stage = s.get(Stage, stage_id)
+    return stage is None or bool(stage.experiment.cancel_requested)
+
+
+def _require_held(s: Session, stage_id: int, worker: str) -> Stage:
+    stage = s.execute(
+        select(Stage).where(_held(stage_id, worker)).with_for_update()
+    ).scalar_one_or_none()
+    if stage is None:
+        raise StageLost(f"this worker ({worker}) no longer holds stage {stage_id}")
+    return stage
+
+
+# ------------------------------------------------------------------------------------ endings
+
+
+def succeed(
+    s: Session,
+    stage_id: int,
+    worker: str,
+    *,
+    result: dict[str, Any] | None,
+    model_key: str | None,
+    wandb: dict[str, Any] | None,
+) -> Experiment:
+    """The stage succeeded; returns its experiment (status `succeeded` once every stage is)."""
+    stage = _require_held(s, stage_id, worker)
+    stage.status = StageStatus.succeeded
+    stage.finished_at = now()
+    stage.lease_expires_at = None
+    stage.result = finite_json(result)
+    stage.wandb = finite_json(wandb)
+    stage.model_key = model_key
+    _roll_up(stage.experiment)
+    return stage.experiment
+
+
+def fail(
+    s: Session,
+    stage_id: int,
+    worker: str,
+    error: str,
+    *,
+    status: StageStatus = StageStatus.failed,
+    only_if_mine: bool = False,
+) -> bool:
+    """End the stage as failed (or cancelled) with `error`; later stages will not run. A stage
+    another worker holds is left alone when `only_if_mine` (or when this worker lost it)."""
+    stage = s.get(Stage, stage_id, with_for_update=True)
+    if stage is None or stage.status.finished:
+        return False
+    if stage.status == StageStatus.running and stage.worker_id != worker:
+        return False
+    if only_if_mine and stage.status != StageStatus.running:
+        return False
+    _end(stage, status, error)
+    exp = stage.experiment
+    _cancel_queued(exp, f"not run: stage {stage.name} {status.value}")
+    _roll_up(exp)
+    return True
+
+
+def release(s: Session, stage_id: int, worker: str, reason: str) -> bool:
+    """Give the stage back to the queue (preemption): its checkpoint is in storage, so the next
+    worker resumes it at once. Returns False if this worker did not hold it."""
+    r = s.execute(
+        update(Stage)
+        .where(_held(stage_id, worker))
+        .values(
+            status=StageStatus.queued,
+            worker_id=None,
+            lease_expires_at=None,
+            enqueued_at=None,
+            error=reason,
+        )
+    )
+    if r.rowcount:
+        _roll_up(s.get(Stage, stage_id).experiment)
+    return r.rowcount > 0
+
+
+# ------------------------------------------------------------------- requests from outside
+
+
+def request_cancel(s: Session, experiment: Experiment) -> list[int]:
+    """Cancel an experiment: queued stages now (a conditional update: a worker that has just
+    claimed one wins), a running one at its next step (its worker reads `cancel_requested`).
+    Returns the ids of the stages cancelled here (their queued messages can be dropped)."""
+    experiment.cancel_requested = True
+    ids = [st.id for st in experiment.stages if st.status == StageStatus.queued]
+    s.execute(
+        update(Stage)
+        .where(Stage.experiment_id == experiment.id, Stage.status == StageStatus.queued)
+        .values(
+            status=StageStatus.cancelled, finished_at=now(), error="cancelled before it started"
+        )
+        .execution_options(synchronize_session=False)
+    )
+    s.flush()
+    for st in experiment.stages:
+        s.refresh(st)
+    _roll_up(experiment)
+    return ids
+
+
+def retry(s: Session, experiment: Experiment) -> Stage | None:
+    """Queue the failed and cancelled stages of a finished experiment again; succeeded stages
+    are kept and each stage resumes from its last checkpoint. Returns the stage to enqueue."""
+    if not experiment.status.finished or experiment.status == StageStatus.succeeded:
+        raise ValueError(f"experiment {experiment.id} is {experiment.status.value}")
+    experiment.cancel_requested = False
+    for st in experiment.stages:
+        if st.status in (StageStatus.failed, StageStatus.cancelled):
+            st.status = StageStatus.queued
+            st.finished_at = None
+            st.worker_id = None
+            st.lease_expires_at = None
+            st.enqueued_at = None
+            st.error = None
+    _roll_up(experiment)
+    return next((st for st in experiment.stages if st.status == StageStatus.queued), None)
+
+
+def mark_enqueued(s: Session, stage: Stage) -> None:
+    """Its message was sent (the reconciler looks for queued stages without a recent one)."""
+    if stage.status == StageStatus.queued:
+        stage.enqueued_at = now()
+
+
+def next_stage(s: Session, stage_id: int) -> Stage | None:
+    """The queued stage that follows a succeeded one, if any."""
+    stage = s.get(Stage, stage_id)
+    if stage is None or stage.status != StageStatus.succeeded:
+        return None
+    later = [x for x in stage.experiment.stages if x.position > stage.position]
+    nxt = later[0] if later else None
+    return nxt if nxt is not None and nxt.status == StageStatus.queued else None
+
+
+def requeue_lost(s: Session, at: datetime, stale_after_s: float) -> list[Stage]:
+    """The reconciler's pass. For each unfinished experiment, its first unfinished stage if
+    - it is running with an expired lease, or held by a provably dead process of this host: it
+      is reset to queued (it resumes from its last checkpoint);
+    - it is queued and its message may be lost (never sent, or sent over `stale_after_s` ago).
+    The caller sends the messages; duplicates are harmless (a stage is claimed once at a time).
+    """
+    out = []
+    live = (StageStatus.queued, StageStatus.running)
+    for exp in s.execute(select(Experiment).where(Experiment.status.in_(live))).scalars():
+        stage = next((x for x in exp.stages if not x.status.finished), None)
+        if stage is None:
+            continue
+        if stage.status == StageStatus.running:
+            expires = aware(stage.lease_expires_at)
+            dead = holder_is_dead(stage.worker_id)
+            if expires is None or expires < at or dead:
+                guard = _held(stage.id, stage.worker_id or "")
+                if not dead:  # compare-and-set: a worker that renewed meanwhile keeps it
+                    guard &= Stage.lease_expires_at.is_(None) | (Stage.lease_expires_at < at)
+                r = s.execute(
+                    update(Stage)
+                    .where(guard)
+                    .values(status=StageStatus.queued, enqueued_at=None, lease_expires_at=None)
+                    .execution_options(synchronize_session="fetch")
+                )
+                if r.rowcount:
+                    log.warning("stage %s lost its worker %s; re-queued", stage.id, stage.worker_id)
+                    out.append(stage)
+        else:
+            enq = aware(stage.enqueued_at)
+            if enq is None or (at - enq).total_seconds() > stale_after_s:
+                out.append(stage)
+    return out
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _end(stage: Stage, status: StageStatus, error: str) -> None:
+    stage.status = status
+    stage.finished_at = now()
+    stage.error = error
+    stage.lease_expires_at = None
+
+
+def _cancel_queued(exp: Experiment, reason: str) -> None:
+    for x in exp.stages:
+        if x.status == StageStatus.queued:
+            _end(x, StageStatus.cancelled, reason)
+
+
+def _roll_up(exp: Experiment) -> None:
+    """The experiment's status from its stages'."""
+    statuses = [x.status for x in exp.stages]
+    if any(x == StageStatus.running for x in statuses):
+        exp.status = StageStatus.running
+    elif all(x == StageStatus.succeeded for x in statuses):
+        exp.status = StageStatus.succeeded
+    elif any(x == StageStatus.failed for x in statuses):
+        exp.status = StageStatus.failed
+    elif any(x == StageStatus.cancelled for x in statuses):
+        exp.status = StageStatus.cancelled
+    elif any(x == StageStatus.succeeded for x in statuses):
+        exp.status = StageStatus.running  # under way: the next stage waits in its queue
+    else:
+        exp.status = StageStatus.queued

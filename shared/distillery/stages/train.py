@@ -1,0 +1,118 @@
+"""The training stages: `teacher`, `student` (the baseline: the student alone) and `distill`.
+
+Each runs `distillery.training.run_stage` on the GPU queue, resuming from the stage's last
+checkpoint in storage, and stores the exported model, its metrics and its wandb run. `distill`
+reads the teacher stage's model (or `teacher.model.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+from distillery.spec import ExperimentSpec
+from distillery.stages import keys
+from distillery.stages.kinds import StageContext, StageKind, StageOutput
+from distillery.storage import get_dir, put_dir
+
+
+class TrainStage(StageKind):
+    """A stage that trains a model with `distillery.training.run_stage`."""
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        from distillery.training import run_stage
+
+        if ctx.checkpoint_key:  # resume: bring the last checkpoint back if this machine lacks it
+            local = ctx.workdir / self.name / "ckpt" / Path(ctx.checkpoint_key).name
+            if not local.exists():
+                ctx.retrying(
+                    f"download {ctx.checkpoint_key}",
+                    lambda: get_dir(ctx.storage, ctx.checkpoint_key, local),
+                )
+        result = run_stage(
+            ctx.spec,
+            self.name,  # type: ignore[arg-type]
+            ctx.workdir,
+            teacher_path=self.teacher_path(ctx),
+            resume=True,
+            hooks=ctx.hooks,
+            tracker_group=ctx.tracker_group,
+        )
+        model_key = keys.model_key(ctx.experiment_id, self.name)
+        ctx.retrying(
+            f"upload {model_key}", lambda: ctx.storage.put_file(model_key, result.model_path)
+        )
+        payload = {
+            "stage": self.name,
+            "metrics": result.metrics,
+            "history": result.history,
+            "params": result.params,
+        }
+        data = json.dumps(payload, indent=2, default=str).encode()
+        results_key = keys.stage_results_key(ctx.experiment_id, self.name)
+        ctx.retrying(
+            f"upload {results_key}",
+            lambda: ctx.storage.put_bytes(results_key, data, "application/json"),
+        )
+        artifacts: list[tuple[str, str, int | None]] = [
+            ("model", model_key, result.model_path.stat().st_size),
+            ("results", results_key, len(data)),
+        ]
+        if result.wandb_run and result.wandb_run.get("dir"):
+            run_dir = Path(result.wandb_run["dir"])
+            if run_dir.is_dir():
+                prefix = keys.wandb_key(ctx.experiment_id, self.name, run_dir.name)
+                ctx.retrying(f"upload {prefix}", lambda: put_dir(ctx.storage, prefix, run_dir))
+                artifacts.append(("wandb", prefix, None))
+        return StageOutput(
+            result={"metrics": result.metrics, "params": result.params},
+            model_key=model_key,
+            wandb=result.wandb_run,
+            artifacts=artifacts,
+        )
+
+    def teacher_path(self, ctx: StageContext) -> Path | None:
+        return None
+
+
+class TeacherStage(TrainStage):
+    name: ClassVar[str] = "teacher"
+    table_label: ClassVar[str | None] = "teacher"
+
+    def planned(self, spec: ExperimentSpec) -> bool:
+        """A teacher given as a checkpoint is not trained again."""
+        return "teacher" in spec.stages and spec.teacher.model.checkpoint is None
+
+
+class StudentStage(TrainStage):
+    name: ClassVar[str] = "student"
+    reads: ClassVar[tuple[str, ...]] = ("size",)
+    table_label: ClassVar[str | None] = "student (baseline)"
+
+
+class DistillStage(TrainStage):
+    name: ClassVar[str] = "distill"
+    reads: ClassVar[tuple[str, ...]] = ("size", "teacher")
+    table_label: ClassVar[str | None] = "student (distilled)"
+
+    def teacher_path(self, ctx: StageContext) -> Path:
+        """The teacher stage's model, else `teacher.model.checkpoint` (a file on this machine or
+        a key in the artifacts store)."""
+        key = ctx.inputs.models.get("teacher")
+        if key is None:
+            given = ctx.spec.teacher.model.checkpoint
+            if given is None:
+                raise RuntimeError("distillation needs a teacher: train one or give a checkpoint")
+            if Path(given).is_file():
+                return Path(given)
+            key = given
+        path = ctx.workdir / "teacher" / "model.pt"
+        if not path.is_file():
+            ctx.retrying(f"download {key}", lambda: ctx.storage.get_file(key, path))
+        return path
+
+
+TEACHER = TeacherStage()
+STUDENT = StudentStage()
+DISTILL = DistillStage()
