@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from distillery.spec import SpecError, load_spec
 from distillery.training.hooks import StageHooks
 from distillery.training.launcher import PAUSE_FLAG, PAUSED_EXIT_CODE
