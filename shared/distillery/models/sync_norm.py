@@ -12,7 +12,22 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.nn.functional import all_reduce
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of each input is the sum of the outputs' gradients."""
+
+    @staticmethod
+    def forward(ctx: object, x: Tensor) -> Tensor:  # noqa: ARG004
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:  # noqa: ARG004
+        g = grad.clone()
+        dist.all_reduce(g)
+        return g
 
 
 class GlobalBatchNorm(nn.BatchNorm2d):
@@ -33,7 +48,7 @@ class GlobalBatchNorm(nn.BatchNorm2d):
         xf = x.float()
         count = xf.new_full((1,), xf.numel() // c)
         stats = torch.cat([xf.sum((0, 2, 3)), xf.pow(2).sum((0, 2, 3)), count])
-        stats = all_reduce(stats)  # sum over processes, differentiable
+        stats = _AllReduceSum.apply(stats)  # sum over processes, differentiable
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c : 2 * c] / n - mean.pow(2)).clamp_min(0.0)

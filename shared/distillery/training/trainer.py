@@ -425,9 +425,11 @@ def train_stage(
                     continue
                 now = time.perf_counter()
                 scalars = since_log.means()  # the one device read of these steps
-                if not math.isfinite(scalars["loss"]):
-                    reporter.diverged(state.global_step, scalars["loss"])
-                    raise StageDiverged(stage, state.global_step, scalars["loss"])
+                # a model's turn (online, alternating models) logs only its own loss
+                for key in ("loss", "teacher_loss"):
+                    if key in scalars and not math.isfinite(scalars[key]):
+                        reporter.diverged(state.global_step, scalars[key])
+                        raise StageDiverged(stage, state.global_step, scalars[key])
                 scalars |= _learning_rates(by_role, main_role)
                 images = (micro - logged_micro) * train.batch_size * world
                 scalars["images_per_s"] = images / (now - step_start)
