@@ -181,7 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * pm:.0f} ± {100 * ps:.0f}%",
         "",
     )
+    if len(gains) > 1:
+        from distillery.research.stats import CI_METHOD, t_interval
+
+        ci = t_interval(gains)
+        table.add_row("95% CI", "", "", "", f"[{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]", "", "")
     console.print(table)
+    if len(gains) > 1:
+        console.print(CI_METHOD + ".")
     console.print(
         "mIoU (validation, %) and gain in points;"
         " gap closed = (distilled − baseline) / (teacher − baseline)."

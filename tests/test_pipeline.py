@@ -3,12 +3,21 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from distillery.cli.main import app
-from distillery.db import Experiment, Metric, StageStatus, make_engine, make_session_factory
+from distillery.db import (
+    Artifact,
+    Experiment,
+    Metric,
+    StageStatus,
+    make_engine,
+    make_session_factory,
+)
+from tests.support.wandb_runs import read_offline_run, read_offline_table
 
 TINY = {
     "name": "tiny",
@@ -54,6 +63,12 @@ def write_spec(tmp_path: Path, **overrides) -> Path:
     return path
 
 
+def wandb_run(folder: Path) -> Path:
+    """The one wandb run folder uploaded under `folder` (``<stage>/wandb/<run>``)."""
+    (run_dir,) = (folder / "wandb").glob("offline-run-*")
+    return run_dir
+
+
 def test_run_end_to_end_then_resume(tmp_path: Path) -> None:
     spec = write_spec(tmp_path)
     run_dir = tmp_path / "run"
@@ -79,6 +94,29 @@ def test_run_end_to_end_then_resume(tmp_path: Path) -> None:
         assert list((art / stage / "wandb").glob("*/*.wandb")), stage
     assert json.loads((art / "profile" / "profile.json").read_text())["student"]
 
+    # wandb: every stage's run and the comparison, in the experiment's group
+    group = f"tiny-{exp_id[:8]}"
+    profile = read_offline_run(wandb_run(art / "profile"))
+    assert (profile.group, profile.job_type, profile.exit_code) == (group, "profile", 0)
+    assert read_offline_run(wandb_run(art / "teacher")).group == group
+    assert profile.config["input_size"] == [32, 64] and profile.config["name"] == "tiny"
+    for model in ("teacher", "student"):
+        assert profile.summary[f"{model}/eager+fp32/b1/p50_ms"] > 0
+        assert profile.summary[f"{model}/fastest/b1/variant"] == "eager+fp32"
+    grid = read_offline_table(wandb_run(art / "profile"), "grid")
+    assert [(r["model"], r["variant"], r["fastest"]) for r in grid] == [
+        ("teacher", "eager+fp32", "★"),
+        ("student", "eager+fp32", "★"),
+    ]
+    comparison_dir = wandb_run(art / "comparison")
+    comparison = read_offline_run(comparison_dir)
+    assert (comparison.group, comparison.job_type) == (group, "comparison")
+    table = read_offline_table(comparison_dir, "comparison")
+    assert [(r["stage"], r["miou"], r["latency_ms"]) for r in table] == [
+        (r["stage"], pytest.approx(r["miou"]), pytest.approx(r["latency_ms"]))
+        for r in results["rows"]
+    ]
+
     sessions = make_session_factory(make_engine(f"sqlite:///{run_dir / 'distillery.db'}"))
     with sessions() as s:
         exp = s.get(Experiment, exp_id)
@@ -91,6 +129,17 @@ def test_run_end_to_end_then_resume(tmp_path: Path) -> None:
             .where(Metric.stage.has(name="teacher"), Metric.stage.has(experiment_id=exp_id))
         ).all()
         assert sorted(e for (e,) in epochs) == [1, 2]
+        wandb_keys = s.execute(
+            select(Artifact.key).where(Artifact.experiment_id == exp_id, Artifact.kind == "wandb")
+        ).scalars()
+        assert {k.split("/")[2] for k in wandb_keys} == {
+            "teacher",
+            "student",
+            "distill",
+            "profile",
+            "comparison",
+        }
+        assert exp.stages[-1].wandb["id"] == profile.run_id
 
     # Again: every stage is done, nothing is trained twice, same experiment.
     mtime = (art / "teacher" / "model.pt").stat().st_mtime_ns
@@ -98,6 +147,7 @@ def test_run_end_to_end_then_resume(tmp_path: Path) -> None:
     assert again.exit_code == 0, again.output
     assert json.loads((run_dir / "results.json").read_text())["experiment_id"] == exp_id
     assert (art / "teacher" / "model.pt").stat().st_mtime_ns == mtime
+    assert wandb_run(art / "comparison") == comparison_dir  # logged once
 
 
 def test_bad_spec_exits_with_the_field(tmp_path: Path) -> None:
@@ -131,7 +181,7 @@ def test_auto_width_is_sized_before_the_student_trains(tmp_path: Path) -> None:
         tmp_path,
         student={"model": {"depth": 2, "width": "auto"}, "train": {"epochs": 1, "batch_size": 4}},
         stages=["student"],
-        tracking={"mode": "disabled"},
+        tracking={"mode": "offline", "log_images": False, "log_feature_maps": False},
     )
     raw = yaml.safe_load(spec.read_text())
     raw["profiling"].update(latency_budget_ms=60_000, auto_widths=[2, 4])
@@ -148,3 +198,52 @@ def test_auto_width_is_sized_before_the_student_trains(tmp_path: Path) -> None:
         run_dir / "artifacts" / exp_id / "student" / "model.pt"
     )
     assert model_spec.width == 4 and model.width == 4
+
+    size_dir = wandb_run(run_dir / "artifacts" / exp_id / "size")
+    size = read_offline_run(size_dir)
+    assert (size.group, size.job_type) == (f"tiny-{exp_id[:8]}", "size")
+    assert size.summary["chosen_width"] == 4 and size.summary["budget/verdict"] == "pass"
+    rows = read_offline_table(size_dir, "width_search")
+    assert [(r["width"], r["verdict"], r["chosen"]) for r in rows] == [
+        (2, "pass", False),
+        (4, "pass", True),
+    ]
+    assert all(r["latency_ms"] > 0 for r in rows)
+
+
+def test_tracking_disabled_logs_nothing(tmp_path: Path) -> None:
+    """`tracking.mode: disabled`: the stages and the comparison run and write no wandb runs."""
+    spec = write_spec(
+        tmp_path,
+        student={"model": {"depth": 2, "width": "auto"}, "train": {"epochs": 1, "batch_size": 4}},
+        stages=["student", "profile"],
+        tracking={"mode": "disabled"},
+    )
+    raw = yaml.safe_load(spec.read_text())
+    raw["profiling"].update(latency_budget_ms=60_000, auto_widths=[4])
+    spec.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(spec), "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / "results.json").read_text())["rows"][0]["latency_ms"] > 0
+    assert not list(run_dir.rglob("wandb"))
+
+
+def test_a_width_search_that_misses_the_budget_logs_a_failed_size_run(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        student={"model": {"depth": 2, "width": "auto"}, "train": {"epochs": 1, "batch_size": 4}},
+        stages=["student"],
+    )
+    raw = yaml.safe_load(spec.read_text())
+    raw["profiling"].update(latency_budget_ms=1e-6, auto_widths=[2, 4])
+    spec.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(spec), "--run-dir", str(run_dir)])
+    assert result.exit_code == 1 and "size failed" in result.output
+    (size_dir,) = (run_dir / "artifacts").glob("*/size/wandb/offline-run-*")
+    size = read_offline_run(size_dir)
+    assert size.job_type == "size" and size.exit_code == 1
+    assert size.summary["budget/verdict"] == "fail" and "chosen_width" not in size.summary
+    rows = read_offline_table(size_dir, "width_search")
+    assert [(r["width"], r["verdict"]) for r in rows] == [(2, "fail"), (4, "skipped")]

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -24,6 +25,7 @@ from services.celery_app import make_celery
 from services.dispatch import CeleryDispatcher, Dispatcher
 from services.gateway.deps import GatewayState
 from services.gateway.routes import datasets, experiments, health, queue
+from services.gateway.token_cache import TokenCache
 
 DESCRIPTION = """\
 Submit segmentation-distillation experiments to the team's shared queue, register datasets
@@ -61,15 +63,19 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway. Nothing connects until the first request (or the startup migration)."""
     settings = settings or get_settings()
-    engine = engine_for(settings)
+    engine = engine_for(settings, pool_size=settings.gateway_concurrency)
     state = GatewayState(
         settings=settings,
         engine=engine,
         session_factory=make_session_factory(engine),
+        read_session_factory=make_session_factory(
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+        ),
         dispatcher=dispatcher or CeleryDispatcher(make_celery(settings)),
         datasets_storage=datasets_storage or make_storage(settings, settings.datasets_bucket),
         artifacts_storage=artifacts_storage or make_storage(settings, settings.artifacts_bucket),
         dataset_cache=DatasetCache(settings.cache_dir / "datasets"),
+        tokens=TokenCache(settings.token_cache_s),
     )
     do_migrate = settings.migrate_on_start if migrate_on_start is None else migrate_on_start
 
@@ -77,6 +83,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if do_migrate:
             migrate_locked(engine, settings.database_schema or None)
+        # Sync routes and dependencies run on this many threads (anyio's default is 40).
+        to_thread.current_default_thread_limiter().total_tokens = settings.gateway_concurrency
         yield
         engine.dispose()
 

@@ -76,8 +76,14 @@ class ExperimentSummary(_Out):
     stages: list[StageBrief]
 
 
+class ExperimentWithSpec(ExperimentSummary):
+    """A list item with its full spec (`GET /experiments?with_spec=true`)."""
+
+    spec: dict[str, Any]
+
+
 class ExperimentPage(BaseModel):
-    items: list[ExperimentSummary]
+    items: list[ExperimentSummary | ExperimentWithSpec]
     total: int
     limit: int
     offset: int

@@ -2,7 +2,7 @@
 
 Every `interval` seconds (10 by default) it asks the database which stages need a message
 (`distillery.stages.lifecycle.requeue_lost`): a queued stage whose message may be lost (never
-sent, or sent over `stale_after` seconds ago, 45 by default) and a running stage whose lease
+sent, or sent over `stale_after` seconds ago, 30 by default) and a running stage whose lease
 expired or whose holder is a dead process of this host (the stage is reset to queued and
 resumes from its last checkpoint). It sends those again (see `reconcile_once` for when). A
 queued stage whose message still waits in its Redis queue, or was just delivered, is left
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--stale-after",
         type=float,
-        default=45.0,
+        default=30.0,
         help="re-send a queued stage whose message is not in its queue after this many seconds",
     )
     parser.add_argument("--once", action="store_true", help="one pass, then exit (e.g. cron)")

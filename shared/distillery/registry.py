@@ -78,5 +78,6 @@ STAGES: Registry = Registry(
         "student": "distillery.stages.train:STUDENT",
         "distill": "distillery.stages.train:DISTILL",
         "profile": "distillery.stages.profile:PROFILE",
+        "report": "distillery.stages.report:REPORT",
     },
 )

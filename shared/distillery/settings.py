@@ -44,6 +44,11 @@ class Settings(BaseSettings):
 
     #: The gateway runs `alembic upgrade head` when it starts (tests migrate their own schema).
     migrate_on_start: bool = True
+    #: Seconds a gateway process trusts a token it has looked up (0: look up every request).
+    token_cache_s: float = 10.0
+    #: Requests one gateway process serves at once (its worker threads) and the database
+    #: connections it keeps open for them. More threads than cores only add GIL hand-offs.
+    gateway_concurrency: int = 16
 
     #: wandb mode for workers: online needs WANDB_API_KEY.
     wandb_mode: str = "offline"

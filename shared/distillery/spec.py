@@ -18,6 +18,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -182,6 +183,16 @@ class ChannelWiseKDTerm(_Term):
     tap: str = "logits"
 
 
+class DISTTerm(_Term):
+    """DIST (Huang et al. 2022): Pearson-correlation relations between the class probabilities,
+    ``T^2 (beta * inter-class + gamma * intra-class)``; see `distillery.losses.dist`."""
+
+    kind: Literal["dist"] = "dist"
+    temperature: PositiveFloat = 1.0
+    beta: NonNegFloat = 1.0
+    gamma: NonNegFloat = 1.0
+
+
 class FeatureMSETerm(_Term):
     kind: Literal["feature_mse"] = "feature_mse"
     student_tap: str
@@ -201,13 +212,14 @@ LossTerm = Annotated[
     | ConfidencePenaltyTerm
     | LogitKDTerm
     | ChannelWiseKDTerm
+    | DISTTerm
     | FeatureMSETerm
     | AttentionTransferTerm,
     Field(discriminator="kind"),
 ]
 
 SUPERVISED_KINDS = {"cross_entropy", "focal", "ohem", "confidence_penalty"}
-DISTILL_KINDS = {"logit_kd", "channel_wise_kd", "feature_mse", "attention_transfer"}
+DISTILL_KINDS = {"logit_kd", "channel_wise_kd", "dist", "feature_mse", "attention_transfer"}
 
 
 # ------------------------------------------------------------------------------------ training
@@ -379,6 +391,37 @@ class TrackingSpec(_Strict):
     log_feature_maps: bool = True
 
 
+# --------------------------------------------------------------------------------------- sweep
+
+
+class SweepConfiguration(_Strict):
+    """A child: the base spec with these overrides (dotted path -> value)."""
+
+    name: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class SweepSpec(_Strict):
+    """Children of one spec (see `distillery.sweeps`): the product of `grid`, plus the listed
+    `configurations`, each trained once per seed of `seeds` (student seeds; the teacher keeps
+    the spec's `seed`). Stages identical across children are planned once."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    #: Dotted paths into the base spec (list items by index) -> the values to try.
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+    configurations: list[SweepConfiguration] = Field(default_factory=list)
+    #: Also compare each child with a student-alone baseline given as much training time as
+    #: its distillation took (more epochs at the same seed): gains at equal compute.
+    compute_matched_baseline: bool = False
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat a value: {v}")
+        return v
+
+
 # ---------------------------------------------------------------------------------- experiment
 
 #: The stages a spec runs by default (`size` is planned by itself for a width `auto` student).
@@ -406,6 +449,25 @@ class ExperimentSpec(_Strict):
         for name in v:
             STAGES.check(name)
         return [name for name in STAGES.in_order() if name in v]
+
+    #: Children of this spec (a grid and configurations, times seeds); none = one experiment.
+    sweep: SweepSpec | None = None
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_expands(cls, v: SweepSpec | None, info: ValidationInfo) -> SweepSpec | None:
+        """Every grid path exists and every child is a valid spec (errors located at `sweep`)."""
+        if v is None or set(cls.model_fields) - {"sweep"} - set(info.data):
+            return v  # no sweep, or another field is invalid (its own error says why)
+        if not {"student", "distill"} <= set(info.data["stages"]):
+            raise ValueError(
+                "the children compare distilled students with the baseline; stages must "
+                "include student and distill"
+            )
+        from distillery.sweeps import check_sweep
+
+        check_sweep(cls.model_construct(**{**info.data, "sweep": None}), v)
+        return v
 
     @model_validator(mode="after")
     def _checks(self) -> ExperimentSpec:

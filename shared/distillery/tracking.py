@@ -10,7 +10,8 @@ by `job_type` (the stage); the spec is the run's config; wandb's system metrics 
 - ``disabled`` (or ``enabled=False``, e.g. on non-main processes) makes every method a no-op
   and writes nothing.
 
-`read_offline_run` reads a run folder back (config, history, summary) with wandb's protobufs.
+`iter_payloads` reads the records of a run file (`run_file_complete` waits on it; the tests'
+reader, `tests/support/wandb_runs.py`, builds on it).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ FLUSH_TIMEOUT_S = 30.0
 MASK_CLASS_LABELS: dict[int, str] = {i: n for i, n in enumerate(CLASS_NAMES)} | {
     IGNORE_INDEX: "ignore"
 }
+
+
+def tracker_group(spec_name: str, experiment_id: str) -> str:
+    """The wandb group of an experiment's runs: ``<spec name>-<first 8 chars of its id>``."""
+    return f"{spec_name}-{experiment_id[:8]}"
 
 
 def has_wandb_credentials() -> bool:
@@ -154,6 +160,13 @@ class Tracker:
         return self._run is not None
 
     @property
+    def info(self) -> dict[str, Any] | None:
+        """``{"id", "url", "dir"}`` of the run (what a stage stores), None when tracking is off."""
+        if self.run_id is None:
+            return None
+        return {"id": self.run_id, "url": self.url, "dir": str(self.run_dir)}
+
+    @property
     def wants_images(self) -> bool:
         return self.active and self.spec.log_images
 
@@ -220,6 +233,22 @@ class Tracker:
             " of teacher and student" if teacher else " of the model"
         )
         self._run.log({key: wandb.Image(grid, caption=caption)}, step=step)
+
+    def log_table(
+        self,
+        key: str,
+        columns: list[str],
+        rows: list[list[Any]],
+        step: int | None = None,
+    ) -> None:
+        """Log a `wandb.Table` (one row per list, values in `columns` order) under `key`; it is
+        also the key's summary value, so the runs of a group can be compared in one chart."""
+        if self._run is None:
+            return
+        import wandb
+
+        table = wandb.Table(columns=columns, data=[[_plain(v) for v in row] for row in rows])
+        self._run.log({key: table}, step=step)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         """Set final values shown in the run table (e.g. best mIoU, latency)."""

@@ -173,8 +173,9 @@ def test_two_users_experiments_run_in_queue_order_to_results(platform, settings,
     report = next(a for a in exp["artifacts"] if a["key"].endswith("report.md"))
     assert httpx.get(report["url"], timeout=10).status_code == 200  # presigned link works
 
-    # Offline wandb runs: each training stage's run folder was uploaded next to its artifacts.
-    for stage in ("teacher", "student", "distill"):
+    # Offline wandb runs: each stage's run folder (and the comparison's) was uploaded next to its
+    # artifacts.
+    for stage in ("teacher", "student", "distill", "profile", "comparison"):
         runs = [k for k in keys if k.startswith(f"artifacts/{exp_id}/{stage}/wandb/")]
         assert any(k.endswith(".wandb") for k in runs), (stage, runs[:5])
     # The worker fetched the uploaded data set once into its cache, keyed by the bucket.

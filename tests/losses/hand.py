@@ -28,3 +28,11 @@ def pixels(logits: list):
 def kl(p: list[float], q: list[float]) -> float:
     """KL(p || q) = sum_k p_k (log p_k - log q_k)."""
     return sum(pk * (math.log(pk) - math.log(qk)) for pk, qk in zip(p, q, strict=True))
+
+
+def pearson(u: list[float], v: list[float], eps: float = 1e-8) -> float:
+    """Pearson correlation <u - mean u, v - mean v> / (|u - mean u| |v - mean v| + eps)."""
+    mu, mv = sum(u) / len(u), sum(v) / len(v)
+    du, dv = [x - mu for x in u], [x - mv for x in v]
+    num = sum(a * b for a, b in zip(du, dv, strict=True))
+    return num / (math.sqrt(sum(a * a for a in du)) * math.sqrt(sum(b * b for b in dv)) + eps)

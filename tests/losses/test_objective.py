@@ -24,6 +24,7 @@ from distillery.spec import (
     ConfidencePenaltyTerm,
     CrossEntropyTerm,
     DistillationSpec,
+    DISTTerm,
     FeatureMSETerm,
     FocalTerm,
     LogitKDTerm,
@@ -54,6 +55,7 @@ ALL_TERMS = [
     LogitKDTerm(weight=2.0, temperature=2.0),
     ChannelWiseKDTerm(temperature=4.0),
     ChannelWiseKDTerm(weight=0.3, tap="bottleneck"),
+    DISTTerm(weight=0.7, temperature=2.0, beta=2.0),
     FeatureMSETerm(student_tap="decoder.1", teacher_tap="decoder.1"),
     AttentionTransferTerm(weight=50.0, student_tap="encoder.0", teacher_tap="encoder.1"),
 ]
@@ -65,6 +67,7 @@ ALL_NAMES = [
     "logit_kd",
     "channel_wise_kd",
     "channel_wise_kd/bottleneck",
+    "dist",
     "feature_mse/decoder.1",
     "attention_transfer/encoder.0->encoder.1",
 ]
@@ -235,7 +238,7 @@ def test_ignored_pixels_change_no_loss() -> None:
     s2 = torch.where(ignored, 30 * torch.randn(s_logits.shape, generator=g), s_logits)
     t2 = torch.where(ignored, 30 * torch.randn(s_logits.shape, generator=g), t_logits)
     _, after = objective(ModelOutput(s2), target, ModelOutput(t2))
-    assert set(before) == {*objective.names, "total"} and len(objective.names) == 6
+    assert set(before) == {*objective.names, "total"} and len(objective.names) == 7
     for name in before:
         assert after[name].item() == pytest.approx(before[name].item(), rel=1e-6, abs=1e-7), name
     # ... while the same change at a valid pixel does change them

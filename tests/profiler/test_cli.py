@@ -91,12 +91,60 @@ def test_profile_a_checkpoint(app, tmp_path):
     assert report.model.source == str(ckpt) and report.input_size == (32, 64)
 
 
+def test_wandb_mode_offline_logs_a_run(app, tmp_path, monkeypatch):
+    from tests.support.wandb_runs import read_offline_run, read_offline_table
+
+    monkeypatch.chdir(tmp_path)
+    spec = ModelSpec(width=4, depth=2)
+    ckpt = save_model_checkpoint(tmp_path / "student.pt", build_model(spec), spec)
+    args = [ckpt, "--input-size", "32x64", "--device", "cpu", "--batch-sizes", "1,2", *FAST]
+    result = run(app, *args)  # default: disabled, no run folder
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "wandb").exists() and "wandb run" not in result.output
+
+    out = tmp_path / "runs"
+    result = run(app, *args, "--wandb-mode", "offline", "--wandb-dir", out, "--wandb-group", "g")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    assert run_dir.name in result.output.replace("\n", "")
+    logged = read_offline_run(run_dir)
+    assert (logged.group, logged.job_type, logged.name) == ("g", "profile", "g-profile")
+    assert logged.config["profiling"]["min_repeats"] == 3 and logged.config["threads"] >= 1
+    for b in (1, 2):
+        assert logged.summary[f"model/eager+fp32/b{b}/p50_ms"] > 0
+        assert logged.summary[f"model/fastest/b{b}/variant"] == "eager+fp32"
+    rows = read_offline_table(run_dir, "grid")
+    assert [(r["model"], r["batch_size"], r["fastest"]) for r in rows] == [
+        ("model", 1, "★"),
+        ("model", 2, "★"),
+    ]
+
+
+def test_a_spec_with_an_auto_width_logs_the_search(app, spec_file, tmp_path):
+    from tests.support.wandb_runs import read_offline_run, read_offline_table
+
+    raw = yaml.safe_load(spec_file.read_text())
+    raw["student"]["model"]["width"] = "auto"
+    raw["profiling"]["auto_widths"] = [2, 4]
+    spec_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "runs"
+    result = run(app, spec_file, "--wandb-mode", "offline", "--wandb-dir", out, *FAST)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    logged = read_offline_run(run_dir)
+    assert (logged.group, logged.name) == ("cli-test", "cli-test-profile")
+    assert logged.summary["student/budget/verdict"] == "pass"
+    assert logged.summary["chosen_width"] == 4
+    assert [r["width"] for r in read_offline_table(run_dir, "width_search")] == [2, 4]
+
+
 def test_errors_exit_2_with_a_message(app, spec_file, tmp_path):
     cases = [
         ([spec_file, "--input-size", "30x64"], "30x64 is not divisible by 4"),
         ([spec_file, "--input-size", "big"], "HEIGHTxWIDTH"),
         ([spec_file, "--variants", "tensorrt"], "unknown profiling variant"),
         ([spec_file, "--max-repeats", "0"], "max_repeats"),
+        ([spec_file, "--wandb-mode", "cloud"], "--wandb-mode"),
         ([tmp_path / "model.onnx"], "TARGET must be"),
         ([tmp_path / "missing.pt"], "missing.pt: no such checkpoint"),
         ([tmp_path / "missing.yaml"], "missing.yaml: no such file"),

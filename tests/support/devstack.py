@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 #: The repository root: the working folder and PYTHONPATH of every process started here.
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: Seconds a server gets to come up.
 START_TIMEOUT_S = 60.0
 

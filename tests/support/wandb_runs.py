@@ -80,3 +80,14 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
             run.exit_code = rec.exit.exit_code
     run.config.pop("_wandb", None)
     return run
+
+
+def read_offline_table(run_dir: Path, key: str) -> list[dict[str, Any]]:
+    """The rows (column -> value) of the `wandb.Table` a run logged under `key` (its last value,
+    a ``table-file`` entry in the summary pointing at ``files/media/table/*.table.json``)."""
+    run_dir = Path(run_dir)
+    entry = read_offline_run(run_dir).summary.get(key)
+    if not isinstance(entry, dict) or entry.get("_type") != "table-file":
+        raise KeyError(f"{run_dir}: no table logged under {key!r}")
+    data = json.loads((run_dir / "files" / entry["path"]).read_text())
+    return [dict(zip(data["columns"], row, strict=True)) for row in data["data"]]

@@ -28,6 +28,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         name: ("distill", {"distillation": {"losses": [term]}})
         for name, term in {
             "logit_kd": {"kind": "logit_kd"},
+            "dist": {"kind": "dist"},
             "channel_wise_kd": {"kind": "channel_wise_kd"},
             "channel_wise_kd/tap": {"kind": "channel_wise_kd", "tap": "bottleneck"},
             "feature_mse": {"kind": "feature_mse", **FEATURE},

@@ -62,6 +62,7 @@ def _non_logging_windows(events: list[str]) -> list[list[str]]:
                     "losses": [
                         {"kind": "cross_entropy"},
                         {"kind": "logit_kd"},
+                        {"kind": "dist"},
                         {"kind": "channel_wise_kd", "tap": "bottleneck"},
                         {"kind": "feature_mse", **FEATURE},
                         {"kind": "attention_transfer", **FEATURE},

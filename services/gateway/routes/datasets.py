@@ -21,6 +21,7 @@ from services.gateway.deps import (
     CurrentUser,
     DatasetCacheDep,
     DatasetStorageDep,
+    ReadDep,
     SessionDep,
     SettingsDep,
 )
@@ -137,7 +138,7 @@ def _load(session: Session, dataset_id: str) -> Dataset:
 
 @router.get("", response_model=DatasetPage)
 def list_datasets(
-    session: SessionDep,
+    read: ReadDep,
     user: CurrentUser,
     status_: Annotated[
         Literal["checking", "ready", "invalid"] | None, Query(alias="status")
@@ -147,16 +148,18 @@ def list_datasets(
     query = select(Dataset)
     if status_ is not None:
         query = query.where(Dataset.status == status_)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.options(selectinload(Dataset.owner)).order_by(
-            Dataset.created_at.desc(), Dataset.id.desc()
-        )
-    ).all()
-    return DatasetPage(items=[dataset_out(d) for d in rows], total=total)
+    with read() as session:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = session.scalars(
+            query.options(selectinload(Dataset.owner)).order_by(
+                Dataset.created_at.desc(), Dataset.id.desc()
+            )
+        ).all()
+        return DatasetPage(items=[dataset_out(d) for d in rows], total=total)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: str, session: SessionDep, user: CurrentUser) -> DatasetOut:
+def get_dataset(dataset_id: str, read: ReadDep, user: CurrentUser) -> DatasetOut:
     """One dataset with its check summary and class statistics."""
-    return dataset_out(_load(session, dataset_id))
+    with read() as session:
+        return dataset_out(_load(session, dataset_id))

@@ -2,35 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import time
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, defer, selectinload
+from pydantic import TypeAdapter
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
 
 from distillery.db import Experiment, Metric, Stage, StageStatus, User
 from distillery.spec import ExperimentSpec
-from services.gateway import planning
+from services.gateway import planning, queries
 from services.gateway.deps import (
     ArtifactStorageDep,
     CurrentUser,
     DispatcherDep,
+    ReadDep,
     SessionDep,
     SettingsDep,
     ensure_owner_or_admin,
 )
+from services.gateway.responses import etag_matches, model_response, not_modified
 from services.gateway.schemas import (
     ArtifactOut,
     ExperimentDetail,
     ExperimentMetrics,
     ExperimentPage,
     ExperimentSummary,
+    ExperimentWithSpec,
     MetricPoint,
     StageBrief,
     StageMetrics,
     StageOut,
 )
+
+#: A page's items become models in one pydantic call each.
+SUMMARY_ITEMS = TypeAdapter(list[ExperimentSummary])
+WITH_SPEC_ITEMS = TypeAdapter(list[ExperimentWithSpec])
+
+#: Presigned artifact URLs live an hour; a detail's ETag changes every half hour, so a client
+#: that keeps a body because of a 304 never holds a link with less than half an hour left.
+URL_EPOCH_S = 1800
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -60,6 +73,19 @@ def load_experiment(session: Session, experiment_id: str) -> Experiment:
     return experiment
 
 
+def sweep_not_queued(spec: ExperimentSpec) -> dict[str, Any]:
+    """The 422 error of a sweep spec, with its expansion and sharing plan (`ctx.plan`)."""
+    from distillery.sweeps import plan_sweep
+
+    return {
+        "type": "sweep_not_queued",
+        "loc": ("body", "sweep"),
+        "msg": "sweeps run with `distillery run` for now (the queue takes one experiment per "
+        "spec); `distillery submit --dry-run` prints the expansion",
+        "ctx": {"plan": plan_sweep(spec).as_dict()},
+    }
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -78,7 +104,6 @@ def submit_experiment(
     user: CurrentUser,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
-    response: Response,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -87,7 +112,7 @@ def submit_experiment(
             "first experiment (200) instead of creating another",
         ),
     ] = None,
-) -> ExperimentSummary:
+) -> Response:
     """Validate the spec, store it, plan its stages and enqueue the first one.
 
     Stages (the stage registry's order): size (for a width `auto` student) -> teacher ->
@@ -95,6 +120,8 @@ def submit_experiment(
     as `teacher.model.checkpoint` is not trained. Training stages go to the GPU queue, sizing
     and profiling to the profiler queue.
     """
+    if spec.sweep is not None:  # children on the queue: not yet; say so rather than ignore it
+        raise RequestValidationError([sweep_not_queued(spec)])
     try:
         experiment, created = planning.create_experiment(
             session, spec, user, settings, dispatcher, idempotency_key=idempotency_key
@@ -102,104 +129,140 @@ def submit_experiment(
     except planning.PlanError as e:
         raise RequestValidationError(e.errors) from None
     if not created:
-        response.status_code = status.HTTP_200_OK
-        return summary(load_experiment(session, experiment.id))
-    return summary(experiment, owner=user)
+        return model_response(summary(load_experiment(session, experiment.id)))
+    return model_response(summary(experiment, owner=user), status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=ExperimentPage)
 def list_experiments(
-    session: SessionDep,
+    read: ReadDep,
     user: CurrentUser,
     status_: Annotated[StageStatus | None, Query(alias="status")] = None,
     owner: Annotated[str | None, Query(description="owner's user name")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> ExperimentPage:
-    """Everyone's experiments, newest first, optionally of one status and/or one owner."""
-    query = select(Experiment)
-    if status_ is not None:
-        query = query.where(Experiment.status == status_)
-    if owner is not None:
-        query = query.join(User, Experiment.owner_id == User.id).where(User.name == owner)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.options(
-            selectinload(Experiment.stages),
-            selectinload(Experiment.owner),
-            defer(Experiment.spec),
-            defer(Experiment.results),
+    with_spec: Annotated[bool, Query(description="include each experiment's full spec")] = False,
+) -> Response:
+    """Everyone's experiments, newest first, optionally of one status and/or one owner.
+
+    Items are summaries (stages and their progress); `with_spec=true` adds each full spec (the
+    detail route always has it). One query: the page, its owners and stages, and the total."""
+    with read() as session:
+        filters = {"by_status": status_ is not None, "by_owner": owner is not None}
+        params = {"status": status_, "owner": owner, "limit": limit, "offset": offset}
+        rows = (
+            session.connection()
+            .execute(queries.page_query(**filters, with_spec=with_spec), params)
+            .all()
         )
-        .order_by(Experiment.created_at.desc(), Experiment.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    return ExperimentPage(items=[summary(e) for e in rows], total=total, limit=limit, offset=offset)
+        items: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            item = items.get(row.id)
+            if item is None:
+                item = items[row.id] = {n: getattr(row, n) for n in queries.SUMMARY_COLUMNS}
+                item.update(owner=row.owner, stages=[])
+                if with_spec:
+                    item["spec"] = row.spec
+            if row.s_name is not None:
+                item["stages"].append(queries.stage_fields(row, queries.BRIEF_COLUMNS))
+        # Past the last page no row carries the count.
+        total = (
+            rows[0].total
+            if rows
+            else session.connection().scalar(queries.count_query(**filters), params)
+        )
+    adapter = WITH_SPEC_ITEMS if with_spec else SUMMARY_ITEMS
+    page = ExperimentPage(
+        items=adapter.validate_python(list(items.values())),
+        total=total or 0,
+        limit=limit,
+        offset=offset,
+    )
+    return model_response(page, serialize_as_any=True)
 
 
-@router.get("/{experiment_id}", response_model=ExperimentDetail)
+@router.get(
+    "/{experiment_id}",
+    response_model=ExperimentDetail,
+    responses={304: {"description": "unchanged since the `ETag` given in `If-None-Match`"}},
+)
 def get_experiment(
-    experiment_id: str, session: SessionDep, user: CurrentUser, storage: ArtifactStorageDep
-) -> ExperimentDetail:
+    experiment_id: str,
+    read: ReadDep,
+    user: CurrentUser,
+    storage: ArtifactStorageDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
     """Spec, owner, every stage's status and progress with its latest metrics, the results
-    table, and presigned links to the artifacts."""
-    experiment = session.scalar(
-        select(Experiment)
-        .where(Experiment.id == experiment_id)
-        .options(
-            selectinload(Experiment.stages),
-            selectinload(Experiment.owner),
-            selectinload(Experiment.artifacts),
-        )
-    )
-    if experiment is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment {experiment_id!r}")
-    latest = _latest_metrics(session, [s.id for s in experiment.stages])
-    stages = []
-    for s in experiment.stages:
-        out = StageOut.model_validate(s)
-        if s.id in latest:
-            out.latest_metrics = MetricPoint.model_validate(latest[s.id])
-        stages.append(out)
-    artifacts = [
-        ArtifactOut(
-            stage=a.stage,
-            kind=a.kind,
-            key=a.key,
-            size=a.size,
-            created_at=a.created_at,
-            url=storage.url(a.key),
-        )
-        for a in sorted(experiment.artifacts, key=lambda a: (a.stage or "", a.key))
-    ]
-    base = summary(experiment).model_dump(exclude={"stages"})
-    return ExperimentDetail(
-        **base, spec=experiment.spec, stages=stages, results=experiment.results, artifacts=artifacts
-    )
+    table, and presigned links to the artifacts.
 
-
-def _latest_metrics(session: Session, stage_ids: list[int]) -> dict[int, Metric]:
-    if not stage_ids:
-        return {}
-    last = (
-        select(func.max(Metric.id)).where(Metric.stage_id.in_(stage_ids)).group_by(Metric.stage_id)
+    The answer carries an `ETag`; send it back as `If-None-Match` (as `distillery status
+    --watch` does) and an unchanged experiment answers `304 Not Modified` after one query. The
+    tag covers the experiment, every stage column and its metrics and artifacts, and changes
+    every `URL_EPOCH_S` so a kept body's presigned links stay valid.
+    """
+    with read() as session:
+        rows = queries.detail_rows(session, experiment_id)
+        if not rows:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment {experiment_id!r}")
+        etag = queries.rows_etag(rows, salt=str(int(time.time() // URL_EPOCH_S)))
+        if etag_matches(if_none_match, etag):
+            return not_modified(etag)
+        stage_rows = [
+            queries.stage_fields(r, queries.STAGE_COLUMNS) for r in rows if r.s_id is not None
+        ]
+        head = rows[0]  # its counts say whether there are metrics and artifacts to read
+        latest = {}
+        if stage_rows and head.n_metrics:
+            params = {"stage_ids": [s["id"] for s in stage_rows]}
+            metric_rows = session.connection().execute(queries.latest_metrics_query(), params)
+            latest = {m.stage_id: m for m in metric_rows}
+        stages = []
+        for s in stage_rows:
+            out = StageOut.model_validate(s)
+            if s["id"] in latest:
+                out.latest_metrics = MetricPoint.model_validate(latest[s["id"]])
+            stages.append(out)
+        found = []
+        if head.n_artifacts:
+            params = {"experiment_id": experiment_id}
+            found = session.connection().execute(queries.artifacts_query(), params).all()
+        artifacts = [
+            ArtifactOut(
+                stage=a.stage,
+                kind=a.kind,
+                key=a.key,
+                size=a.size,
+                created_at=a.created_at,
+                url=storage.url(a.key),
+            )
+            for a in sorted(found, key=lambda a: (a.stage or "", a.key))
+        ]
+    detail = ExperimentDetail(
+        **{n: getattr(head, n) for n in queries.SUMMARY_COLUMNS},
+        owner=head.owner,
+        spec=head.spec,
+        stages=stages,
+        results=head.results,
+        artifacts=artifacts,
     )
-    return {m.stage_id: m for m in session.scalars(select(Metric).where(Metric.id.in_(last)))}
+    return model_response(detail, headers={"ETag": etag})
 
 
 @router.get("/{experiment_id}/metrics", response_model=ExperimentMetrics)
-def get_metrics(experiment_id: str, session: SessionDep, user: CurrentUser) -> ExperimentMetrics:
+def get_metrics(experiment_id: str, read: ReadDep, user: CurrentUser) -> ExperimentMetrics:
     """Per-epoch history of every stage, in stage order."""
-    experiment = load_experiment(session, experiment_id)
-    rows = session.scalars(
-        select(Metric)
-        .join(Stage, Metric.stage_id == Stage.id)
-        .where(Stage.experiment_id == experiment_id)
-        .order_by(Stage.position, Metric.epoch, Metric.id)
-    ).all()
-    by_stage: dict[int, list[MetricPoint]] = {s.id: [] for s in experiment.stages}
-    for m in rows:
-        by_stage[m.stage_id].append(MetricPoint.model_validate(m))
+    with read() as session:
+        experiment = load_experiment(session, experiment_id)
+        rows = session.scalars(
+            select(Metric)
+            .join(Stage, Metric.stage_id == Stage.id)
+            .where(Stage.experiment_id == experiment_id)
+            .order_by(Stage.position, Metric.epoch, Metric.id)
+        ).all()
+        by_stage: dict[int, list[MetricPoint]] = {s.id: [] for s in experiment.stages}
+        for m in rows:
+            by_stage[m.stage_id].append(MetricPoint.model_validate(m))
     return ExperimentMetrics(
         experiment_id=experiment_id,
         stages=[StageMetrics(stage=s.name, history=by_stage[s.id]) for s in experiment.stages],

@@ -73,20 +73,39 @@ class Gateway:
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
         )
+        #: path -> (ETag, body) of the last answer `get_fresh` had for it.
+        self._tagged: dict[str, tuple[str, Any]] = {}
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
             raise GatewayError(f"cannot reach the gateway at {self.url}: {e}") from None
         if response.is_error:
             raise GatewayError(format_error(response))
+        return response
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)
+
+    def get_fresh(self, path: str) -> Any:
+        """GET `path` sending the ETag of the last answer; `304 Not Modified` (nothing changed,
+        the gateway did one small query) returns that answer again. For polling."""
+        tagged = self._tagged.get(path)
+        headers = {"If-None-Match": tagged[0]} if tagged else {}
+        response = self._send("GET", path, headers=headers)
+        if response.status_code == 304 and tagged:
+            return tagged[1]
+        body = response.json()
+        if etag := response.headers.get("etag"):
+            self._tagged[path] = (etag, body)
+        return body
 
     def post(self, path: str, **kwargs: Any) -> Any:
         return self.request("POST", path, **kwargs)
@@ -181,6 +200,9 @@ def submit(
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the id")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="validate here and print the stages; submit nothing")
+    ] = False,
 ) -> None:
     """Submit an experiment spec to the shared queue."""
     try:
@@ -191,6 +213,15 @@ def submit(
         _fail(f"{spec_path}: not valid YAML: {e}")
     if not isinstance(raw, dict):
         _fail(f"{spec_path}: a spec is a mapping")
+    if dry_run:
+        from distillery.cli.run import print_plan
+        from distillery.spec import SpecError, load_spec
+
+        try:
+            print_plan(load_spec(spec_path))
+        except SpecError as e:
+            _fail(str(e), 2)
+        return
     exp = _call(_gateway(url, token).post, "/experiments", json=raw)
     if quiet:
         print(exp["id"])
@@ -243,7 +274,7 @@ def status(
 ) -> None:
     """An experiment's stages, progress and latest metrics; `--watch` shows live progress bars."""
     gw = _gateway(url, token)
-    exp = _call(gw.get, f"/experiments/{experiment_id}")
+    exp = _call(gw.get_fresh, f"/experiments/{experiment_id}")
     if not watch:
         console.print(stages_table(exp))
         return
@@ -291,7 +322,7 @@ def _watch(gw: Gateway, experiment_id: str, exp: dict[str, Any], interval: float
             if exp["status"] in FINISHED:
                 break
             time.sleep(interval)
-            exp = _call(gw.get, f"/experiments/{experiment_id}")
+            exp = _call(gw.get_fresh, f"/experiments/{experiment_id}")
     return exp
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from rich.console import Console
 
 CHECKPOINT_SUFFIXES = {".pt", ".pth"}
 SPEC_SUFFIXES = {".yaml", ".yml", ".json"}
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 def parse_input_size(text: str) -> tuple[int, int]:
@@ -80,6 +82,25 @@ def profile_command(
     refresh_peak: Annotated[
         bool, typer.Option("--refresh-peak", help="Re-measure the cached matmul peak.")
     ] = False,
+    wandb_mode: Annotated[
+        str,
+        typer.Option(
+            "--wandb-mode",
+            help="Log the profile as a W&B run: online (needs a login; else offline), offline "
+            "(wandb sync it later) or disabled.",
+        ),
+    ] = "disabled",
+    wandb_project: Annotated[
+        str | None,
+        typer.Option("--wandb-project", help="W&B project (default: the spec's, or distillery)."),
+    ] = None,
+    wandb_group: Annotated[
+        str | None,
+        typer.Option("--wandb-group", help="W&B group (default: the spec's or the file's name)."),
+    ] = None,
+    wandb_dir: Annotated[
+        Path, typer.Option("--wandb-dir", help="Where the run folder goes (<dir>/wandb/...).")
+    ] = Path("."),
 ) -> None:
     """Profile a model: latency (mean/std/p50/p90/p99), images/s, FLOPs, memory and fraction of
     the device's matmul peak, per variant and batch size; a spec's latency budget is checked,
@@ -97,7 +118,8 @@ def profile_command(
     )
     from distillery.profiler.format import budget_line
     from distillery.profiler.peak import matmul_peak
-    from distillery.spec import ProfilingSpec, SpecError, load_spec
+    from distillery.spec import ExperimentSpec, ProfilingSpec, SpecError, TrackingSpec, load_spec
+    from distillery.stages.profile_tracking import log_profile_run, log_size_run
 
     out, err = Console(), Console(stderr=True)
     overrides = {
@@ -120,6 +142,23 @@ def profile_command(
         call_overrides["variants"] = variants
     if model not in ("student", "teacher"):
         raise typer.BadParameter(f"{model!r}: use student or teacher", param_hint="--model")
+    if wandb_mode not in WANDB_MODES:
+        raise typer.BadParameter(
+            f"{wandb_mode!r}: use {', '.join(WANDB_MODES)}", param_hint="--wandb-mode"
+        )
+    if wandb_mode != "disabled":
+        os.environ.setdefault("WANDB_SILENT", "true")  # the run's folder is printed below
+    spec: ExperimentSpec | None = None
+    prof = ProfilingSpec()
+
+    def tracking() -> TrackingSpec:
+        base = spec.tracking if spec is not None else TrackingSpec()
+        update: dict[str, object] = {"mode": wandb_mode}
+        if wandb_project is not None:
+            update["project"] = wandb_project
+        return base.model_copy(update=update)
+
+    group = wandb_group or target.stem
 
     suffix = target.suffix.lower()
     try:
@@ -129,13 +168,9 @@ def profile_command(
                 matmul_peak(dev, p, refresh=True)
         if suffix in SPEC_SUFFIXES:
             spec = load_spec(target)
-            spec = spec.model_copy(
-                update={
-                    "profiling": ProfilingSpec.model_validate(
-                        {**spec.profiling.model_dump(), **overrides}
-                    )
-                }
-            )
+            prof = ProfilingSpec.model_validate({**spec.profiling.model_dump(), **overrides})
+            spec = spec.model_copy(update={"profiling": prof, "tracking": tracking()})
+            group = wandb_group or spec.name
             report = profile_experiment(spec, which=model, device=device, **call_overrides)  # type: ignore[arg-type]
         elif suffix in CHECKPOINT_SUFFIXES:
             prof = ProfilingSpec.model_validate(overrides)
@@ -146,6 +181,10 @@ def profile_command(
                 f"{target}: TARGET must be an exported model ({ckpt}) or a spec ({specs})"
             )
     except BudgetNotMetError as e:
+        assert spec is not None  # only a spec's `auto` width is searched
+        run = log_size_run(e.search, spec, wandb_dir, group=group, failed=True)
+        if run is not None:
+            err.print(f"wandb run: {run['url'] or run['dir']}", highlight=False)
         err.print(format_width_search(e.search))
         err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
         raise typer.Exit(2) from None
@@ -164,6 +203,17 @@ def profile_command(
     if report.budget is not None:
         style = {"pass": "green", "fail": "red"}.get(report.budget.verdict, "yellow")
         out.print(f"[{style}]{budget_line(report.budget)}[/{style}]", highlight=False)
+    run = log_profile_run(
+        {model if spec is not None else "model": report},
+        prof,
+        tracking(),
+        wandb_dir,
+        name=f"{group}-profile",
+        group=group,
+        spec=spec,
+    )
+    if run is not None:
+        out.print(f"wandb run: {run['url'] or run['dir']}", highlight=False)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(report.model_dump_json(indent=2))

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from distillery.spec import SpecError, load_spec
+from distillery.spec import ExperimentSpec, SpecError, load_spec
 from distillery.stages.plan import planned_kinds
 from distillery.stages.results import results_caption
 
@@ -33,9 +33,17 @@ def run(
             "default: the cores divided among processes and loader workers.",
         ),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the stages (a sweep: its children and shared stages); run nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Make the data if absent, train teacher, student baseline and distilled student, profile
-    the student, and print the comparison table."""
+    the student, and print the comparison table. A spec with a `sweep:` section runs all its
+    children, training shared stages once."""
     from distillery.pipeline import ExperimentFailed, run_local
 
     try:
@@ -46,8 +54,14 @@ def run(
     if threads is not None:
         spec = spec.with_num_threads(threads)
     run_dir = run_dir or Path("runs") / spec.name
+    if dry_run:
+        print_plan(spec)
+        return
     # The progress bars are the interface; wandb's own chatter would break them up.
     os.environ.setdefault("WANDB_SILENT", "true")
+    if spec.sweep is not None:
+        run_sweep_here(spec, run_dir, fresh)
+        return
     console.print(
         f"[bold]{spec.name}[/bold]: stages "
         f"{', '.join(k.name for k in planned_kinds(spec))} → {run_dir}"
@@ -90,6 +104,32 @@ def run(
         raise typer.Exit(1) from None
     console.print(results_table(results))
     console.print(f"Run folder: {run_dir} (results.json, results.md, checkpoints, wandb)")
+
+
+def print_plan(spec: ExperimentSpec) -> None:
+    """The dry run: a sweep's expansion and sharing, or one experiment's stages."""
+    from distillery.sweeps import describe_plan, plan_sweep
+
+    if spec.sweep is None:
+        stages = ", ".join(k.name for k in planned_kinds(spec))
+        console.print(f"{spec.name}: one experiment, stages {stages}")
+        return
+    console.print(describe_plan(plan_sweep(spec)), highlight=False)
+
+
+def run_sweep_here(spec: ExperimentSpec, run_dir: Path, fresh: bool) -> None:
+    """Run every child of a sweep on this machine and print the comparison table."""
+    from distillery.sweep_local import run_sweep
+    from distillery.sweeps import describe_plan, plan_sweep
+
+    console.print(describe_plan(plan_sweep(spec)), highlight=False)
+    results = run_sweep(
+        spec, run_dir, fresh=fresh, on_event=lambda msg: console.print(msg, highlight=False)
+    )
+    console.print((run_dir / "results.md").read_text(), highlight=False)
+    console.print(f"Run folder: {run_dir} (results.json, results.md; `distillery report` plots)")
+    if results["status"] == "failed":
+        raise typer.Exit(1)
 
 
 def results_table(results: dict[str, Any]) -> Table:

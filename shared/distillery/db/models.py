@@ -13,7 +13,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -98,20 +108,22 @@ class Experiment(Base):
         UniqueConstraint(
             "owner_id", "idempotency_key", name="uq_experiments_owner_idempotency_key"
         ),
+        # The gateway's list is newest first, optionally of one status or owner (migration 0003).
+        Index("ix_experiments_created_at_id", "created_at", "id"),
+        Index("ix_experiments_status_created_at_id", "status", "created_at", "id"),
+        Index("ix_experiments_owner_id_created_at_id", "owner_id", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column()
-    status: Mapped[StageStatus] = mapped_column(_status, default=StageStatus.queued, index=True)
-    owner_id: Mapped[int | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL"), index=True
-    )
+    status: Mapped[StageStatus] = mapped_column(_status, default=StageStatus.queued)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     #: The submitter's `Idempotency-Key`: a retried submission returns this experiment.
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     results: Mapped[dict[str, Any] | None] = mapped_column()  # the comparison table
-    created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(_ts, default=utcnow, onupdate=utcnow)
 
     owner: Mapped[User | None] = relationship()
@@ -125,7 +137,11 @@ class Experiment(Base):
 
 class Stage(Base):
     __tablename__ = "stages"
-    __table_args__ = (UniqueConstraint("experiment_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "name"),
+        # The shared queue: running stages and queued ones by enqueue time (migration 0003).
+        Index("ix_stages_status_enqueued_at", "status", "enqueued_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     experiment_id: Mapped[str] = mapped_column(
@@ -133,7 +149,7 @@ class Stage(Base):
     )
     name: Mapped[str] = mapped_column(String(16))  # teacher | student | distill | profile
     position: Mapped[int] = mapped_column()
-    status: Mapped[StageStatus] = mapped_column(_status, default=StageStatus.queued, index=True)
+    status: Mapped[StageStatus] = mapped_column(_status, default=StageStatus.queued)
     queue: Mapped[str] = mapped_column(String(100))
     epoch: Mapped[int] = mapped_column(default=0)
     epochs: Mapped[int] = mapped_column(default=0)
@@ -164,10 +180,14 @@ class Metric(Base):
     stage was resumed."""
 
     __tablename__ = "metrics"
-    __table_args__ = (UniqueConstraint("stage_id", "step", name="uq_metrics_stage_step"),)
+    __table_args__ = (
+        UniqueConstraint("stage_id", "step", name="uq_metrics_stage_step"),
+        # A stage's history in order and its latest row (migration 0003).
+        Index("ix_metrics_stage_id_id", "stage_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"), index=True)
+    stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"))
     epoch: Mapped[int] = mapped_column()
     step: Mapped[int] = mapped_column()
     values: Mapped[dict[str, Any]] = mapped_column()

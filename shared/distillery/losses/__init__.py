@@ -1,10 +1,11 @@
-"""Losses: supervised (CE, focal, OHEM, confidence penalty), distillation (logit KD, CWD, feature
-MSE, attention transfer) and the `Objective` that sums the terms a spec names.
+"""Losses: supervised (CE, focal, OHEM, confidence penalty), distillation (logit KD, CWD, DIST,
+feature MSE, attention transfer) and the `Objective` that sums the terms a spec names.
 
 The functional forms compute in float32 (autocast off) and average over valid pixels; the
 `LOSSES` registry maps each spec `kind` to a builder of its `TermLoss` module.
 """
 
+from distillery.losses.dist import dist_loss
 from distillery.losses.entropy import confidence_penalty, mean_entropy, pixel_entropy
 from distillery.losses.features import (
     FeatureAdapter,
@@ -31,6 +32,7 @@ __all__ = [
     "channel_wise_kd",
     "confidence_penalty",
     "cross_entropy",
+    "dist_loss",
     "feature_mse",
     "focal_loss",
     "logit_kd",

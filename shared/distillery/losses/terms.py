@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distillery.losses.dist import dist_loss
 from distillery.losses.entropy import confidence_penalty
 from distillery.losses.features import (
     FeatureAdapter,
@@ -32,6 +33,7 @@ from distillery.spec import (
     ChannelWiseKDTerm,
     ConfidencePenaltyTerm,
     CrossEntropyTerm,
+    DISTTerm,
     FeatureMSETerm,
     FocalTerm,
     LogitKDTerm,
@@ -226,6 +228,34 @@ class _LogitKD(TermLoss):
 def build_logit_kd(term: LogitKDTerm, ctx: TermContext) -> TermLoss:
     _same_classes(ctx, term.kind)
     return _LogitKD(term.kind, term.temperature, ctx.ignore_index)
+
+
+class _DIST(TermLoss):
+    needs_teacher = True
+
+    def __init__(self, name: str, term: DISTTerm, ignore_index: int) -> None:
+        super().__init__(name)
+        self.temperature, self.beta, self.gamma = term.temperature, term.beta, term.gamma
+        self.ignore_index = ignore_index
+
+    def forward(self, student: ModelOutput, target: Tensor, teacher: ModelOutput | None) -> Tensor:
+        assert teacher is not None
+        size = teacher.logits.shape[-2:]
+        return dist_loss(
+            resize_to(student.logits.float(), size),
+            teacher.logits,
+            self.temperature,
+            self.beta,
+            self.gamma,
+            target=_target_at(target, size),
+            ignore_index=self.ignore_index,
+        )
+
+
+@LOSSES.register("dist")
+def build_dist(term: DISTTerm, ctx: TermContext) -> TermLoss:
+    _same_classes(ctx, term.kind)
+    return _DIST(term.kind, term, ctx.ignore_index)
 
 
 class _ChannelWiseKD(TermLoss):

@@ -8,6 +8,7 @@ artifacts/<experiment>/<stage>/results.json     a stage's metrics and history
 artifacts/<experiment>/<stage>/wandb/<run>/     a stage's offline wandb run
 artifacts/<experiment>/profile/profile.json     latency / FLOPs / memory of the models
 artifacts/<experiment>/report.md | results.json the comparison table
+artifacts/<experiment>/report/<file>             the `report` stage: report.md and its PNGs
 ```
 """
 
@@ -48,3 +49,7 @@ def report_key(experiment_id: str) -> str:
 
 def results_key(experiment_id: str) -> str:
     return f"artifacts/{experiment_id}/results.json"
+
+
+def report_file_key(experiment_id: str, name: str) -> str:
+    return f"artifacts/{experiment_id}/report/{name}"

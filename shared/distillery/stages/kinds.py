@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from distillery.spec import ExperimentSpec
-from distillery.storage import Storage
+from distillery.stages import keys
+from distillery.storage import Storage, put_dir
 
 #: The queues a kind can ask for: training on GPU workers; sizing, profiling and other
 #: measurements on the profiler worker (timings undisturbed by training).
@@ -60,6 +61,18 @@ class StageContext:
     tracker_group: str
     #: Run a storage call with bounded retries: `retrying(what, fn)`.
     retrying: Callable[[str, Callable[[], Any]], Any]
+
+    def store_wandb(
+        self, run: dict[str, Any] | None, part: str | None = None
+    ) -> list[tuple[str, str, int | None]]:
+        """Upload a wandb run folder under this stage's (or `part`'s) ``wandb/<run folder>``
+        (an offline run is synced from there later); the artifact rows to add."""
+        if not run or not run.get("dir") or not Path(run["dir"]).is_dir():
+            return []
+        run_dir = Path(run["dir"])
+        key = keys.wandb_key(self.experiment_id, part or self.stage, run_dir.name)
+        self.retrying(f"upload {key}", lambda: put_dir(self.storage, key, run_dir))
+        return [("wandb", key, None)]
 
 
 class StageKind:

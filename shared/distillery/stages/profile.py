@@ -22,9 +22,10 @@ class ProfileStage(StageKind):
     def run(self, ctx: StageContext) -> StageOutput:
         from distillery.models.checkpoint import load_model_checkpoint
         from distillery.profiler import profile_model
+        from distillery.stages.profile_tracking import log_profile_run
 
         models = ctx.inputs.models
-        reports: dict[str, Any] = {}
+        reports: dict[str, Any] = {}  # role -> ProfileReport
         # The distilled student and the baseline share an architecture: profile one of them.
         for role, names in (("teacher", ["teacher"]), ("student", ["distill", "student"])):
             key = next((models[n] for n in names if n in models), None)
@@ -36,11 +37,27 @@ class ProfileStage(StageKind):
             if not path.is_file():
                 ctx.retrying(f"download {key}", lambda k=key, p=path: ctx.storage.get_file(k, p))
             model, _ = load_model_checkpoint(path)
-            reports[role] = profile_model(model, ctx.spec.profiling).model_dump(mode="json")
+            reports[role] = profile_model(model, ctx.spec.profiling)
+        run = None
+        if reports:  # logged after measuring: wandb's threads never run during timing
+            run = log_profile_run(
+                reports,
+                ctx.spec.profiling,
+                ctx.spec.tracking,
+                ctx.workdir / "profile",
+                name=f"{ctx.spec.name}-profile",
+                group=ctx.tracker_group,
+                spec=ctx.spec,
+            )
+        result = {role: r.model_dump(mode="json") for role, r in reports.items()}
         key = keys.profile_key(ctx.experiment_id)
-        data = json.dumps(reports, indent=2).encode()
+        data = json.dumps(result, indent=2).encode()
         ctx.retrying(f"upload {key}", lambda: ctx.storage.put_bytes(key, data, "application/json"))
-        return StageOutput(result=reports, artifacts=[("profile", key, len(data))])
+        return StageOutput(
+            result=result,
+            wandb=run,
+            artifacts=[("profile", key, len(data)), *ctx.store_wandb(run)],
+        )
 
 
 PROFILE = ProfileStage()

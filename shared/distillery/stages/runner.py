@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from distillery.db.models import Artifact, Experiment, Stage, StageStatus
+from distillery.db.models import Artifact, Experiment, StageStatus
 from distillery.spec import DatasetRef, ExperimentSpec
 from distillery.stages import keys, lifecycle
 from distillery.stages.backoff import DEFAULT_BUDGET_S, is_transient, retrying
@@ -115,6 +115,7 @@ class StageRunner:
             self._end(stage_id, _describe(exc), only_if_mine=True)
             return None
 
+        from distillery.tracking import tracker_group
         from distillery.training import StageCancelled, StageDiverged, StagePaused
 
         workdir = self.work_dir / claimed.experiment_id
@@ -128,12 +129,12 @@ class StageRunner:
             storage=self.artifacts,
             checkpoint_key=claimed.checkpoint_key,
             hooks=self._hooks(stage_id, claimed.experiment_id, claimed.name),
-            tracker_group=f"{spec.name}-{claimed.experiment_id[:8]}",
+            tracker_group=tracker_group(spec.name, claimed.experiment_id),
             retrying=self._storage,
         )
         try:
             output = kind.run(ctx)
-            self._succeed(stage_id, output)
+            self._succeed(stage_id, output, ctx)
         except StageLost as exc:
             log.warning("stage %s: %s; stopping without writing", stage_id, exc)
             return None
@@ -172,8 +173,12 @@ class StageRunner:
             ),
         )
 
-    def _succeed(self, stage_id: int, out: StageOutput) -> None:
-        def write(s: Session) -> Experiment:
+    def _succeed(self, stage_id: int, out: StageOutput, ctx: StageContext) -> None:
+        """Record the success; the stage that completes the experiment also publishes the
+        results table (report, results.json, the wandb comparison) before it commits, so an
+        experiment is never `succeeded` without them."""
+
+        def write(s: Session) -> None:
             exp = lifecycle.succeed(
                 s,
                 stage_id,
@@ -182,32 +187,48 @@ class StageRunner:
                 model_key=out.model_key,
                 wandb=out.wandb,
             )
-            stage = s.get(Stage, stage_id)
-            for kind, key, size in out.artifacts:
-                _add_artifact(s, exp, stage.name, kind, key, size)
+            artifacts = [(ctx.stage, *a) for a in out.artifacts]
             if exp.status == StageStatus.succeeded:
                 exp.results = lifecycle.finite_json(build_results(exp.stages))
-            return exp
+                artifacts += [(None, *a) for a in self._publish(exp.results, ctx)]
+            for stage, kind, key, size in artifacts:
+                _add_artifact(s, exp, stage, kind, key, size)
 
-        exp = self._db("record success", write)
-        if exp.status != StageStatus.succeeded:
-            return
-        report = results_markdown(exp.results).encode()
-        table = json.dumps(exp.results, indent=2).encode()
-        rkey, jkey = keys.report_key(exp.id), keys.results_key(exp.id)
+        self._db("record success", write)
+
+    def _publish(
+        self, results: dict[str, Any], ctx: StageContext
+    ) -> list[tuple[str, str, int | None]]:
+        report = results_markdown(results).encode()
+        table = json.dumps(results, indent=2).encode()
+        rkey, jkey = keys.report_key(ctx.experiment_id), keys.results_key(ctx.experiment_id)
         self._storage(
             f"upload {rkey}", lambda: self.artifacts.put_bytes(rkey, report, "text/markdown")
         )
         self._storage(
             f"upload {jkey}", lambda: self.artifacts.put_bytes(jkey, table, "application/json")
         )
+        return [
+            ("report", rkey, len(report)),
+            ("results", jkey, len(table)),
+            *self._log_comparison(results, ctx),
+        ]
 
-        def rows(s: Session) -> None:
-            e = s.get(Experiment, exp.id)
-            _add_artifact(s, e, None, "report", rkey, len(report))
-            _add_artifact(s, e, None, "results", jkey, len(table))
+    def _log_comparison(
+        self, results: dict[str, Any], ctx: StageContext
+    ) -> list[tuple[str, str, int | None]]:
+        """Log the finished experiment's comparison table to wandb, in its group (once: only
+        the stage that completes the experiment gets here). A failure is logged, not raised:
+        the experiment has succeeded and tracking is a report."""
+        from distillery.stages.profile_tracking import log_comparison
 
-        self._db("record report", rows)
+        try:
+            run_dir = ctx.workdir / "comparison"
+            run = log_comparison(results, ctx.spec, run_dir, group=ctx.tracker_group)
+            return ctx.store_wandb(run, part="comparison")
+        except Exception:  # noqa: BLE001
+            log.exception("experiment %s: could not log the comparison to wandb", ctx.experiment_id)
+            return []
 
     # ------------------------------------------------------------------------------- hooks
 

@@ -27,10 +27,19 @@ class SizeStage(StageKind):
             inputs.student_width = int(result["width"])
 
     def run(self, ctx: StageContext) -> StageOutput:
-        from distillery.profiler import search_student_width
+        from distillery.profiler import BudgetNotMetError, search_student_width
+        from distillery.stages.profile_tracking import log_size_run
 
-        search = search_student_width(ctx.spec)
-        return StageOutput(result=search.model_dump(mode="json"))
+        run_dir, group = ctx.workdir / "size", ctx.tracker_group
+        try:
+            search = search_student_width(ctx.spec)
+        except BudgetNotMetError as e:  # the failed search is logged too
+            ctx.store_wandb(log_size_run(e.search, ctx.spec, run_dir, group=group, failed=True))
+            raise
+        run = log_size_run(search, ctx.spec, run_dir, group=group)
+        return StageOutput(
+            result=search.model_dump(mode="json"), wandb=run, artifacts=ctx.store_wandb(run)
+        )
 
 
 SIZE = SizeStage()

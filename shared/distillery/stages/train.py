@@ -14,7 +14,7 @@ from typing import ClassVar
 from distillery.spec import ExperimentSpec
 from distillery.stages import keys
 from distillery.stages.kinds import StageContext, StageKind, StageOutput
-from distillery.storage import get_dir, put_dir
+from distillery.storage import get_dir
 
 
 class TrainStage(StageKind):
@@ -59,12 +59,7 @@ class TrainStage(StageKind):
             ("model", model_key, result.model_path.stat().st_size),
             ("results", results_key, len(data)),
         ]
-        if result.wandb_run and result.wandb_run.get("dir"):
-            run_dir = Path(result.wandb_run["dir"])
-            if run_dir.is_dir():
-                prefix = keys.wandb_key(ctx.experiment_id, self.name, run_dir.name)
-                ctx.retrying(f"upload {prefix}", lambda: put_dir(ctx.storage, prefix, run_dir))
-                artifacts.append(("wandb", prefix, None))
+        artifacts += ctx.store_wandb(result.wandb_run)
         return StageOutput(
             result={"metrics": result.metrics, "params": result.params},
             model_key=model_key,

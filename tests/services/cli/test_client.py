@@ -150,6 +150,11 @@ def test_cli_watch_and_results_of_a_finished_experiment(
     assert "student (distilled)" in r.output and "61.0" in r.output and "+9.0" in r.output
     assert "gap closed by distillation: 45%" in r.output
 
+    r = cli("report", exp_id, "--out", str(tmp_path / "rep"), *opts)
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert f"# Experiment {exp_id}" in text and "| teacher | 61.0 |" in text
+
 
 def test_cli_watch_follows_progress_until_the_end(
     gateway_url, make_user, tmp_path, session_factory
@@ -217,3 +222,32 @@ def test_cli_datasets_upload_and_list(gateway_url, make_user, cityscapes_dir):
         *opts,
     )
     assert r.exit_code == 1 and "HTTP 422" in r.output and "file:" in r.output
+
+
+def test_polling_sends_the_etag_and_reuses_the_answer_on_304(
+    gateway_url, make_user, tmp_path, session_factory
+):
+    """What `status --watch` does each poll: `If-None-Match`, and a 304 costs no body."""
+    from distillery.cli.client import Gateway
+
+    token = make_user("hana")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(SPEC))
+    exp_id = cli("submit", str(spec_path), "-q", "--url", gateway_url, "--token", token)
+    exp_id = exp_id.stdout.strip()
+
+    gw = Gateway(gateway_url, token)
+    statuses: list[int] = []
+    gw.http.event_hooks["response"].append(lambda r: statuses.append(r.status_code))
+    path = f"/experiments/{exp_id}"
+    first = gw.get_fresh(path)
+    second = gw.get_fresh(path)
+    assert statuses == [200, 304] and second == first
+    with session_factory() as s:
+        stage = s.scalar(select(Stage).where(Stage.experiment_id == exp_id, Stage.position == 0))
+        stage.status, stage.step, stage.steps = StageStatus.running, 2, 10
+        s.commit()
+    third = gw.get_fresh(path)
+    assert statuses == [200, 304, 200]
+    assert third["stages"][0]["step"] == 2 and third["stages"][0]["status"] == "running"
+    assert gw.get_fresh(path) == third and statuses[-1] == 304

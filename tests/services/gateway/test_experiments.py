@@ -87,6 +87,26 @@ def test_nothing_to_run_is_422(as_user):
     assert [e["field"] for e in r.json()["detail"]] == ["stages"]
 
 
+def test_a_sweep_path_that_does_not_exist_is_422_naming_it(as_user, queues, celery_messages):
+    spec = spec_dict("sw", sweep={"seeds": [0, 1], "grid": {"distillation.losses.4.weight": [1]}})
+    r = as_user("alice").post("/experiments", json=spec)
+    assert r.status_code == 422
+    (err,) = r.json()["detail"]
+    assert err["field"] == "sweep" and "'distillation.losses.4.weight' does not exist" in err["msg"]
+    # a valid sweep is not queued (yet): a 422 on `sweep` carrying the expansion and sharing
+    spec["sweep"]["grid"] = {"distillation.losses.1.temperature": [1, 4]}
+    r = as_user("alice").post("/experiments", json=spec)
+    assert r.status_code == 422
+    (err,) = r.json()["detail"]
+    assert err["field"] == "sweep" and "distillery run" in err["msg"]
+    assert err["ctx"]["plan"]["stage_counts"] == {
+        "teacher": [1, 4],
+        "student": [2, 4],
+        "distill": [4, 4],
+    }
+    assert celery_messages(queues.gpu) == []
+
+
 def test_invalid_spec_is_422_naming_each_bad_field(as_user, queues, celery_messages):
     spec = spec_dict("bad")
     spec["teacher"]["train"]["lr"] = -1

@@ -1,0 +1,176 @@
+"""The read routes' SQL: statements built once with bound parameters, rows read as tuples.
+
+Loading ORM objects (identity map, instance state, eager loaders) and building a statement per
+request were most of a read's server time; these statements are compiled once per process
+(SQLAlchemy caches them by their memoized key) and their rows go straight into the response
+models. Writes stay on the ORM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Row, Select, bindparam, func, select
+from sqlalchemy.orm import Session
+
+from distillery.db import Artifact, Experiment, Metric, Stage, StageStatus, User
+
+# Tables, not mapped classes: a statement over plain columns skips the ORM's result machinery.
+E, S, U = Experiment.__table__, Stage.__table__, User.__table__
+M, A = Metric.__table__, Artifact.__table__
+
+#: What a list item and a detail show of a stage (`StageBrief`).
+BRIEF_COLUMNS = ("name", "position", "status", "queue", "epoch", "epochs", "step", "steps")
+#: Every stage column: the detail shows most of them and its ETag covers all of them.
+STAGE_COLUMNS = tuple(c.key for c in S.columns)
+#: What a summary shows of an experiment.
+SUMMARY_COLUMNS = ("id", "name", "status", "cancel_requested", "created_at", "updated_at")
+
+
+def _stage_cols(*names: str) -> list[Any]:
+    return [S.c[n].label(f"s_{n}") for n in names]
+
+
+@cache
+def _stage_labels(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((n, f"s_{n}") for n in names)
+
+
+def stage_fields(row: Row[Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The `s_<name>` columns of a row as `{name: value}`."""
+    mapping = row._mapping
+    return {n: mapping[label] for n, label in _stage_labels(names)}
+
+
+@cache
+def page_query(*, by_status: bool, by_owner: bool, with_spec: bool) -> Select[Any]:
+    """One page of experiments (newest first) with owner names and the total, joined to their
+    stages in order: one row per stage (a stage-less experiment gives one row of NULLs).
+    Parameters: `status`, `owner` (as asked for), `limit`, `offset`."""
+    cols = [E.c[n] for n in SUMMARY_COLUMNS]
+    if with_spec:
+        cols.append(E.c.spec)
+    page = (
+        select(*cols, U.c.name.label("owner"), func.count().over().label("total"))
+        .outerjoin(U, E.c.owner_id == U.c.id)
+        .order_by(E.c.created_at.desc(), E.c.id.desc())
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+    if by_status:
+        page = page.where(E.c.status == bindparam("status"))
+    if by_owner:
+        page = page.where(U.c.name == bindparam("owner"))
+    p = page.subquery("page")
+    return (
+        select(p, *_stage_cols(*BRIEF_COLUMNS))
+        .outerjoin(S, S.c.experiment_id == p.c.id)
+        .order_by(p.c.created_at.desc(), p.c.id.desc(), S.c.position)
+    )
+
+
+@cache
+def count_query(*, by_status: bool, by_owner: bool) -> Select[Any]:
+    """How many experiments match (for a page past the last one, whose rows carry no total)."""
+    query = select(func.count()).select_from(E).outerjoin(U, E.c.owner_id == U.c.id)
+    if by_status:
+        query = query.where(E.c.status == bindparam("status"))
+    if by_owner:
+        query = query.where(U.c.name == bindparam("owner"))
+    return query
+
+
+@cache
+def detail_query() -> Select[Any]:
+    """An experiment with its owner name, every column of every stage (in order) and the count
+    and last id of its metrics and artifacts (for the ETag). Parameter: `experiment_id`."""
+    exp_id = bindparam("experiment_id")
+    metrics = (
+        select(M.c.id).join(S, M.c.stage_id == S.c.id).where(S.c.experiment_id == exp_id).subquery()
+    )
+    artifacts = select(A.c.id, A.c.size).where(A.c.experiment_id == exp_id).subquery()
+    aggregates = [
+        select(func.count()).select_from(metrics).label("n_metrics"),
+        select(func.max(metrics.c.id)).label("last_metric"),
+        select(func.count()).select_from(artifacts).label("n_artifacts"),
+        select(func.max(artifacts.c.id)).label("last_artifact"),
+        select(func.sum(artifacts.c.size)).label("artifact_bytes"),
+    ]
+    return (
+        select(
+            *(E.c[n] for n in SUMMARY_COLUMNS),
+            E.c.spec,
+            E.c.results,
+            U.c.name.label("owner"),
+            *(a for a in aggregates),
+            *_stage_cols(*STAGE_COLUMNS),
+        )
+        .outerjoin(U, E.c.owner_id == U.c.id)
+        .outerjoin(S, S.c.experiment_id == E.c.id)
+        .where(E.c.id == exp_id)
+        .order_by(S.c.position)
+    )
+
+
+@cache
+def latest_metrics_query() -> Select[Any]:
+    """Each stage's last metric row. Parameter: `stage_ids` (expanding)."""
+    last = (
+        select(func.max(M.c.id))
+        .where(M.c.stage_id.in_(bindparam("stage_ids", expanding=True)))
+        .group_by(M.c.stage_id)
+    )
+    cols = (M.c.stage_id, M.c.epoch, M.c.step, M.c["values"], M.c.created_at)
+    return select(*cols).where(M.c.id.in_(last))
+
+
+@cache
+def artifacts_query() -> Select[Any]:
+    """An experiment's artifacts (the route sorts them). Parameter: `experiment_id`."""
+    cols = (A.c.stage, A.c.kind, A.c.key, A.c.size, A.c.created_at)
+    return select(*cols).where(A.c.experiment_id == bindparam("experiment_id"))
+
+
+@cache
+def queue_query() -> Select[Any]:
+    """Running stages and stages waiting on a queue, by enqueue time, with their experiment's
+    name and owner."""
+    return (
+        select(
+            S.c.experiment_id,
+            E.c.name.label("experiment_name"),
+            U.c.name.label("owner"),
+            S.c.name.label("stage"),
+            S.c.queue,
+            S.c.status,
+            S.c.worker_id,
+            S.c.enqueued_at,
+            S.c.started_at,
+            S.c.heartbeat_at,
+            S.c.epoch,
+            S.c.epochs,
+            S.c.step,
+            S.c.steps,
+        )
+        .join(E, S.c.experiment_id == E.c.id)
+        .outerjoin(U, E.c.owner_id == U.c.id)
+        .where(
+            (S.c.status == StageStatus.running)
+            | ((S.c.status == StageStatus.queued) & S.c.enqueued_at.is_not(None))
+        )
+        .order_by(S.c.enqueued_at.asc().nulls_last(), S.c.id)
+    )
+
+
+def detail_rows(session: Session, experiment_id: str) -> list[Row[Any]]:
+    """The rows of `detail_query` (empty: no such experiment)."""
+    return list(session.connection().execute(detail_query(), {"experiment_id": experiment_id}))
+
+
+def rows_etag(rows: Sequence[Row[Any]], salt: str = "") -> str:
+    """A weak ETag over everything in `rows` (and `salt`)."""
+    state = repr([tuple(r) for r in rows]) + "|" + salt
+    return f'W/"{hashlib.sha256(state.encode()).hexdigest()[:32]}"'

@@ -1,0 +1,506 @@
+"""`distillery run` of a sweep: every child on this machine, shared stages trained once.
+
+The plan comes from `distillery.sweeps.plan_sweep`. Each shared teacher and each student baseline
+(one per seed) runs as its own `distillery.pipeline.run_local` experiment under
+``<run_dir>/teachers/<key>`` and ``<run_dir>/baselines/<key>``; each child (configuration x seed)
+then runs only its distillation stage (plus the profile stage for the first child of each distinct
+student architecture, `profile_key`: latency does not depend on the weights) under
+``<run_dir>/children/<configuration>/seed-<seed>``, reading the shared teacher's exported model
+through ``teacher.model.checkpoint``. A failed stage fails only the children that need it; the
+others run. Running the same sweep again resumes every part where it stopped.
+
+The parent's ``results.json``/``results.md`` hold the comparison table of
+`distillery.research.summary`, with bias–variance over seeds per configuration and the baseline,
+and each teacher's mean entropy and ECE (``analyses=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distillery.research.stats import paired_interval
+from distillery.research.summary import ConfigResult, SeedResult, sweep_markdown, sweep_summary
+from distillery.spec import ExperimentSpec
+from distillery.stages import keys
+from distillery.sweeps import (
+    SweepPlan,
+    baseline_identity,
+    content_hash,
+    plan_sweep,
+    teacher_identity,
+)
+
+
+@dataclass
+class Outcome:
+    """One `run_local` call: its folder, its results, its error, its wall time."""
+
+    run_dir: Path
+    results: dict[str, Any] | None
+    error: str | None
+    wall_time_s: float
+
+    def model_path(self, stage: str) -> Path | None:
+        if self.results is None:
+            return None
+        path = self.run_dir / keys.model_key(self.results["experiment_id"], stage)
+        return path if path.is_file() else None
+
+    def _payload(self, stage: str) -> dict[str, Any] | None:
+        if self.results is None:
+            return None
+        path = self.run_dir / keys.stage_results_key(self.results["experiment_id"], stage)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def metrics(self, stage: str) -> dict[str, Any] | None:
+        """The stage's validation metrics (mIoU and per-class IoU), None if it did not run."""
+        return (self._payload(stage) or {}).get("metrics")
+
+    def train_time_s(self, stage: str) -> float | None:
+        """The stage's training time: the sum of its epochs' ``time_s`` (the same when it was
+        resumed; evaluation left out)."""
+        history = (self._payload(stage) or {}).get("history") or []
+        times = [h.get("train", {}).get("time_s") for h in history]
+        return float(sum(times)) if times and None not in times else None
+
+    def row(self, stage: str) -> dict[str, Any]:
+        rows = (self.results or {}).get("rows", [])
+        return next((r for r in rows if r["stage"] == stage), {})
+
+
+def _run(
+    spec: ExperimentSpec,
+    run_dir: Path,
+    fresh: bool,
+    on_progress: Callable[[str, Any], None] | None,
+) -> Outcome:
+    from distillery.pipeline import run_local
+
+    start = time.perf_counter()
+    try:
+        results = run_local(spec, run_dir, fresh=fresh, on_progress=on_progress)
+        return Outcome(run_dir, results, None, time.perf_counter() - start)
+    except Exception as e:  # a failed part must not sink the sweep
+        return Outcome(run_dir, None, f"{type(e).__name__}: {e}", time.perf_counter() - start)
+
+
+def _with_teacher(spec: ExperimentSpec, path: Path | None, stages: list[str]) -> ExperimentSpec:
+    update: dict[str, Any] = {"stages": stages}
+    if path is not None:
+        model = spec.teacher.model.model_copy(update={"checkpoint": str(path)})
+        update["teacher"] = spec.teacher.model_copy(update={"model": model})
+    return spec.model_copy(update=update)
+
+
+def run_sweep(
+    spec: ExperimentSpec,
+    run_dir: Path,
+    *,
+    fresh: bool = False,
+    analyses: bool = True,
+    on_event: Callable[[str], None] | None = None,
+    on_progress: Callable[[str, Any], None] | None = None,
+) -> dict[str, Any]:
+    """Run the sweep of `spec` here; returns (and writes) the parent's results table."""
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_sweep(spec)
+    say = on_event or (lambda _msg: None)
+    (run_dir / "plan.json").write_text(json.dumps(plan.as_dict(), indent=2))
+    total = len(plan.teachers) + len(plan.baselines) + len(plan.children)
+    done = 0
+
+    def step(what: str, outcome: Outcome) -> None:
+        nonlocal done
+        done += 1
+        status = (
+            "failed: " + outcome.error if outcome.error else f"done in {outcome.wall_time_s:.0f}s"
+        )
+        say(f"[{done}/{total}] {what}: {status}")
+
+    teachers: dict[str, Outcome] = {}
+    for key, shared in plan.teachers.items():
+        say(f"teacher {key} (seed {shared.seed}) for {len(shared.used_by)} children")
+        teachers[key] = _run(shared.spec, run_dir / "teachers" / key, fresh, on_progress)
+        step(f"teacher {key}", teachers[key])
+
+    baselines: dict[str, Outcome] = {}
+    for key, shared in plan.baselines.items():
+        say(f"student baseline {key} (seed {shared.seed}) for {len(shared.used_by)} children")
+        baselines[key] = _run(shared.spec, run_dir / "baselines" / key, fresh, on_progress)
+        step(f"baseline {key}", baselines[key])
+
+    children: dict[tuple[str, int], Outcome] = {}
+    profiled: dict[str, tuple[str, int]] = {}  # profile key -> the child that profiles it
+    for child in plan.children:
+        name = f"{child.configuration} seed {child.seed}"
+        teacher = teachers.get(child.teacher_key) if child.teacher_key else None
+        if teacher is not None and teacher.model_path("teacher") is None:
+            outcome = Outcome(run_dir, None, f"its teacher failed ({teacher.error})", 0.0)
+        else:
+            stages = ["distill"]
+            p_key = profile_key(child.spec)
+            if "profile" in spec.stages and p_key not in profiled:
+                stages.append("profile")
+                profiled[p_key] = (child.configuration, child.seed)
+            child_spec = _with_teacher(
+                child.spec, teacher.model_path("teacher") if teacher else None, stages
+            )
+            folder = run_dir / "children" / child.configuration / f"seed-{child.seed}"
+            say(f"child {name}")
+            outcome = _run(child_spec, folder, fresh, on_progress)
+        children[(child.configuration, child.seed)] = outcome
+        step(f"child {name}", outcome)
+
+    matched: dict[tuple[str, int], tuple[int, Outcome]] = {}
+    if spec.sweep is not None and spec.sweep.compute_matched_baseline:
+        matched = _compute_matched(plan, baselines, children, run_dir, fresh, say, on_progress)
+    results = summarize(spec, plan, teachers, baselines, children, analyses=analyses, say=say)
+    if analyses:
+        samples = _samples(spec, plan, teachers, baselines, children, results, run_dir)
+        results["samples_png"] = samples.name if samples else None
+    if matched:
+        add_compute_matched(results, matched)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (run_dir / "results.md").write_text(sweep_markdown(results))
+    from distillery.research.report import write_report
+
+    report = write_report(run_dir)
+    results["wandb"] = log_sweep(spec, results, report.parent, run_dir)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def log_sweep(
+    spec: ExperimentSpec, results: dict[str, Any], report_dir: Path, run_dir: Path
+) -> dict[str, Any] | None:
+    """Log the sweep's table (run summary: per configuration mIoU, gain, its CI, gap closed)
+    and the report's PNGs to one wandb run (``job_type: sweep``); None when tracking is off."""
+    from distillery.tracking import Tracker
+
+    tracker = Tracker(
+        spec.tracking,
+        run_dir,
+        name=f"{spec.name}-sweep",
+        group=spec.name,
+        config=spec.model_dump(mode="json"),
+        job_type="sweep",
+    )
+    if not tracker.active:
+        return None
+    import wandb
+
+    summary: dict[str, Any] = {
+        "teacher_miou": results.get("teacher_miou"),
+        "baseline/miou_mean": results["baseline"].get("miou_mean"),
+    }
+    for c in results["configurations"]:
+        ci = c.get("gain_ci95") or [None, None]
+        summary.update(
+            {
+                f"{c['name']}/miou_mean": c["miou_mean"],
+                f"{c['name']}/gain_mean": c["gain_mean"],
+                f"{c['name']}/gain_ci95_low": ci[0],
+                f"{c['name']}/gain_ci95_high": ci[1],
+                f"{c['name']}/gap_closed_mean": c["gap_closed_mean"],
+            }
+        )
+    tracker.summary({k: v for k, v in summary.items() if v is not None})
+    images = {f"report/{p.stem}": wandb.Image(str(p)) for p in sorted(report_dir.glob("*.png"))}
+    if images:
+        tracker.log(images, step=0)
+    info = {"id": tracker.run_id, "dir": str(tracker.run_dir), "url": tracker.url}
+    tracker.finish()
+    return info
+
+
+def _compute_matched(
+    plan: SweepPlan,
+    baselines: dict[str, Outcome],
+    children: dict[tuple[str, int], Outcome],
+    run_dir: Path,
+    fresh: bool,
+    say: Callable[[str], None],
+    on_progress: Callable[[str, Any], None] | None,
+) -> dict[tuple[str, int], tuple[int, Outcome]]:
+    """Per child: a student-alone baseline given the epochs that take as long to train as the
+    child's distillation did, ``round(epochs * t_distill / t_baseline)`` (at least 1), at the
+    same seed. Baselines of equal epochs are shared (by content hash); equal to the plain
+    baseline's epochs, the plain baseline is that baseline."""
+    runs: dict[str, Outcome] = {}
+    out: dict[tuple[str, int], tuple[int, Outcome]] = {}
+    for child in plan.children:
+        base = baselines.get(child.baseline_key or "")
+        outcome = children[(child.configuration, child.seed)]
+        t_distill = outcome.train_time_s("distill")
+        t_base = base.train_time_s("student") if base else None
+        if base is None or child.baseline_key is None or not t_distill or not t_base:
+            continue
+        b_spec = plan.baselines[child.baseline_key].spec
+        epochs = matched_epochs(b_spec.student.train.epochs, t_distill, t_base)
+        if epochs == b_spec.student.train.epochs:
+            out[(child.configuration, child.seed)] = (epochs, base)
+            continue
+        train = b_spec.student.train.model_copy(update={"epochs": epochs})
+        student = b_spec.student.model_copy(update={"train": train})
+        m_spec = b_spec.model_copy(update={"student": student})
+        key = content_hash(baseline_identity(m_spec))
+        if key not in runs:
+            m_spec = m_spec.model_copy(update={"name": f"{plan.name}.matched-{key[:8]}"})
+            say(f"compute-matched baseline {key}: seed {child.seed}, {epochs} epochs")
+            runs[key] = _run(m_spec, run_dir / "matched" / key, fresh, on_progress)
+            status = runs[key].error or f"done in {runs[key].wall_time_s:.0f}s"
+            say(f"compute-matched baseline {key}: {status}")
+        out[(child.configuration, child.seed)] = (epochs, runs[key])
+    return out
+
+
+def _samples(
+    spec: ExperimentSpec,
+    plan: SweepPlan,
+    teachers: dict[str, Outcome],
+    baselines: dict[str, Outcome],
+    children: dict[tuple[str, int], Outcome],
+    results: dict[str, Any],
+    run_dir: Path,
+) -> Path | None:
+    """``samples.png``: teacher, baseline and best configuration on two validation images (the
+    first seed of each)."""
+    from distillery.research.predict import sample_predictions
+
+    models: dict[str, Path] = {}
+    teacher = next(
+        (o.model_path("teacher") for o in teachers.values() if o.model_path("teacher")), None
+    )
+    if teacher is not None:
+        models["teacher"] = teacher
+    first = plan.children[0] if plan.children else None
+    base = baselines.get(first.baseline_key or "") if first else None
+    if base is not None and (path := base.model_path("student")) is not None:
+        models[f"baseline (seed {first.seed})"] = path  # type: ignore[union-attr]
+    best = results.get("best")
+    for child in plan.children:
+        if child.configuration == best:
+            path = children[(best, child.seed)].model_path("distill")
+            if path is not None:
+                models[f"{best} (seed {child.seed})"] = path
+                break
+    if not models:
+        return None
+    return sample_predictions(models, spec.data, run_dir / "samples.png")
+
+
+def matched_epochs(epochs: int, t_distill: float, t_baseline: float) -> int:
+    """Epochs of a student-alone run that trains as long as the distillation did:
+    ``max(1, round(epochs * t_distill / t_baseline))``."""
+    if t_baseline <= 0:
+        raise ValueError(f"the baseline's training time must be > 0, got {t_baseline}")
+    return max(1, round(epochs * t_distill / t_baseline))
+
+
+def add_compute_matched(
+    results: dict[str, Any], matched: dict[tuple[str, int], tuple[int, Outcome]]
+) -> None:
+    """Add ``compute_matched`` to each configuration row: per seed the matched baseline's epochs
+    and mIoU and the gain over it, with the mean and 95% paired t-interval."""
+    for row in results["configurations"]:
+        per_seed, mine, theirs = [], {}, {}
+        for r in row["per_seed"]:
+            entry = matched.get((row["name"], r["seed"]))
+            if entry is None:
+                continue
+            epochs, outcome = entry
+            metrics = outcome.metrics("student")
+            if metrics is None:
+                continue
+            mine[r["seed"]], theirs[r["seed"]] = r["miou"], metrics["miou"]
+            per_seed.append(
+                {
+                    "seed": r["seed"],
+                    "epochs": epochs,
+                    "miou": metrics["miou"],
+                    "gain": r["miou"] - metrics["miou"],
+                }
+            )
+        if not per_seed:
+            continue
+        interval = paired_interval(mine, theirs)
+        row["compute_matched"] = {
+            "per_seed": per_seed,
+            "gain_mean": interval.mean if interval else None,
+            "gain_ci95": interval.as_list() if interval else None,
+            "distinguishable": bool(interval and interval.excludes_zero),
+        }
+
+
+def profile_key(spec: ExperimentSpec) -> str:
+    """What the student's latency depends on: its architecture and the profiling settings."""
+    dump = spec.model_dump(mode="json")
+    return content_hash({"student": dump["student"]["model"], "profiling": dump["profiling"]})
+
+
+def _seed_result(outcome: Outcome, stage: str, seed: int) -> SeedResult | None:
+    metrics = outcome.metrics(stage)
+    if metrics is None:
+        return None
+    wall = outcome.train_time_s(stage)
+    return SeedResult(seed, metrics["miou"], metrics.get("iou") or {}, wall)
+
+
+def summarize(
+    spec: ExperimentSpec,
+    plan: SweepPlan,
+    teachers: dict[str, Outcome],
+    baselines: dict[str, Outcome],
+    children: dict[tuple[str, int], Outcome],
+    *,
+    analyses: bool = True,
+    say: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """The parent's results from its parts' outcomes (see `distillery.research.summary`)."""
+    from distillery.research.predict import evaluate_model, seeds_bias_variance, teacher_calibration
+
+    # ---- teachers: mIoU always (a given checkpoint is evaluated), entropy and ECE
+    teacher_miou: dict[str | None, float | None] = {}
+    teacher_facts: dict[str | None, dict[str, Any]] = {}
+    for key, outcome in teachers.items():
+        metrics = outcome.metrics("teacher")
+        teacher_miou[key] = metrics["miou"] if metrics else None
+        path = outcome.model_path("teacher")
+        facts: dict[str, Any] = {"teacher_key": key, "teacher_error": outcome.error}
+        if analyses and path is not None:
+            say(f"teacher {key}: entropy and calibration")
+            cal = teacher_calibration(path, spec.data)
+            facts.update(teacher_entropy=cal.normalized_entropy, teacher_ece=cal.ece)
+        teacher_facts[key] = facts
+    given = spec.teacher.model.checkpoint
+    if not teachers and given and Path(given).is_file():
+        say("teacher checkpoint: evaluating its mIoU")
+        teacher_miou[None] = float(evaluate_model(given, spec.data)["miou"])  # type: ignore[arg-type]
+        facts = {"teacher_key": None}
+        if analyses:
+            cal = teacher_calibration(given, spec.data)
+            facts.update(teacher_entropy=cal.normalized_entropy, teacher_ece=cal.ece)
+        teacher_facts[None] = facts
+    base_ident = teacher_identity(spec.model_copy(update={"sweep": None}), spec.seed)
+    base_key = content_hash(base_ident) if base_ident else None
+    top_teacher = teacher_miou.get(base_key, next(iter(teacher_miou.values()), None))
+
+    # ---- baseline per seed (the children of the first configuration define which is whose)
+    baseline_results: list[SeedResult] = []
+    baseline_paths: list[Path] = []
+    seen: set[int] = set()
+    for child in plan.children:
+        outcome = baselines.get(child.baseline_key or "")
+        if outcome is None or child.seed in seen:
+            continue
+        seen.add(child.seed)
+        result = _seed_result(outcome, "student", child.seed)
+        if result is not None:
+            baseline_results.append(result)
+            if (path := outcome.model_path("student")) is not None:
+                baseline_paths.append(path)
+
+    first = plan.configurations[0].name if plan.configurations else None
+    common_keys = {c.baseline_key for c in plan.children if c.configuration == first}
+    configs: list[ConfigResult] = []
+    paths_by_config: dict[str, list[Path]] = {}
+    for config in plan.configurations:
+        mine = [c for c in plan.children if c.configuration == config.name]
+        seeds: list[SeedResult] = []
+        failed: dict[int, str] = {}
+        for child in mine:
+            outcome = children[(config.name, child.seed)]
+            result = _seed_result(outcome, "distill", child.seed)
+            if result is None:
+                failed[child.seed] = outcome.error or "no distill result"
+                continue
+            seeds.append(result)
+            if (path := outcome.model_path("distill")) is not None:
+                paths_by_config.setdefault(config.name, []).append(path)
+        t_key = mine[0].teacher_key if mine else None
+        extra: dict[str, Any] = dict(teacher_facts.get(t_key, {}))
+        outcomes = [children[(config.name, c.seed)] for c in mine]
+        wall = sum(o.train_time_s("distill") or 0.0 for o in outcomes)
+        row = _profiled_row(plan, children, mine[0]) if mine else {}
+        extra.update(
+            latency_ms=row.get("latency_ms"),
+            params=row.get("params"),
+            wall_time_s_total=wall,
+            device_hours=wall * spec.distill_train.num_processes / 3600,
+        )
+        own = None
+        if mine and {c.baseline_key for c in mine} != common_keys:
+            own = [
+                r
+                for c in mine
+                if c.baseline_key in baselines
+                and (r := _seed_result(baselines[c.baseline_key], "student", c.seed)) is not None
+            ]
+        configs.append(
+            ConfigResult(
+                config.name,
+                config.overrides,
+                seeds,
+                teacher_miou=teacher_miou.get(t_key, top_teacher),
+                failed=failed,
+                extra=extra,
+                baseline=own,
+            )
+        )
+    results = sweep_summary(configs, baseline_results, top_teacher)
+    # the baseline's student is the children's unless a configuration changes `student.*`
+    same_student = [
+        c.extra.get("latency_ms")
+        for c in configs
+        if not any(p.startswith("student") for p in c.overrides)
+    ]
+    results["baseline_latency_ms"] = next((v for v in same_student if v is not None), None)
+    if analyses:
+        if len(baseline_paths) >= 2:
+            say("baseline: bias and variance over seeds")
+            bv = seeds_bias_variance(baseline_paths, spec.data)
+            results["baseline"]["bias_variance"] = bv.as_dict()
+        for row in results["configurations"]:
+            paths = paths_by_config.get(row["name"], [])
+            if len(paths) >= 2:
+                say(f"{row['name']}: bias and variance over seeds")
+                row["bias_variance"] = seeds_bias_variance(paths, spec.data).as_dict()
+    results["plan"] = plan.as_dict()
+    results["parts"] = {
+        "teachers": {k: _part(o) for k, o in teachers.items()},
+        "baselines": {k: _part(o) for k, o in baselines.items()},
+        "children": [{"configuration": c, "seed": s, **_part(o)} for (c, s), o in children.items()],
+    }
+    n_failed = sum(o.error is not None for o in children.values())
+    results["status"] = (
+        "succeeded" if n_failed == 0 else "failed" if n_failed == len(children) else "partial"
+    )
+    return results
+
+
+def _profiled_row(
+    plan: SweepPlan, children: dict[tuple[str, int], Outcome], child: Any
+) -> dict[str, Any]:
+    """The distill row (latency, params) of the child that profiled `child`'s architecture."""
+    key = profile_key(child.spec)
+    for other in plan.children:
+        if profile_key(other.spec) == key:
+            row = children[(other.configuration, other.seed)].row("distill")
+            if row.get("latency_ms") is not None:
+                return row
+    return children[(child.configuration, child.seed)].row("distill")
+
+
+def _part(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "run_dir": str(outcome.run_dir),
+        "status": "failed" if outcome.error else "succeeded",
+        "error": outcome.error,
+        "wall_time_s": outcome.wall_time_s,
+    }
