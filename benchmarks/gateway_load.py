@@ -342,6 +342,9 @@ def main() -> int:
         gpu_queue=gpu_q,
         profiler_queue=prof_q,
         migrate_on_start=False,
+        allowed_data_roots=["/data"],
+        max_active_experiments=0,  # measure the gateway, not the per-user caps
+        max_submissions_per_minute=0,
     )
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         stack.enter_context(devstack.scratch_schema(args.db_url, schema))

@@ -247,3 +247,35 @@ def test_a_width_search_that_misses_the_budget_logs_a_failed_size_run(tmp_path: 
     assert size.summary["budget/verdict"] == "fail" and "chosen_width" not in size.summary
     rows = read_offline_table(size_dir, "width_search")
     assert [(r["width"], r["verdict"]) for r in rows] == [(2, "fail"), (4, "skipped")]
+
+
+def test_run_piped_to_a_log_prints_a_line_per_epoch_as_it_goes(tmp_path: Path) -> None:
+    """`distillery run SPEC | tee log`: each epoch's line arrives while the run goes on."""
+    import os
+    import subprocess
+    import sys
+
+    spec = write_spec(tmp_path, stages=["teacher", "student"])
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    code = "from distillery.cli.main import app; app()"
+    cmd = [sys.executable, "-c", code, "run", str(spec), "--run-dir", str(tmp_path / "r")]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    lines, running_at_first_epoch = [], None
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if running_at_first_epoch is None and line.startswith("teacher: epoch 1/2"):
+                running_at_first_epoch = proc.poll() is None
+        assert proc.wait(timeout=300) == 0, "\n".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert running_at_first_epoch, "\n".join(lines)
+    epochs = [ln.split("  ")[0] for ln in lines if ": epoch " in ln]
+    expected = [f"{s}: epoch {e}/2" for s in ("teacher", "student") for e in (1, 2)]
+    assert epochs == expected, "\n".join(lines)
+    assert all("mIoU" in ln for ln in lines if ": epoch " in ln)
+    table = next(i for i, ln in enumerate(lines) if ln.strip() == "Results")
+    assert not any("━" in ln for ln in lines[:table])  # no progress bars before the table

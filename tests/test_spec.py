@@ -23,7 +23,7 @@ def _planned(spec: ExperimentSpec) -> list[str]:
 def errors(raw: dict) -> str:
     with pytest.raises(ValidationError) as e:
         ExperimentSpec.model_validate(raw)
-    return format_validation_error(e.value)
+    return format_validation_error(e.value, raw)
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
@@ -63,7 +63,7 @@ def test_auto_width_plans_a_size_stage_and_needs_a_budget() -> None:
         ({"student": {"train": {"schedule": "cosine!"}}}, "student.train.schedule"),
         (
             {"distillation": {"losses": [{"kind": "logit_kd", "temperature": -1}]}},
-            "distillation.losses.0.logit_kd.temperature",
+            "distillation.losses.0.temperature",
         ),
         ({"distillation": {"losses": [{"kind": "eval"}]}}, "distillation.losses.0"),
         ({"teacher": {"losses": [{"kind": "logit_kd"}]}}, "teacher.losses"),
@@ -101,3 +101,34 @@ def test_load_spec_names_file_and_field(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as e:
         load_spec(p)
     assert "s.yaml" in str(e.value) and "data.train" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "message"),
+    [
+        (
+            {"student": {"model": {"width": 0}}},
+            "student.model.width",
+            "Input should be greater than or equal to 1, or 'auto'",
+        ),
+        (
+            {"student": {"model": {"width": "wide"}}},
+            "student.model.width",
+            "Input should be a valid integer, or 'auto'",  # strict: "8" is not 8
+        ),
+        (
+            {"distillation": {"losses": [{"kind": "logit_kd", "temperature": -1}]}},
+            "distillation.losses.0.temperature",
+            "Input should be greater than 0",
+        ),
+    ],
+)
+def test_union_errors_read_as_one_message_per_field(override, field, message) -> None:
+    text = errors({"name": "x", "data": DATA, **override})
+    assert text.splitlines() == [f"  {field}: {message}"]
+    assert "constrained-int" not in text and "literal[" not in text and "logit_kd" not in text
+
+
+def test_a_missing_field_inside_a_union_is_named() -> None:
+    text = errors({"name": "x", "data": {"train": [{"format": "cityscapes"}], "val": []}})
+    assert "data." in text and "constrained" not in text

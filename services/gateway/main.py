@@ -6,6 +6,8 @@ buckets and the dataset cache onto `app.state.gateway`; tests pass their own set
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,10 +22,15 @@ from distillery.db import make_session_factory
 from distillery.db.session import engine_for, migrate_locked
 from distillery.s3 import DatasetCache, make_storage
 from distillery.settings import Settings, get_settings
+from distillery.spec import ECHO_CHARS, short
+from distillery.spec import field_path as spec_field_path
 from distillery.storage import Storage
 from services.celery_app import make_celery
 from services.dispatch import CeleryDispatcher, Dispatcher
+from services.gateway import openapi
 from services.gateway.deps import GatewayState
+from services.gateway.docs import mount_docs
+from services.gateway.limits import BodySizeLimit
 from services.gateway.routes import datasets, experiments, health, queue
 from services.gateway.token_cache import TokenCache
 
@@ -34,21 +41,59 @@ and follow progress. Every call except `/health` and `/ready` needs `Authorizati
 """
 
 
-def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
-    """`("body", "teacher", "train", "lr")` -> `teacher.train.lr` (the spec's own dotted path)."""
+def field_path(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str:
+    """`("body", "teacher", "train", "lr")` -> `teacher.train.lr` (the spec's own dotted path,
+    without pydantic's union branch names, see `distillery.spec.field_path`)."""
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header", "form"):
-        parts = parts[1:]
+        source, parts = parts[0], parts[1:]
+        if source == "body" and isinstance(body, dict):
+            return spec_field_path(parts, body) or "(body)"
     return ".".join(str(p) for p in parts) or "(body)"
 
 
+#: An error message is cut to this many characters (it may quote user input).
+MAX_MESSAGE = 2000
+#: A whole-spec check's message starts with the dotted field it is about.
+NAMED_FIELD = re.compile(r"^(?:Value error, )?([A-Za-z_]\w*(?:\.\w+)+)(?=[: ])")
+
+
+def _echo(value: Any) -> Any:
+    """A bad value as a 422 may quote it: short scalars as they are, anything else (long
+    strings, huge integers, NaN) as a short prefix of its repr."""
+    if isinstance(value, bool) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    if isinstance(value, int) and abs(value) < 10**30:
+        return value
+    if isinstance(value, str) and len(value) <= ECHO_CHARS:
+        return value
+    return short(value)
+
+
 async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 body plus a dotted `field` per error; whole-spec inputs are left out."""
+    """FastAPI's 422 body plus a dotted `field` per error; whole-spec inputs are left out, a bad
+    value is echoed as a short prefix only (`distillery.spec.short`)."""
     errors = []
-    for err in jsonable_encoder(exc.errors()):
-        err["field"] = field_path(err.get("loc", ()))
-        if isinstance(err.get("input"), dict | list):
-            err.pop("input")
+    for err in exc.errors()[:100]:
+        err = dict(err)
+        ctx = err.pop("ctx", None) or {}
+        err.pop("url", None)
+        value = err.pop("input", None)
+        err = jsonable_encoder(err)
+        err["msg"] = str(err.get("msg", ""))[:MAX_MESSAGE]
+        err["field"] = field_path(err.get("loc", ()), exc.body)
+        if err["field"] == "(body)" and (named := NAMED_FIELD.match(err["msg"])):
+            err["field"] = named.group(1)  # a whole-spec check that names its field
+        # constraints (`le`, `expected`) and plans stay; a validator's exception object goes
+        kept = {
+            k: _echo(v) if isinstance(v, str | int | float) else v
+            for k, v in ctx.items()
+            if not isinstance(v, BaseException)
+        }
+        if kept:
+            err["ctx"] = jsonable_encoder(kept)
+        if value is not None and not isinstance(value, dict | list):
+            err["input"] = _echo(value)
         errors.append(err)
     return JSONResponse(status_code=422, content={"detail": errors})
 
@@ -93,13 +138,22 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by mount_docs, with local assets
+        redoc_url=None,
     )
+    mount_docs(app)
     app.state.gateway = state
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_request_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(health.router)
     app.include_router(experiments.router)
     app.include_router(datasets.router)
     app.include_router(queue.router)
+    openapi.install(app)
     return app
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from distillery.access import spec_access_errors
 from distillery.db import Dataset, Experiment, StageStatus, User
 from distillery.settings import Settings
 from distillery.spec import ExperimentSpec
@@ -95,7 +96,10 @@ def create_experiment(
         existing = find_submission(session, owner, idempotency_key)
         if existing is not None:
             return existing, False
-    errors = dataset_errors(session, spec)
+    errors = dataset_errors(session, spec) + [
+        _err(["body", *e.loc], e.msg, "access_denied")
+        for e in spec_access_errors(session, spec, owner, settings.allowed_data_roots)
+    ]
     if not planned_kinds(spec):
         errors.append(
             _err(

@@ -16,10 +16,11 @@ from pathlib import Path
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from distillery.access import check_experiment_access
 from distillery.db import Dataset, Stage, StageStatus, make_engine, make_session_factory
 from distillery.s3 import DatasetCache, make_storage
 from distillery.settings import Settings
-from distillery.spec import DatasetRef
+from distillery.spec import DatasetRef, ExperimentSpec
 from distillery.stages import lifecycle
 from distillery.stages.runner import StageRunner
 from services.dispatch import CeleryDispatcher, enqueue_stage
@@ -52,6 +53,19 @@ def dataset_resolver(
         return cache.materialize(datasets, prefix)
 
     return resolve
+
+
+def spec_checker(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> Callable[[str, ExperimentSpec], None]:
+    """The worker's second look at what a spec may touch (`distillery.access`), with symbolic
+    links resolved on this machine: folders inside `allowed_data_roots`, own checkpoints."""
+
+    def check(experiment_id: str, spec: ExperimentSpec) -> None:
+        with sessions() as s:
+            check_experiment_access(s, experiment_id, spec, settings.allowed_data_roots)
+
+    return check
 
 
 @contextmanager
@@ -100,6 +114,7 @@ def execute_stage(app: Celery, settings: Settings, stage_id: int, worker: str) -
         lease_seconds=settings.lease_seconds,
         tracking_mode=settings.wandb_mode,
         should_pause=preemption.requested,
+        check_spec=spec_checker(settings, sessions),
     )
     try:
         with heartbeat(sessions, stage_id, worker, settings.lease_seconds):

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import socket
 
 from celery import Task, shared_task
 from celery.signals import worker_process_init, worker_shutting_down
 
 from distillery.settings import get_settings
+from distillery.stages import lifecycle
 from services.celery_app import RUN_STAGE_TASK
 from services.worker import preemption
 
@@ -27,8 +26,9 @@ PRELOAD = ("services.worker.runtime", "distillery.models", "distillery.training.
 
 
 def worker_id() -> str:
-    """Unique per process: a lease held by a dead process is never mistaken for a live one."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Unique per process (`<host>/<pid namespace>:<pid>`): a lease held by a dead process is
+    never mistaken for a live one, nor a live one in another container for a dead one."""
+    return lifecycle.process_identity()
 
 
 @worker_shutting_down.connect

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -50,8 +53,43 @@ class Settings(BaseSettings):
     #: connections it keeps open for them. More threads than cores only add GIL hand-offs.
     gateway_concurrency: int = 16
 
+    #: Folders a spec's `data.*.root`, `data.synthetic` output and checkpoint files may use on
+    #: the platform (`distillery.access`): `/data/shared:/mnt/cityscapes` or a JSON list. Empty:
+    #: only registered datasets (`dataset_id`). `distillery run` does not apply it.
+    allowed_data_roots: Annotated[list[Path], NoDecode] = []
+
+    #: Days a new API token is valid (`distillery admin create-user/create-token`); 0: forever.
+    token_ttl_days: int = 90
+
+    #: Dataset uploads (`distillery.archive_safety.ArchiveLimits`): entries, bytes per file,
+    #: total unpacked bytes, unpacked/packed ratio, pixels per image.
+    upload_max_members: int = 200_000
+    upload_max_member_bytes: int = 2 << 30
+    upload_max_unpacked_bytes: int = 50 << 30
+    upload_max_ratio: float = 100.0
+    upload_max_image_pixels: int = 4096 * 4096
+
+    #: Gateway limits: request body bytes (an upload: `max_upload_bytes`), experiments a user
+    #: may have queued or running, submissions per user per minute (0 = no limit).
+    max_request_bytes: int = 1 << 20
+    max_upload_bytes: int = 20 << 30
+    max_active_experiments: int = 20
+    max_submissions_per_minute: int = 30
+
     #: wandb mode for workers: online needs WANDB_API_KEY.
     wandb_mode: str = "offline"
+
+    @field_validator("allowed_data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part for part in re.split(r"[:,]", text) if part.strip()]
+        return v
 
 
 @lru_cache

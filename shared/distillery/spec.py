@@ -3,6 +3,13 @@
 A spec names registered components only (models, losses, datasets, schedules). It can never
 import or run code: YAML is read with ``yaml.safe_load`` and every name is checked against a
 registry.
+
+Every number has bounds a shared platform can live with (`Field(le=...)`, listed in the JSON
+schema): epochs <= 10000, image sides <= 4096, widths <= 256, depth <= 6, batch sizes <= 4096,
+num_processes <= 64, temperatures <= 100, loss weights <= 1000, lr <= 10. Integers and booleans
+are strict (`epochs: true` or `epochs: "5"` is an error), floats are finite, strings and lists
+have a maximum length, and an error message quotes at most a short prefix of a bad value
+(`short`). Validation never imports torch: feature taps are checked with `model_taps`.
 """
 
 from __future__ import annotations
@@ -15,25 +22,57 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveFloat,
-    PositiveInt,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-NonNegFloat = Annotated[float, Field(ge=0)]
+# Integers are strict (`true`, `5.0` or `"5"` is not an integer); floats accept integers but not
+# booleans or strings, and refuse NaN and infinities; booleans are strict.
+Bool = Annotated[bool, Strict()]
+
+#: Largest image side (height or width) in pixels; Cityscapes is 1024x2048.
+MAX_IMAGE_SIDE = 4096
+#: Largest UNet base width (channels of the first level).
+MAX_WIDTH = 256
+#: Largest epoch count, batch size, number of processes.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 4096
+MAX_PROCESSES = 64
+#: Names, folders and keys are at most this long.
+MAX_NAME = 200
+MAX_PATH = 1024
+#: Largest sweep: configurations (grid product plus listed ones), each run once per seed.
+MAX_SWEEP_CHILDREN = 256
+#: How much of a bad value an error message quotes.
+ECHO_CHARS = 40
+
+
+def short(value: object, limit: int = ECHO_CHARS) -> str:
+    """`repr(value)`, cut to `limit` characters (errors never echo a huge value back)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 class _Strict(BaseModel):
     """Unknown fields are errors: a typo in a spec must not be silently ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-#: (height, width) in pixels.
-HW = tuple[PositiveInt, PositiveInt]
+#: One image side in pixels.
+Side = Annotated[int, Strict(), Field(ge=1, le=MAX_IMAGE_SIDE)]
+#: (height, width) in pixels, each at most `MAX_IMAGE_SIDE`.
+HW = tuple[Side, Side]
+PathStr = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
+Split = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Tap = Annotated[str, Field(min_length=1, max_length=64)]
+Weight = Annotated[float, Strict(), Field(ge=0, le=1000, allow_inf_nan=False)]
+Temperature = Annotated[float, Strict(), Field(gt=0, le=100, allow_inf_nan=False)]
+Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
+Seed = Annotated[int, Strict(), Field(ge=0, le=2**32 - 1)]
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -43,8 +82,9 @@ class DatasetRef(_Strict):
     """A dataset in its native layout: a local folder (`root`) or a platform `dataset_id`."""
 
     format: Literal["cityscapes", "bdd100k"]
-    root: str | None = None
-    dataset_id: str | None = None
+    #: A folder; on the platform only inside `DISTILLERY_ALLOWED_DATA_ROOTS`.
+    root: PathStr | None = None
+    dataset_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
     @model_validator(mode="after")
     def _one_location(self) -> DatasetRef:
@@ -56,36 +96,42 @@ class DatasetRef(_Strict):
 class SyntheticSpec(_Strict):
     """Generate the synthetic driving-scene data set (both native layouts) if it is absent."""
 
-    num_train: PositiveInt = 64
-    num_val: PositiveInt = 16
-    image_size: HW = (64, 128)
-    seed: int = 0
+    num_train: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 64
+    num_val: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 16
+    image_size: tuple[
+        Annotated[int, Strict(), Field(ge=1, le=2048)],
+        Annotated[int, Strict(), Field(ge=1, le=2048)],
+    ] = (64, 128)
+    seed: Seed = 0
 
 
 class AugmentSpec(_Strict):
     """Training augmentation (in torch, no torchvision). Validation only normalises."""
 
-    scale_range: tuple[PositiveFloat, PositiveFloat] = (0.75, 1.5)
-    hflip: bool = True
-    brightness: NonNegFloat = 0.2
-    contrast: NonNegFloat = 0.2
-    saturation: NonNegFloat = 0.2
+    scale_range: tuple[
+        Annotated[float, Strict(), Field(gt=0, le=4, allow_inf_nan=False)],
+        Annotated[float, Strict(), Field(gt=0, le=4, allow_inf_nan=False)],
+    ] = (0.75, 1.5)
+    hflip: Bool = True
+    brightness: Fraction = 0.2
+    contrast: Fraction = 0.2
+    saturation: Fraction = 0.2
 
     @field_validator("scale_range")
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
         if v[0] > v[1]:
-            raise ValueError(f"scale_range must be (low, high) with low <= high, got {v}")
+            raise ValueError(f"scale_range must be (low, high) with low <= high, got {short(v)}")
         return v
 
 
 class DataSpec(_Strict):
     """Training and validation sets (any mix of formats and sizes) and how they are read."""
 
-    train: list[DatasetRef] = Field(min_length=1)
-    val: list[DatasetRef] = Field(min_length=1)
-    train_split: str = "train"
-    val_split: str = "val"
+    train: list[DatasetRef] = Field(min_length=1, max_length=16)
+    val: list[DatasetRef] = Field(min_length=1, max_length=16)
+    train_split: Split = "train"
+    val_split: Split = "val"
     #: (height, width) of training crops, in pixels.
     image_size: HW = (64, 128)
     #: Validation input: each image is resized, aspect ratio kept, to just cover this (h, w);
@@ -93,7 +139,7 @@ class DataSpec(_Strict):
     #: Scores are always taken at the label's native resolution (logits upsampled to it).
     val_input_size: HW | Literal["native"] | None = None
     augment: AugmentSpec = AugmentSpec()
-    num_workers: Annotated[int, Field(ge=0)] = 0
+    num_workers: Annotated[int, Strict(), Field(ge=0, le=32)] = 0
     synthetic: SyntheticSpec | None = None
 
     @property
@@ -110,18 +156,19 @@ class DataSpec(_Strict):
 class ModelSpec(_Strict):
     """A registered segmentation model. The UNet family spans large teachers and tiny students."""
 
-    arch: str = "unet"
+    arch: Annotated[str, Field(min_length=1, max_length=64)] = "unet"
     #: Encoder levels (each halves the resolution); the input must be divisible by 2**depth.
-    depth: Annotated[int, Field(ge=1, le=6)] = 4
-    #: Channels of the first level; doubles every level. `auto` (students only): the profiler
-    #: picks the largest width whose latency fits `profiling.latency_budget_ms`.
-    width: PositiveInt | Literal["auto"] = 16
+    depth: Annotated[int, Strict(), Field(ge=1, le=6)] = 4
+    #: Channels of the first level (<= 256); doubles every level. `auto` (students only): the
+    #: profiler picks the largest width whose latency fits `profiling.latency_budget_ms`.
+    width: Annotated[int, Strict(), Field(ge=1, le=MAX_WIDTH)] | Literal["auto"] = 16
     norm: Literal["batch", "group"] = "batch"
     upsample: Literal["transpose", "bilinear"] = "bilinear"
-    separable: bool = False
-    num_classes: PositiveInt = 19
-    #: A checkpoint to start from (a teacher given here skips teacher training).
-    checkpoint: str | None = None
+    separable: Bool = False
+    num_classes: Annotated[int, Strict(), Field(ge=1, le=255)] = 19
+    #: A checkpoint to start from (a teacher given here skips teacher training). On the
+    #: platform: an artifact key of one of the submitter's own experiments.
+    checkpoint: PathStr | None = None
 
     @field_validator("arch")
     @classmethod
@@ -130,12 +177,33 @@ class ModelSpec(_Strict):
 
         return MODELS.check(v)
 
+    def tap_names(self) -> list[str]:
+        """The feature taps of this model (see `model_taps`)."""
+        return model_taps(self.arch, self.depth)
+
+
+def model_taps(arch: str, depth: int) -> list[str]:
+    """Feature tap names of a registered model, computed without building it (no torch).
+
+    UNet (`distillery.models.unet.UNet`): `encoder.0..depth-1`, `bottleneck`,
+    `decoder.0..depth-1`, then `logits` (the output).
+    """
+    if arch != "unet":
+        raise ValueError(f"no tap layout for model {short(arch)}")
+    return [
+        *(f"encoder.{i}" for i in range(depth)),
+        "bottleneck",
+        *(f"decoder.{j}" for j in range(depth)),
+        "logits",
+    ]
+
 
 # -------------------------------------------------------------------------------------- losses
 
 
 class _Term(_Strict):
-    weight: NonNegFloat = 1.0
+    #: In [0, 1000].
+    weight: Weight = 1.0
 
 
 #: Per-class loss weights computed from the training set's label statistics (or none).
@@ -147,12 +215,12 @@ class CrossEntropyTerm(_Term):
 
     kind: Literal["cross_entropy"] = "cross_entropy"
     class_weights: ClassWeighting = "none"
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    label_smoothing: Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)] = 0.0
 
 
 class FocalTerm(_Term):
     kind: Literal["focal"] = "focal"
-    gamma: NonNegFloat = 2.0
+    gamma: Annotated[float, Strict(), Field(ge=0, le=10, allow_inf_nan=False)] = 2.0
     class_weights: ClassWeighting = "none"
 
 
@@ -160,9 +228,9 @@ class OhemTerm(_Term):
     kind: Literal["ohem"] = "ohem"
     class_weights: ClassWeighting = "none"
     #: Pixels whose probability of the true class is below `threshold` are hard.
-    threshold: Annotated[float, Field(gt=0, le=1)] = 0.7
+    threshold: Annotated[float, Strict(), Field(gt=0, le=1, allow_inf_nan=False)] = 0.7
     #: ... but at least this fraction of valid pixels is always kept.
-    min_kept_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
+    min_kept_fraction: Annotated[float, Strict(), Field(gt=0, le=1, allow_inf_nan=False)] = 0.1
 
 
 class ConfidencePenaltyTerm(_Term):
@@ -173,14 +241,15 @@ class ConfidencePenaltyTerm(_Term):
 
 class LogitKDTerm(_Term):
     kind: Literal["logit_kd"] = "logit_kd"
-    temperature: PositiveFloat = 4.0
+    #: In (0, 100].
+    temperature: Temperature = 4.0
 
 
 class ChannelWiseKDTerm(_Term):
     kind: Literal["channel_wise_kd"] = "channel_wise_kd"
-    temperature: PositiveFloat = 4.0
+    temperature: Temperature = 4.0
     #: `logits` or a feature tap; on a tap, a 1x1 adapter maps student to teacher channels.
-    tap: str = "logits"
+    tap: Tap = "logits"
 
 
 class DISTTerm(_Term):
@@ -188,21 +257,21 @@ class DISTTerm(_Term):
     ``T^2 (beta * inter-class + gamma * intra-class)``; see `distillery.losses.dist`."""
 
     kind: Literal["dist"] = "dist"
-    temperature: PositiveFloat = 1.0
-    beta: NonNegFloat = 1.0
-    gamma: NonNegFloat = 1.0
+    temperature: Temperature = 1.0
+    beta: Weight = 1.0
+    gamma: Weight = 1.0
 
 
 class FeatureMSETerm(_Term):
     kind: Literal["feature_mse"] = "feature_mse"
-    student_tap: str
-    teacher_tap: str
+    student_tap: Tap
+    teacher_tap: Tap
 
 
 class AttentionTransferTerm(_Term):
     kind: Literal["attention_transfer"] = "attention_transfer"
-    student_tap: str
-    teacher_tap: str
+    student_tap: Tap
+    teacher_tap: Tap
 
 
 LossTerm = Annotated[
@@ -226,34 +295,42 @@ DISTILL_KINDS = {"logit_kd", "channel_wise_kd", "dist", "feature_mse", "attentio
 
 
 class TrainSpec(_Strict):
-    epochs: PositiveInt = 10
-    batch_size: PositiveInt = 8
+    #: 1..10000.
+    epochs: Annotated[int, Strict(), Field(ge=1, le=MAX_EPOCHS)] = 10
+    #: 1..4096.
+    batch_size: Annotated[int, Strict(), Field(ge=1, le=MAX_BATCH_SIZE)] = 8
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: PositiveFloat = 2e-3
-    weight_decay: NonNegFloat = 1e-4
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    schedule: str = "poly"
-    poly_power: PositiveFloat = 0.9
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
-    grad_accum_steps: PositiveInt = 1
+    #: In (0, 10].
+    lr: Annotated[float, Strict(), Field(gt=0, le=10, allow_inf_nan=False)] = 2e-3
+    weight_decay: Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)] = 1e-4
+    momentum: Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)] = 0.9
+    schedule: Annotated[str, Field(max_length=64)] = "poly"
+    poly_power: Annotated[float, Strict(), Field(gt=0, le=10, allow_inf_nan=False)] = 0.9
+    warmup_steps: Annotated[int, Strict(), Field(ge=0, le=1_000_000)] = 0
+    grad_accum_steps: Annotated[int, Strict(), Field(ge=1, le=1024)] = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    #: Processes for `accelerate launch` (GPUs on a GPU node; gloo processes on a CPU).
-    num_processes: PositiveInt = 1
+    #: Processes for `accelerate launch` (GPUs on a GPU node; gloo processes on a CPU); <= 64.
+    num_processes: Annotated[int, Strict(), Field(ge=1, le=MAX_PROCESSES)] = 1
+    #: Machines the stage trains on, `num_processes` processes each (<= 16). Above 1 the worker
+    #: runs it as a Kubernetes indexed Job of that many pods (services/worker/multinode.py).
+    num_nodes: Annotated[int, Strict(), Field(ge=1, le=16)] = 1
     #: Cap on optimizer steps per epoch (tiny smoke runs); null = the whole training set.
-    max_steps_per_epoch: PositiveInt | None = None
-    grad_clip_norm: PositiveFloat | None = None
+    max_steps_per_epoch: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] | None = None
+    grad_clip_norm: Annotated[float, Strict(), Field(gt=0, le=1e6, allow_inf_nan=False)] | None = (
+        None
+    )
     #: Loss components are read from the device (a host-device sync), logged and reported every
     #: this many optimizer steps (and at the end of each epoch); other steps never wait on it.
-    log_every_steps: PositiveInt = 1
-    #: Intra-op CPU threads of each training process; null = OMP_NUM_THREADS if set, else the
-    #: cores divided among the processes less one per loader worker. Recorded in the result.
-    num_threads: PositiveInt | None = None
+    log_every_steps: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 1
+    #: Intra-op CPU threads of each training process (1..1024); null = OMP_NUM_THREADS if set,
+    #: else the cores divided among the processes less one per loader worker. Recorded.
+    num_threads: Annotated[int, Strict(), Field(ge=1, le=1024)] | None = None
     #: CUDA: TF32 for float32 matmuls and convolutions (Ampere and newer; ~10-bit mantissa,
     #: much faster). Recorded in the result; mixed precision is unaffected.
-    tf32: bool = True
+    tf32: Annotated[bool, Strict()] = True
     #: With num_processes > 1, BatchNorm statistics over the global batch of all processes
     #: (SyncBatchNorm on CUDA, an all-reduce on gloo) instead of each process's 1-2 crops.
-    sync_batchnorm: bool = True
+    sync_batchnorm: Annotated[bool, Strict()] = True
 
     @field_validator("schedule")
     @classmethod
@@ -268,7 +345,9 @@ class ModelStageSpec(_Strict):
 
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
-    losses: list[LossTerm] = Field(default_factory=lambda: [CrossEntropyTerm()], min_length=1)
+    losses: list[LossTerm] = Field(
+        default_factory=lambda: [CrossEntropyTerm()], min_length=1, max_length=16
+    )
 
     @field_validator("losses")
     @classmethod
@@ -289,7 +368,7 @@ class AlternateSpec(_Strict):
     """
 
     between: Literal["objectives", "models"] = "objectives"
-    every: PositiveInt = 1
+    every: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 1
     unit: Literal["steps", "epochs"] = "epochs"
 
 
@@ -297,11 +376,12 @@ class DistillationSpec(_Strict):
     mode: Literal["offline", "online"] = "offline"
     #: Weighted sum of supervised and distillation terms for the student.
     losses: list[LossTerm] = Field(
-        default_factory=lambda: [CrossEntropyTerm(), LogitKDTerm()], min_length=1
+        default_factory=lambda: [CrossEntropyTerm(), LogitKDTerm()], min_length=1, max_length=16
     )
     #: Online mode: the teacher's own objective (supervised terms + a mutual logit_kd term).
     teacher_losses: list[LossTerm] = Field(
-        default_factory=lambda: [CrossEntropyTerm(), LogitKDTerm(weight=0.5, temperature=1.0)]
+        default_factory=lambda: [CrossEntropyTerm(), LogitKDTerm(weight=0.5, temperature=1.0)],
+        max_length=16,
     )
     #: Training settings; default: the student's.
     train: TrainSpec | None = None
@@ -326,30 +406,37 @@ class DistillationSpec(_Strict):
 class ProfilingSpec(_Strict):
     #: (height, width) at which latency is measured (and at which the budget applies).
     input_size: HW = (64, 128)
-    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1])
+    #: At most 16 batch sizes, each 1..4096.
+    batch_sizes: list[Annotated[int, Strict(), Field(ge=1, le=MAX_BATCH_SIZE)]] = Field(
+        default_factory=lambda: [1], min_length=1, max_length=16
+    )
     device: Literal["cpu", "cuda", "auto"] = "auto"
     #: Precision of a variant that names none, and the precision at which the budget applies.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     #: `runtime[+precision]`: runtime eager | channels_last | compile | onnx, precision fp32 |
     #: bf16 | fp16 (autocast). A bare precision (`bf16`) means `eager+bf16`.
-    variants: list[str] = Field(default_factory=lambda: ["eager"], min_length=1)
-    #: Untimed calls before timing (at least 1 with a `compile` variant: its first call compiles,
-    #: and is reported apart as `latency_ms.first_call`).
-    warmup: Annotated[int, Field(ge=0)] = 3
-    min_repeats: PositiveInt = 5
-    max_repeats: PositiveInt = 50
+    variants: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=lambda: ["eager"], min_length=1, max_length=16
+    )
+    #: Untimed calls before timing, 0..1000 (at least 1 with a `compile` variant: its first call
+    #: compiles, and is reported apart as `latency_ms.first_call`).
+    warmup: Annotated[int, Strict(), Field(ge=0, le=1000)] = 3
+    min_repeats: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 5
+    max_repeats: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 50
     #: Stop repeating once the (robust) coefficient of variation of the latency is below this.
-    target_cv: PositiveFloat = 0.05
+    target_cv: Annotated[float, Strict(), Field(gt=0, le=1, allow_inf_nan=False)] = 0.05
     #: Stop repeating one measurement after this many seconds (once `min_repeats` are done).
-    max_time_s: PositiveFloat | None = 30.0
-    latency_budget_ms: PositiveFloat | None = None
+    max_time_s: Annotated[float, Strict(), Field(gt=0, le=3600, allow_inf_nan=False)] | None = 30.0
+    latency_budget_ms: (
+        Annotated[float, Strict(), Field(gt=0, le=1e6, allow_inf_nan=False)] | None
+    ) = None
     #: Batch size at which the budget applies.
-    budget_batch_size: PositiveInt = 1
+    budget_batch_size: Annotated[int, Strict(), Field(ge=1, le=MAX_BATCH_SIZE)] = 1
     #: The latency statistic compared with the budget.
     budget_statistic: Literal["p50", "p90", "p99", "mean"] = "p50"
     #: Widths tried by `student.model.width: auto`, largest that fits wins.
-    auto_widths: list[PositiveInt] = Field(
-        default_factory=lambda: [4, 8, 12, 16, 24, 32, 48, 64], min_length=1
+    auto_widths: list[Annotated[int, Strict(), Field(ge=1, le=MAX_WIDTH)]] = Field(
+        default_factory=lambda: [4, 8, 12, 16, 24, 32, 48, 64], min_length=1, max_length=32
     )
 
     @field_validator("variants")
@@ -360,7 +447,7 @@ class ProfilingSpec(_Strict):
         for name in v:
             parse_variant(name)  # raises ValueError naming the allowed runtimes and precisions
         if len(set(v)) != len(v):
-            raise ValueError(f"variants repeat a name: {v}")
+            raise ValueError(f"variants repeat a name: {short(v)}")
         return v
 
     @model_validator(mode="after")
@@ -384,11 +471,11 @@ class ProfilingSpec(_Strict):
 class TrackingSpec(_Strict):
     #: wandb mode; `online` needs WANDB_API_KEY. `disabled` logs nothing.
     mode: Literal["online", "offline", "disabled"] = "offline"
-    project: str = "distillery"
-    entity: str | None = None
-    log_images: bool = True
+    project: Annotated[str, Field(min_length=1, max_length=128)] = "distillery"
+    entity: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    log_images: Bool = True
     #: Log feature maps at every tap for one fixed validation image.
-    log_feature_maps: bool = True
+    log_feature_maps: Bool = True
 
 
 # --------------------------------------------------------------------------------------- sweep
@@ -406,19 +493,40 @@ class SweepSpec(_Strict):
     `configurations`, each trained once per seed of `seeds` (student seeds; the teacher keeps
     the spec's `seed`). Stages identical across children are planned once."""
 
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=32)
     #: Dotted paths into the base spec (list items by index) -> the values to try.
-    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
-    configurations: list[SweepConfiguration] = Field(default_factory=list)
+    grid: dict[
+        Annotated[str, Field(max_length=200)],
+        Annotated[list[Any], Field(min_length=1, max_length=64)],
+    ] = Field(default_factory=dict, max_length=8)
+    configurations: list[SweepConfiguration] = Field(default_factory=list, max_length=256)
     #: Also compare each child with a student-alone baseline given as much training time as
     #: its distillation took (more epochs at the same seed): gains at equal compute.
     compute_matched_baseline: bool = False
+
+    @model_validator(mode="after")
+    def _bounded(self) -> SweepSpec:
+        """At most `MAX_SWEEP_CHILDREN` configurations (grid product + listed) before any child
+        is built: a grid of a few long lists must not expand into millions of specs."""
+        children = len(self.configurations)
+        product = 1
+        for values in self.grid.values():
+            product *= len(values)
+            if product > MAX_SWEEP_CHILDREN:
+                break
+        children += product if self.grid else 0
+        if children > MAX_SWEEP_CHILDREN:
+            raise ValueError(
+                f"the sweep has more than {MAX_SWEEP_CHILDREN} configurations (grid product "
+                "plus configurations)"
+            )
+        return self
 
     @field_validator("seeds")
     @classmethod
     def _distinct(cls, v: list[int]) -> list[int]:
         if len(set(v)) != len(v):
-            raise ValueError(f"seeds repeat a value: {v}")
+            raise ValueError(f"seeds repeat a value: {short(v)}")
         return v
 
 
@@ -429,8 +537,8 @@ DEFAULT_STAGES = ("teacher", "student", "distill", "profile")
 
 
 class ExperimentSpec(_Strict):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    seed: int = 0
+    name: str = Field(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: Seed = 0
     data: DataSpec
     teacher: ModelStageSpec = ModelStageSpec(model=ModelSpec(width=32))
     student: ModelStageSpec = ModelStageSpec(model=ModelSpec(width=8))
@@ -439,7 +547,9 @@ class ExperimentSpec(_Strict):
     tracking: TrackingSpec = TrackingSpec()
     #: Stage kinds to run (`distillery.registry.STAGES`), run in the registry's order;
     #: `student` is the baseline (the student trained alone).
-    stages: list[str] = Field(default_factory=lambda: list(DEFAULT_STAGES))
+    stages: list[Annotated[str, Field(max_length=32)]] = Field(
+        default_factory=lambda: list(DEFAULT_STAGES), max_length=16
+    )
 
     @field_validator("stages")
     @classmethod
@@ -484,6 +594,7 @@ class ExperimentSpec(_Strict):
                 raise ValueError(
                     f"{field} {h}x{w} must be divisible by {factor} (2**depth of the UNets)"
                 )
+        self._check_taps()
         return self
 
     def with_num_threads(self, threads: int) -> ExperimentSpec:
@@ -499,6 +610,35 @@ class ExperimentSpec(_Strict):
         return self.model_copy(
             update={"teacher": teacher, "student": student, "distillation": distillation}
         )
+
+    def _check_taps(self) -> None:
+        """Every tap a distillation term reads exists on its model; the message lists the valid
+        taps. (Online teacher terms see the teacher as `student` and the student as `teacher`.)"""
+        models = {"student": self.student.model, "teacher": self.teacher.model}
+        swap = {"student": "teacher", "teacher": "student"}
+        for where, terms, role_of in (
+            ("distillation.losses", self.distillation.losses, lambda r: r),
+            ("distillation.teacher_losses", self.distillation.teacher_losses, swap.__getitem__),
+        ):
+            for i, term in enumerate(terms):
+                reads = (
+                    {"tap": ("student", "teacher")}
+                    if term.kind == "channel_wise_kd"
+                    else {"student_tap": ("student",), "teacher_tap": ("teacher",)}
+                )
+                for attr, roles in reads.items():
+                    tap = getattr(term, attr, None)
+                    if tap is None:
+                        continue
+                    for role in roles:
+                        model = role_of(role)
+                        valid = models[model].tap_names()
+                        if tap not in valid:
+                            raise ValueError(
+                                f"{where}.{i}.{attr}: the {model} (depth "
+                                f"{models[model].depth}) has no tap {short(tap)}; valid taps: "
+                                + ", ".join(valid)
+                            )
 
     def with_student_width(self, width: int) -> ExperimentSpec:
         """This spec with the student's `auto` width resolved."""
@@ -516,12 +656,45 @@ class SpecError(ValueError):
     """A spec file that cannot be read or validated; the message names the file and fields."""
 
 
-def format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(spec)"
-        lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)
+def field_path(loc: tuple[Any, ...] | list[Any], raw: Any) -> str:
+    """The dotted path of an error in the spec as written: pydantic's union branch names
+    (`constrained-int`, `literal['auto']`, a loss's `logit_kd`) are dropped by walking `raw`
+    (the input) and keeping only the parts that are keys or indices in it."""
+    if raw is None:  # no input to walk: drop what reads as a branch name
+        return ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or "-" in p)))
+    parts: list[str] = []
+    node = raw
+    for i, part in enumerate(loc):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+        elif i == len(loc) - 1 and isinstance(node, dict) and isinstance(part, str):
+            node = None  # a missing field: the last part is its name
+        else:
+            continue  # a union branch or a discriminator tag, not part of the spec
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def readable_errors(errors: list[dict[str, Any]], raw: Any) -> dict[str, str]:
+    """One message per field: the alternatives of a union become `A, or B`
+    (`Input should be greater than 0, or 'auto'`)."""
+    grouped: dict[str, list[str]] = {}
+    for e in errors:
+        msgs = grouped.setdefault(field_path(e["loc"], raw) or "(spec)", [])
+        if e["msg"] not in msgs:
+            msgs.append(e["msg"])
+    return {
+        field: ", or ".join([msgs[0], *(m.removeprefix("Input should be ") for m in msgs[1:])])
+        for field, msgs in grouped.items()
+    }
+
+
+def format_validation_error(err: ValidationError, raw: Any = None) -> str:
+    """`  field.path: message` lines, one per field (see `readable_errors`)."""
+    errors = readable_errors(err.errors(), raw)
+    return "\n".join(f"  {field}: {msg}" for field, msg in errors.items())
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
@@ -538,4 +711,4 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(f"{path}: invalid spec\n{format_validation_error(e)}") from None
+        raise SpecError(f"{path}: invalid spec\n{format_validation_error(e, raw)}") from None

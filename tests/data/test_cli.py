@@ -77,3 +77,13 @@ def test_errors_exit_nonzero_and_name_the_problem(tmp_path: Path) -> None:
         app, ["dataset", "generate", str(tmp_path), "-f", "bdd100k", "--size", "64by128"]
     )
     assert res.exit_code != 0 and "HEIGHTxWIDTH" in res.output
+
+
+def test_one_datasets_group_with_the_old_name_as_a_hidden_alias() -> None:
+    res = runner.invoke(app, ["datasets", "--help"])
+    assert res.exit_code == 0, res.output
+    for command in ("generate", "stats", "validate", "upload", "register", "list"):
+        assert f" {command} " in res.output, command
+    top = runner.invoke(app, ["--help"]).output
+    assert " datasets " in top and " dataset " not in top
+    assert runner.invoke(app, ["dataset", "stats", "--help"]).exit_code == 0

@@ -215,3 +215,51 @@ def kubectl_kustomize(directory: Path) -> list[dict[str, Any]] | None:
     )
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+# ------------------------------------------------------------------------- custom resources
+
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+#: (apiVersion, kind) -> the vendored openAPIV3Schema of its CRD (kubernetes-validate has none).
+CRD_SCHEMAS = {("keda.sh/v1alpha1", "ScaledObject"): SCHEMAS / "keda.sh_scaledobject_v1alpha1.json"}
+
+
+def _unknown_fields(doc: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """Fields of `doc` its schema does not declare (what `kubectl apply --validate=strict`
+    rejects and the API server would silently prune)."""
+    out: list[str] = []
+    if isinstance(doc, dict) and "properties" in schema:
+        for key, value in doc.items():
+            if key in schema["properties"]:
+                out += _unknown_fields(value, schema["properties"][key], f"{path}.{key}")
+            elif not schema.get("additionalProperties") and not schema.get(
+                "x-kubernetes-preserve-unknown-fields"
+            ):
+                out.append(f"{path}.{key}")
+    elif isinstance(doc, list) and "items" in schema:
+        for i, item in enumerate(doc):
+            out += _unknown_fields(item, schema["items"], f"{path}[{i}]")
+    return out
+
+
+def validate_custom_resource(doc: dict[str, Any]) -> None:
+    """Validate a custom resource against its CRD's schema, unknown fields included; raises
+    `ValueError` naming the field."""
+    import json
+
+    import jsonschema
+
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    if key not in CRD_SCHEMAS:
+        raise ValueError(f"no vendored CRD schema for {key} (tests/deploy/schemas)")
+    schema = json.loads(CRD_SCHEMAS[key].read_text())
+    schema.pop("$comment", None)
+    errors = sorted(
+        jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.absolute_path)
+    )
+    if errors:
+        where = ".".join(str(p) for p in errors[0].absolute_path) or "(root)"
+        raise ValueError(f"{key[1]} {where}: {errors[0].message}")
+    unknown = _unknown_fields(doc, schema, key[1])
+    if unknown:
+        raise ValueError(f"unknown fields: {', '.join(unknown)}")

@@ -16,7 +16,8 @@ Fixtures (all reusable by the worker and end-to-end tests):
   `DISTILLERY_TEST_S3_ENDPOINT` with `..._ACCESS_KEY`/`..._SECRET_KEY` if set).
 - `buckets`: two fresh buckets (datasets, artifacts), emptied and removed after.
 - `settings`: a `Settings` wired to all of the above plus tmp cache/work dirs, wandb disabled,
-  no migration on start (the schema is already migrated).
+  no migration on start (the schema is already migrated), `/data` and the test's tmp folder as
+  the allowed data roots.
 - `make_user`: `make_user(name, admin=False) -> token`, straight into the test schema.
 - `gateway_url`: the gateway under real uvicorn (`python -m uvicorn
   services.gateway.main:app`) with `settings` as DISTILLERY_* environment; its log is printed
@@ -240,6 +241,8 @@ def settings(
         work_dir=tmp_path / "work",
         wandb_mode="offline",
         migrate_on_start=False,
+        # the tests' local data: spec_dict's /data/... roots and the test's own tmp folder
+        allowed_data_roots=[Path("/data"), tmp_path],
     )
 
 

@@ -184,6 +184,8 @@ def process_env(settings: Any, **overrides: object) -> dict[str, str]:
     for name, value in values.items():
         if isinstance(value, bool):
             value = "true" if value else "false"
+        elif isinstance(value, list | tuple):
+            value = json.dumps([str(v) for v in value])
         env[f"DISTILLERY_{name.upper()}"] = str(value)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"

@@ -73,6 +73,6 @@ def local_platform(prefix: str = "bench", **settings: object) -> Iterator[Platfo
             work_dir=tmp / "work",
             migrate_on_start=False,
             wandb_mode="disabled",
-            **settings,
+            **{"allowed_data_roots": [tmp], **settings},  # local data only in its tmp folder
         )
         yield Platform(config, make_session_factory(engine), tmp, stack)

@@ -85,15 +85,16 @@ def _processes_mentioning(text: str) -> list[int]:
 def test_a_paused_multi_process_stage_resumes_to_the_unbroken_weights(
     make_spec, tmp_path: Path
 ) -> None:
-    spec = make_spec(student={"train": {"epochs": 2, "batch_size": 2, "num_processes": 2}})
+    # batch 1 per process: 6 steps per epoch, 24 in all, so the pause lands well before the end
+    spec = make_spec(student={"train": {"epochs": 4, "batch_size": 1, "num_processes": 2}})
     run_stage(spec, "student", tmp_path / "a")
     straight = _ranks(tmp_path / "a" / "student")
 
     events: list[Progress] = []
-    pause = StageHooks(on_progress=events.append, should_pause=lambda: len(events) >= 4)
-    with pytest.raises(StagePaused) as info:  # the ranks agree on a step in epoch 2
+    pause = StageHooks(on_progress=events.append, should_pause=lambda: len(events) >= 2)
+    with pytest.raises(StagePaused) as info:  # the ranks agree on a step
         run_stage(spec, "student", tmp_path / "b", hooks=pause)
-    assert info.value.checkpoint_dir is not None and info.value.checkpoint_dir.name != "step-6"
+    assert info.value.checkpoint_dir is not None and info.value.checkpoint_dir.name != "step-24"
     assert not (tmp_path / "b" / "student" / "result.json").exists()
     run_stage(spec, "student", tmp_path / "b")
     assert [r["state_hash"] for r in _ranks(tmp_path / "b" / "student")] == [

@@ -305,7 +305,12 @@ def test_a_paused_stage_resumes_mid_epoch_to_the_weights_of_an_unbroken_run(
 def test_a_diverging_stage_fails_with_the_step_and_keeps_the_last_good_checkpoint(
     make_spec, tmp_path: Path
 ) -> None:
-    spec = make_spec(student={"train": {"epochs": 3, "lr": 1e6, "optimizer": "sgd"}})
+    spec = make_spec(  # lr and loss weights are bounded (10, 1000); together they blow up
+        student={
+            "train": {"epochs": 3, "lr": 10.0, "optimizer": "sgd"},
+            "losses": [{"kind": "cross_entropy", "weight": 1000.0}],
+        }
+    )
     with pytest.raises(StageDiverged) as info:
         run_stage(spec, "student", tmp_path)
     assert str(info.value).startswith(f"diverged at step {info.value.step} (loss=")

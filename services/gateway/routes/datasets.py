@@ -12,10 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from distillery.archive_safety import ArchiveError, extract_archive
 from distillery.db import Dataset
 from distillery.db.models import new_id
+from distillery.spec import short
 from distillery.storage import put_dir
-from services.gateway.archives import ArchiveError, extract_archive
 from services.gateway.checking import check_dataset
 from services.gateway.deps import (
     CurrentUser,
@@ -26,6 +27,7 @@ from services.gateway.deps import (
     SettingsDep,
 )
 from services.gateway.schemas import DatasetOut, DatasetPage
+from services.gateway.uploads import UPLOADS, removed_on_error, upload_limits
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -86,15 +88,18 @@ def create_dataset(
             with open(archive, "wb") as f:
                 shutil.copyfileobj(file.file, f, 1 << 20)
             try:
-                root = extract_archive(archive, Path(tmp) / "data")
+                root = extract_archive(archive, Path(tmp) / "data", upload_limits(settings))
             except ArchiveError as e:
-                raise _invalid("file", f"{file.filename}: {e}") from None
-            put_dir(storage, key_prefix, root)
+                raise _invalid("file", f"{short(file.filename)}: {e}") from None
+            with removed_on_error(storage, key_prefix):
+                put_dir(storage, key_prefix, root)
         field = "file"
     else:
         key_prefix = prefix.strip().strip("/")
-        if not key_prefix or ".." in key_prefix.split("/"):
-            raise _invalid("prefix", f"bad prefix {prefix!r}")
+        if not key_prefix or ".." in key_prefix.split("/") or len(key_prefix) > 500:
+            raise _invalid("prefix", f"bad prefix {short(prefix)}")
+        if key_prefix == UPLOADS or key_prefix.startswith(UPLOADS + "/"):
+            raise _invalid("prefix", f"{UPLOADS}/ holds uploads; register your own prefix")
         if not storage.list(key_prefix + "/"):
             raise _invalid("prefix", f"no objects under {key_prefix!r} in the datasets bucket")
         field = "prefix"
@@ -106,10 +111,11 @@ def create_dataset(
         status="checking",
         owner_id=user.id,
     )
-    session.add(dataset)
-    session.commit()
     try:
-        dataset = check_dataset(session, dataset_id, storage, cache)
+        with removed_on_error(storage, key_prefix if file is not None else None):
+            session.add(dataset)
+            session.commit()
+            dataset = check_dataset(session, dataset_id, storage, cache)
     finally:
         cache.evict(storage, key_prefix)  # the gateway keeps no copy; workers cache their own
     if dataset.status != "ready":

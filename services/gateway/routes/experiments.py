@@ -23,6 +23,7 @@ from services.gateway.deps import (
     SettingsDep,
     ensure_owner_or_admin,
 )
+from services.gateway.limits import MAX_OFFSET, check_submission_allowed
 from services.gateway.responses import etag_matches, model_response, not_modified
 from services.gateway.schemas import (
     ArtifactOut,
@@ -122,6 +123,8 @@ def submit_experiment(
     """
     if spec.sweep is not None:  # children on the queue: not yet; say so rather than ignore it
         raise RequestValidationError([sweep_not_queued(spec)])
+    if idempotency_key is None or planning.find_submission(session, user, idempotency_key) is None:
+        check_submission_allowed(session, user, settings)  # a replay is never refused
     try:
         experiment, created = planning.create_experiment(
             session, spec, user, settings, dispatcher, idempotency_key=idempotency_key
@@ -140,7 +143,7 @@ def list_experiments(
     status_: Annotated[StageStatus | None, Query(alias="status")] = None,
     owner: Annotated[str | None, Query(description="owner's user name")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     with_spec: Annotated[bool, Query(description="include each experiment's full spec")] = False,
 ) -> Response:
     """Everyone's experiments, newest first, optionally of one status and/or one owner.

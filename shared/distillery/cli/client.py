@@ -16,15 +16,18 @@ from typing import Annotated, Any
 import httpx
 import typer
 import yaml
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from distillery.cli.consoles import make_console
+from distillery.cli.dataset import datasets_app
+from distillery.cli.tables import results_table
 
 DEFAULT_URL = "http://localhost:8000"
 FINISHED = ("succeeded", "failed", "cancelled")
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 UrlOpt = Annotated[
     str, typer.Option("--url", envvar="DISTILLERY_URL", help="gateway URL", show_default=True)
@@ -161,7 +164,7 @@ def stages_table(exp: dict[str, Any]) -> Table:
         wandb = s.get("wandb") or {}
         table.add_row(
             s["name"],
-            s["status"] + (f" ({s['error'][:60]})" if s.get("error") else ""),
+            s["status"] + (" (error below)" if s.get("error") else ""),
             _progress(s),
             s.get("worker_id") or "—",
             shown or "—",
@@ -170,26 +173,18 @@ def stages_table(exp: dict[str, Any]) -> Table:
     return table
 
 
-def _fmt(v: Any, scale: float = 1.0, spec: str = ".3g") -> str:
-    return "—" if v is None else format(v * scale, spec)
+def print_errors(errors: dict[str, str | None]) -> None:
+    """Each error whole, under the table that says which row failed (a table cell would cut or
+    wrap it)."""
+    for name, error in errors.items():
+        if error:
+            console.print(f"[bold red]{name}:[/] {error}", highlight=False, soft_wrap=True)
 
 
-def results_table(results: dict[str, Any]) -> Table:
-    """The comparison table (rows as built by `distillery.stages.results.build_results`)."""
-    table = Table(title="results", title_justify="left")
-    for col in ("model", "mIoU %", "gain", "params (M)", "GFLOPs", "latency ms"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for r in results.get("rows", []):
-        gain = r.get("gain_over_baseline")
-        table.add_row(
-            str(r.get("model", r.get("stage", "?"))),
-            _fmt(r.get("miou"), 100, ".1f"),
-            "—" if gain is None or r.get("stage") == "student" else format(100 * gain, "+.1f"),
-            _fmt(r.get("params"), 1e-6, ".3f"),
-            _fmt(r.get("gflops"), 1, ".3f"),
-            _fmt(r.get("latency_ms"), 1, ".2f"),
-        )
-    return table
+def print_experiment(exp: dict[str, Any]) -> None:
+    """The stages table, then each failed stage's error in full."""
+    console.print(stages_table(exp))
+    print_errors({s["name"]: s.get("error") for s in exp["stages"]})
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -276,10 +271,10 @@ def status(
     gw = _gateway(url, token)
     exp = _call(gw.get_fresh, f"/experiments/{experiment_id}")
     if not watch:
-        console.print(stages_table(exp))
+        print_experiment(exp)
         return
     exp = _watch(gw, experiment_id, exp, interval)
-    console.print(stages_table(exp))
+    print_experiment(exp)
     if exp["status"] != "succeeded":
         raise typer.Exit(1)
 
@@ -337,12 +332,14 @@ def results(
     if not res:
         _fail(f"experiment {experiment_id} has no results yet (status {exp['status']})")
     console.print(results_table(res))
-    gap = res.get("gap_closed")
-    if gap is not None:
-        console.print(f"gap closed by distillation: {100 * gap:.0f}% of the teacher–baseline gap")
-    for a in exp.get("artifacts", []):
-        if a["kind"] in ("report", "results", "profile"):
-            console.print(f"{a['kind']}: {a['url']}", highlight=False, soft_wrap=True)
+    links = [a for a in exp.get("artifacts", []) if a["kind"] in ("report", "results", "profile")]
+    if links:
+        table = Table(title="reports (links valid for an hour)", title_justify="left")
+        for col in ("kind", "stage", "link"):
+            table.add_column(col, overflow="fold")
+        for a in links:
+            table.add_row(a["kind"], a.get("stage") or "—", a["url"])
+        console.print(table)
 
 
 def cancel(
@@ -402,9 +399,7 @@ def queue(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
 
 # ----------------------------------------------------------------------------------- datasets
 
-datasets_app = typer.Typer(
-    help="Datasets on the platform: upload, register, list.", no_args_is_help=True
-)
+# The platform's commands join the local ones in `distillery datasets` (distillery.cli.dataset).
 
 
 def _splits(ds: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -480,12 +475,13 @@ def datasets_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
             d["id"],
             d["name"],
             d["format"],
-            d["status"] + (f" ({d['error'][:60]})" if d.get("error") else ""),
+            d["status"] + (" (error below)" if d.get("error") else ""),
             images or "—",
             d.get("owner") or "—",
             _ts(d["created_at"]),
         )
     console.print(table)
+    print_errors({d["name"]: d.get("error") for d in page["items"]})
 
 
 def register(app: typer.Typer) -> None:
@@ -498,4 +494,3 @@ def register(app: typer.Typer) -> None:
     app.command("retry")(retry)
     app.command("delete")(delete)
     app.command("queue")(queue)
-    app.add_typer(datasets_app, name="datasets")

@@ -1,4 +1,6 @@
-"""`distillery dataset ...`: statistics, validation and the synthetic data set generator."""
+"""`distillery datasets ...`: one command group for data sets. Here the local ones (statistics,
+validation, the synthetic generator); `distillery.cli.client` adds the platform's (upload,
+register, list). `distillery dataset` is kept as a hidden alias."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-dataset_app = typer.Typer(
-    name="dataset",
-    help="Inspect, validate and generate segmentation data sets (Cityscapes / BDD100K layouts).",
+from distillery.cli.consoles import make_console
+
+datasets_app = typer.Typer(
+    name="datasets",
+    help="Data sets (Cityscapes / BDD100K layouts): generate, stats and validate local folders; "
+    "upload, register and list them on the platform.",
     no_args_is_help=True,
 )
 
@@ -26,11 +30,12 @@ class FormatName(StrEnum):
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `distillery` app."""
-    app.add_typer(dataset_app, name="dataset")
+    app.add_typer(datasets_app, name="datasets")
+    app.add_typer(datasets_app, name="dataset", hidden=True)  # the name before 0.2
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False)
+    make_console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code=1)
 
 
@@ -42,7 +47,7 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-@dataset_app.command("stats")
+@datasets_app.command("stats")
 def stats_cmd(
     path: Path = typer.Argument(..., help="Data set root in its native layout."),
     fmt: FormatName = typer.Option(..., "--format", "-f", help="Layout of PATH."),
@@ -90,13 +95,13 @@ def stats_cmd(
             f"{mf[i]:.3f}",
             f"{enet[i]:.2f}",
         )
-    console = Console()
+    console = make_console()
     console.print(table)
     if plot is not None:
         console.print(f"plot written to {plot}")
 
 
-@dataset_app.command("validate")
+@datasets_app.command("validate")
 def validate_cmd(
     path: Path = typer.Argument(..., help="Data set root in its native layout."),
     fmt: FormatName = typer.Option(..., "--format", "-f"),
@@ -114,7 +119,7 @@ def validate_cmd(
     typer.echo(json.dumps(report, indent=2))
 
 
-@dataset_app.command("generate")
+@datasets_app.command("generate")
 def generate_cmd(
     path: Path = typer.Argument(..., help="Folder to write the data set into."),
     fmt: FormatName = typer.Option(..., "--format", "-f"),

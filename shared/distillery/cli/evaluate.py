@@ -7,8 +7,9 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from distillery.cli.consoles import make_console
 
 
 class _Dataset(StrEnum):
@@ -35,7 +36,7 @@ def evaluate(
     """
     from distillery.evaluate import EvaluationError, evaluate_predictions
 
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     try:
         result = evaluate_predictions(pred, gt, dataset.value, split)
     except EvaluationError as e:
@@ -60,7 +61,7 @@ def evaluate(
     table.add_section()
     table.add_row("mIoU", f"{100 * m.miou:.2f}", style="bold")
     table.add_row("pixel accuracy", f"{100 * m.pixel_accuracy:.2f}")
-    Console().print(table)
+    make_console().print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from distillery.cli.consoles import make_console
 
 CHECKPOINT_SUFFIXES = {".pt", ".pth"}
 SPEC_SUFFIXES = {".yaml", ".yml", ".json"}
@@ -121,7 +122,7 @@ def profile_command(
     from distillery.spec import ExperimentSpec, ProfilingSpec, SpecError, TrackingSpec, load_spec
     from distillery.stages.profile_tracking import log_profile_run, log_size_run
 
-    out, err = Console(), Console(stderr=True)
+    out, err = make_console(), make_console(stderr=True)
     overrides = {
         k: v
         for k, v in dict(

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from distillery.cli.consoles import make_console
+from distillery.cli.tables import results_table
 from distillery.spec import ExperimentSpec, SpecError, load_spec
 from distillery.stages.plan import planned_kinds
-from distillery.stages.results import results_caption
 
-console = Console()
+console = make_console()
 
 
 def run(
@@ -76,8 +76,14 @@ def run(
         console=console,
     )
     tasks: dict[str, Any] = {}
+    # Piped to a log (`| tee run.log`, CI) rich shows the bars only when they end: print a line
+    # per stage change and per epoch instead, as it goes.
+    piped = not console.is_terminal
 
     def on_stage(name: str, status: str) -> None:
+        if piped:
+            console.print(f"{name}: {status}", highlight=False)
+            return
         if name not in tasks:
             tasks[name] = bars.add_task(name, total=None, info=status)
         if status == "done":
@@ -85,6 +91,15 @@ def run(
             bars.update(tasks[name], total=total, completed=total, info="done")
 
     def on_progress(name: str, p: Any) -> None:
+        if piped:
+            if p.epoch_end:  # the epoch's validation: one line per epoch
+                line = f"{name}: epoch {p.epoch}/{p.epochs}"
+                if "miou" in p.metrics:
+                    line += f"  mIoU {100 * p.metrics['miou']:.1f}"
+                if "loss" in p.metrics:
+                    line += f"  loss {p.metrics['loss']:.3f}"
+                console.print(line, highlight=False)
+            return
         total = p.epochs * p.steps
         done = (p.epoch - 1) * p.steps + p.step
         info = f"epoch {p.epoch}/{p.epochs}"
@@ -95,7 +110,7 @@ def run(
         bars.update(tasks[name], total=total, completed=done, info=info)
 
     try:
-        with bars:
+        with contextlib.nullcontext() if piped else bars:
             results = run_local(
                 spec, run_dir, fresh=fresh, on_progress=on_progress, on_stage=on_stage
             )
@@ -130,28 +145,6 @@ def run_sweep_here(spec: ExperimentSpec, run_dir: Path, fresh: bool) -> None:
     console.print(f"Run folder: {run_dir} (results.json, results.md; `distillery report` plots)")
     if results["status"] == "failed":
         raise typer.Exit(1)
-
-
-def results_table(results: dict[str, Any]) -> Table:
-    """The comparison table for the terminal (results.md holds the same as Markdown)."""
-    table = Table(title="Results", caption=results_caption(results))
-    for col in ("model", "mIoU %", "gain", "params (M)", "GFLOPs", "latency ms"):
-        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
-
-    def fmt(v: float | None, spec: str) -> str:
-        return "—" if v is None else format(v, spec)
-
-    for r in results["rows"]:
-        gain = None if r["stage"] == "student" else r["gain_over_baseline"]
-        table.add_row(
-            r["model"],
-            fmt(r["miou"] and 100 * r["miou"], ".1f"),
-            fmt(gain and 100 * gain, "+.1f"),
-            fmt(r["params"] and r["params"] / 1e6, ".3f"),
-            fmt(r["gflops"], ".3f"),
-            fmt(r["latency_ms"], ".2f"),
-        )
-    return table
 
 
 def register(app: typer.Typer) -> None:

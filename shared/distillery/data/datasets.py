@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
+from distillery.archive_safety import MAX_IMAGE_PIXELS
 from distillery.data.errors import DatasetError
 from distillery.data.labels import (
     IGNORE_INDEX,
@@ -43,8 +44,6 @@ from distillery.registry import Registry
 
 #: Data set format name -> class. A spec's `DatasetRef.format` names one of these.
 DATASETS: Registry[type[SegmentationDataset]] = Registry("dataset")
-
-Image.MAX_IMAGE_PIXELS = None  # our inputs are trusted data sets, not uploads of unknown size
 
 
 @dataclass(frozen=True)
@@ -62,14 +61,26 @@ def _lut(values: frozenset[int] | set[int]) -> np.ndarray:
     return lut
 
 
+def _check_pixels(im: Image.Image, path: Path) -> None:
+    """Refuse an image whose header declares more than `MAX_IMAGE_PIXELS`, before decoding."""
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DatasetError(
+            f"{path}: {w}x{h} pixels, more than the limit of {MAX_IMAGE_PIXELS} (8192x8192)"
+        )
+
+
 def read_image(path: Path) -> np.ndarray:
     """An RGB image as HxWx3 uint8; a file PIL cannot fully decode raises `DatasetError`."""
     try:
         with Image.open(path) as im:
+            _check_pixels(im, path)
             im.load()
             rgb = im.convert("RGB")
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file is missing") from None
+    except DatasetError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetError(f"{path}: corrupt or unreadable image ({e})") from None
     return np.array(rgb)  # writable, so torch.from_numpy can share it
@@ -79,11 +90,14 @@ def read_mask_raw(path: Path) -> np.ndarray:
     """A single-channel 8-bit PNG mask as HxW uint8 (palette images give their indices)."""
     try:
         with Image.open(path) as im:
+            _check_pixels(im, path)
             im.load()
             mode = im.mode
             arr = np.array(im)
     except FileNotFoundError:
         raise DatasetError(f"{path}: mask file is missing") from None
+    except DatasetError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetError(f"{path}: corrupt or unreadable mask ({e})") from None
     if arr.ndim != 2:

@@ -79,6 +79,10 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(_ts)
+    #: After this the token no longer authenticates (None: never expires).
+    expires_at: Mapped[datetime | None] = mapped_column(_ts)
+    #: Set by `distillery admin revoke-token`; a revoked token never authenticates again.
+    revoked_at: Mapped[datetime | None] = mapped_column(_ts)
 
     user: Mapped[User] = relationship(back_populates="tokens")
 

@@ -139,10 +139,13 @@ def load_model_checkpoint(
     width = payload["width"]
     if not isinstance(width, int) or width < 1:
         raise CheckpointError(f"{path}: width must be a positive int, got {width!r}")
+    raw = {**payload["model_spec"], "width": width}
     try:
-        spec = ModelSpec.model_validate({**payload["model_spec"], "width": width})
+        spec = ModelSpec.model_validate(raw)
     except ValidationError as e:
-        raise CheckpointError(f"{path}: invalid model_spec\n{format_validation_error(e)}") from None
+        raise CheckpointError(
+            f"{path}: invalid model_spec\n{format_validation_error(e, raw)}"
+        ) from None
     except TypeError:
         raise CheckpointError(f"{path}: model_spec must be a mapping") from None
     model = build_model(spec)

@@ -13,8 +13,10 @@ queued ──claim──► running ──succeed──► succeeded
 Every function is a guarded update in the caller's transaction: a stage is changed only from
 the status (and, while running, by the lease holder) the transition expects, so a worker that
 lost its lease, a duplicate message or a racing cancel can never overwrite another's write.
-Workers are named ``host:pid``; a lease held by a process of this host that no longer exists is
-provably dead and is taken over at once instead of waiting for it to expire.
+Workers are named ``<host>/<pid namespace>:<pid>`` (`process_identity`); a lease held by a
+process of this host and PID namespace that no longer exists is provably dead and is taken over
+at once instead of waiting for it to expire. Containers that share a host name (host
+networking) have their own PID namespaces, so one never judges another's process.
 """
 
 from __future__ import annotations
@@ -49,12 +51,27 @@ def aware(ts: datetime | None) -> datetime | None:
     return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
 
 
+def this_host() -> str:
+    """``<host name>/<PID namespace>``: where a process id means the same process."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:").strip("[]")
+    except OSError:
+        namespace = "?"
+    return f"{socket.gethostname()}/{namespace}"
+
+
+def process_identity(pid: int | None = None) -> str:
+    """The worker id of this process: ``<host>/<pid namespace>:<pid>``."""
+    return f"{this_host()}:{os.getpid() if pid is None else pid}"
+
+
 def holder_is_dead(worker_id: str | None) -> bool:
-    """True if `worker_id` (``host:pid``) names a process of this host that no longer exists."""
+    """True if `worker_id` (`process_identity`) names a process of this host and PID
+    namespace that no longer exists."""
     if not worker_id or ":" not in worker_id:
         return False
     host, _, pid = worker_id.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != this_host() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)

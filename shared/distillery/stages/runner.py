@@ -62,10 +62,12 @@ class StageRunner:
         tracking_mode: str | None = None,
         should_pause: Callable[[], bool] | None = None,
         retry_budget_s: float = DEFAULT_BUDGET_S,
+        check_spec: Callable[[str, ExperimentSpec], None] | None = None,
     ) -> None:
         """`tracking_mode` caps what a spec may ask of wandb (`online` > `offline` > `disabled`);
         `should_pause()` True (the worker got SIGTERM) checkpoints the stage at its next step and
-        gives it back to the queue."""
+        gives it back to the queue; `check_spec(experiment_id, spec)` (the platform's
+        `distillery.access` rules) runs before the stage does, and what it raises fails it."""
         self.sessions = session_factory
         self.artifacts = artifacts
         self.work_dir = Path(work_dir)
@@ -76,6 +78,7 @@ class StageRunner:
         self.tracking_mode = tracking_mode
         self.should_pause = should_pause
         self.retry_budget_s = retry_budget_s
+        self.check_spec = check_spec
 
     # ------------------------------------------------------------------------------- retries
 
@@ -108,6 +111,8 @@ class StageRunner:
                 _cap_tracking(ExperimentSpec.model_validate(claimed.spec), self.tracking_mode),
                 inputs,
             )
+            if self.check_spec is not None:
+                self.check_spec(claimed.experiment_id, spec)
         except Exception as exc:
             if is_transient(exc):
                 raise

@@ -82,17 +82,24 @@ def launch_command(
     events_path: Path,
     teacher_path: Path | None = None,
     tracker_group: str | None = None,
+    num_machines: int = 1,
+    machine_rank: int | str = 0,
+    main_process_ip: str | None = None,
+    python: str = sys.executable,
 ) -> list[str]:
-    """``accelerate launch`` of the stage entry point on `num_processes` processes (GPUs, or
-    gloo processes on a CPU: the entry point builds ``Accelerator(cpu=True)`` without CUDA)."""
+    """``accelerate launch`` of the stage entry point on `num_processes` processes in all (GPUs,
+    or gloo processes on a CPU: the entry point builds ``Accelerator(cpu=True)`` without CUDA),
+    spread over `num_machines` machines that meet at `main_process_ip`:`port` (machine 0)."""
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
+        python, "-m", "accelerate.commands.launch",
         "--multi_gpu",
         "--num_processes", str(num_processes),
-        "--num_machines", "1",
+        "--num_machines", str(num_machines),
         "--mixed_precision", mixed_precision,
         "--dynamo_backend", "no",
         "--main_process_port", str(port),
+        *(["--machine_rank", str(machine_rank)] if num_machines > 1 else []),
+        *(["--main_process_ip", main_process_ip] if main_process_ip else []),
         "-m", "distillery.training.launch",
         "--spec", str(spec_path),
         "--stage", stage,

@@ -55,6 +55,11 @@ def run_stage(
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
 
+    if plan.train.num_nodes > 1:
+        raise ValueError(
+            f"{stage}.train.num_nodes: {plan.train.num_nodes} machines run as a Kubernetes Job "
+            "of the platform (services/worker/multinode.py); on one machine use num_processes"
+        )
     if plan.train.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         from distillery.training.launcher import launch_stage
 

@@ -148,7 +148,9 @@ def test_cli_watch_and_results_of_a_finished_experiment(
     r = cli("results", exp_id, *opts)
     assert r.exit_code == 0, r.output
     assert "student (distilled)" in r.output and "61.0" in r.output and "+9.0" in r.output
-    assert "gap closed by distillation: 45%" in r.output
+    assert "Gap closed by distillation: 45%" in r.output
+    # One results table (its caption says what the numbers mean), not a line per number.
+    assert r.output.count("Results") == 1 and "results:" not in r.output
 
     r = cli("report", exp_id, "--out", str(tmp_path / "rep"), *opts)
     assert r.exit_code == 0, r.output
@@ -178,7 +180,7 @@ def test_cli_watch_follows_progress_until_the_end(
                 st.epoch, st.epochs, st.step, st.steps = 1, 1, step, 3
                 s.commit()
                 time.sleep(0.3)
-            st.status, st.error = StageStatus.failed, "RuntimeError: out of memory"
+            st.status, st.error = StageStatus.failed, OOM
             exp.status = StageStatus.failed
             s.commit()
 
@@ -189,7 +191,14 @@ def test_cli_watch_follows_progress_until_the_end(
     finally:
         thread.join()
     assert r.exit_code == 1, r.output
-    assert "failed" in r.output and "out of memory" in r.output
+    assert "failed" in r.output
+    assert f"student: {OOM}" in r.output  # the whole error, on its own line
+
+
+OOM = (
+    "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total "
+    "capacity; 13.20 GiB already allocated; 1.10 GiB free; 13.90 GiB reserved in total)"
+)
 
 
 def test_cli_datasets_upload_and_list(gateway_url, make_user, cityscapes_dir):

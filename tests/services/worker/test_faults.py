@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from distillery.db import Experiment, Metric, Stage, StageStatus
 from distillery.settings import Settings
+from distillery.spec import CrossEntropyTerm
 from services.celery_app import RUN_STAGE_TASK
 from services.worker.preemption import child_pids
 from tests.support.experiments import experiment_status, submit, tiny_spec
@@ -52,8 +53,11 @@ def test_a_diverging_stage_fails_once_naming_the_step_and_stores_no_nan(
 ):
     spec = tiny_spec(
         "diverges", tmp_path / "data", epochs=3, steps=4, stages=["student"],
-        optimizer="sgd", lr=1e6,
+        optimizer="sgd", lr=10.0,
     )  # fmt: skip
+    # lr and loss weights are bounded (10, 1000); together they still blow the student up
+    student = spec.student.model_copy(update={"losses": [CrossEntropyTerm(weight=1000.0)]})
+    spec = spec.model_copy(update={"student": student})
     exp_id, (stage_id,) = submit(session_factory, settings, spec)
     start_worker()
     start_reconciler(interval_s=0.5, stale_after_s=2)
