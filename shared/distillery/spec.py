@@ -319,6 +319,12 @@ class TrainSpec(_Strict):
     grad_clip_norm: Annotated[float, Strict(), Field(gt=0, le=1e6, allow_inf_nan=False)] | None = (
         None
     )
+    #: Iteration-based training (segmentation recipes: 40k/80k): exactly this many optimizer
+    #: steps, over as many epochs as that takes (the last one ends early); `epochs` is ignored.
+    max_steps: Annotated[int, Strict(), Field(ge=1, le=10_000_000)] | None = None
+    #: Also checkpoint every this many optimizer steps, mid-epoch too (a resume continues at
+    #: that step, data order included): a kill loses at most this many. null = epoch ends only.
+    save_every_steps: Annotated[int, Strict(), Field(ge=1, le=10_000_000)] | None = None
     #: Loss components are read from the device (a host-device sync), logged and reported every
     #: this many optimizer steps (and at the end of each epoch); other steps never wait on it.
     log_every_steps: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 1

@@ -296,7 +296,10 @@ def train_stage(
         t_opt = make_optimizer(train, [*teacher.parameters(), *teacher_objective.parameters()])
         teacher, t_opt = accelerator.prepare(teacher, t_opt)
     steps_per_epoch = math.ceil(len(loader) / train.grad_accum_steps)
-    updates = updates_per_role(plan.alternate, roles, train.epochs, steps_per_epoch)
+    # iteration-based (`max_steps`, the last epoch may end early) or epoch-based
+    total_steps = train.max_steps or train.epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    updates = updates_per_role(plan.alternate, roles, num_epochs, steps_per_epoch, total_steps)
 
     def schedule(opt: Any, role: str) -> Any:
         # A prepared scheduler steps `world` times per optimizer step (accelerate's convention);
@@ -370,7 +373,7 @@ def train_stage(
 
     evaluation: Evaluation | None = None
     try:
-        for epoch in range(state.epoch + 1, train.epochs + 1):
+        for epoch in range(state.epoch + 1, num_epochs + 1):
             # ---- train one epoch ----
             generator.manual_seed(epoch_seed(spec.seed, epoch))  # order and worker seeds
             loader.set_epoch(epoch)
@@ -418,24 +421,43 @@ def train_stage(
                 # ---- one optimizer step done ----
                 step += 1
                 state.global_step += 1
+                last_step = state.global_step >= total_steps
+                if (
+                    train.save_every_steps is not None
+                    and state.global_step % train.save_every_steps == 0
+                    and step < steps_per_epoch  # an epoch end saves anyway
+                    and not last_step
+                ):
+                    state.epoch_step = step  # a resume skips the batches trained on
+                    directory = save_checkpoint()
+                    reporter.checkpoint(state.global_step, directory)
+                    if accelerator.is_main_process:
+                        ckpt.prune(ckpt_root)
                 logging_step = (
-                    state.global_step % train.log_every_steps == 0 or step == steps_per_epoch
+                    state.global_step % train.log_every_steps == 0
+                    or step == steps_per_epoch
+                    or last_step
                 )
-                if not (accelerator.is_main_process and logging_step):
-                    continue
-                now = time.perf_counter()
-                scalars = since_log.means()  # the one device read of these steps
-                # a model's turn (online, alternating models) logs only its own loss
-                for key in ("loss", "teacher_loss"):
-                    if key in scalars and not math.isfinite(scalars[key]):
-                        reporter.diverged(state.global_step, scalars[key])
-                        raise StageDiverged(stage, state.global_step, scalars[key])
-                scalars |= _learning_rates(by_role, main_role)
-                images = (micro - logged_micro) * train.batch_size * world
-                scalars["images_per_s"] = images / (now - step_start)
-                tracker.log({f"train/{k}": v for k, v in scalars.items()}, step=state.global_step)
-                reporter.step(Progress(stage, epoch, train.epochs, step, steps_per_epoch, scalars))
-                since_log, logged_micro, step_start = _DeviceMeans(), micro, time.perf_counter()
+                if accelerator.is_main_process and logging_step:
+                    now = time.perf_counter()
+                    scalars = since_log.means()  # the one device read of these steps
+                    # a model's turn (online, alternating models) logs only its own loss
+                    for key in ("loss", "teacher_loss"):
+                        if key in scalars and not math.isfinite(scalars[key]):
+                            reporter.diverged(state.global_step, scalars[key])
+                            raise StageDiverged(stage, state.global_step, scalars[key])
+                    scalars |= _learning_rates(by_role, main_role)
+                    images = (micro - logged_micro) * train.batch_size * world
+                    scalars["images_per_s"] = images / (now - step_start)
+                    tracker.log(
+                        {f"train/{k}": v for k, v in scalars.items()}, step=state.global_step
+                    )
+                    reporter.step(
+                        Progress(stage, epoch, num_epochs, step, steps_per_epoch, scalars)
+                    )
+                    since_log, logged_micro, step_start = _DeviceMeans(), micro, time.perf_counter()
+                if last_step:
+                    break
             epoch_time = time.perf_counter() - epoch_start
             state.epoch_step = 0
 
@@ -490,8 +512,8 @@ def train_stage(
                     Progress(
                         stage,
                         epoch,
-                        train.epochs,
-                        steps_per_epoch,
+                        num_epochs,
+                        step,
                         steps_per_epoch,
                         flat | {"loss": train_summary.get("loss", float("nan"))},
                         kind="epoch",
