@@ -325,6 +325,9 @@ class TrainSpec(_Strict):
     #: Also checkpoint every this many optimizer steps, mid-epoch too (a resume continues at
     #: that step, data order included): a kill loses at most this many. null = epoch ends only.
     save_every_steps: Annotated[int, Strict(), Field(ge=1, le=10_000_000)] | None = None
+    #: Validate every this many optimizer steps (mid-epoch too) and at the last step, instead
+    #: of at every epoch end (null). Each validation is one entry of the stage's history.
+    eval_every_steps: Annotated[int, Strict(), Field(ge=1, le=10_000_000)] | None = None
     #: Loss components are read from the device (a host-device sync), logged and reported every
     #: this many optimizer steps (and at the end of each epoch); other steps never wait on it.
     log_every_steps: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 1

@@ -49,3 +49,15 @@ def test_a_kill_after_a_mid_epoch_checkpoint_resumes_exactly(make_spec, tmp_path
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
     assert resumed.metrics["miou"] == pytest.approx(straight.metrics["miou"])
+
+
+def test_eval_every_steps_validates_mid_epoch_and_at_the_end(make_spec, tmp_path: Path) -> None:
+    events: list[Progress] = []
+    train = {"max_steps": 5, "eval_every_steps": 2}
+    spec = make_spec(student={"train": train})
+    result = run_stage(spec, "student", tmp_path, hooks=StageHooks(on_progress=events.append))
+    assert [h["global_step"] for h in result.history] == [2, 4, 5]  # not at the epoch end (3)
+    evals = [(p.epoch, p.step) for p in events if p.kind == "epoch"]
+    assert evals == [(1, 2), (2, 1), (2, 2)]
+    assert all("miou" in p.metrics for p in events if p.kind == "epoch")
+    assert result.metrics["miou"] == result.history[-1]["miou"]

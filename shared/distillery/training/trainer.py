@@ -372,6 +372,69 @@ def train_stage(
     media = fixed_batch(val_set) if tracker.wants_images or tracker.wants_feature_maps else None
 
     evaluation: Evaluation | None = None
+
+    def epoch_summary(losses: _DeviceMeans, micro: int, since: float) -> dict[str, Any]:
+        """Mean training losses of the epoch so far, lr, images/s and seconds."""
+        elapsed = time.perf_counter() - since
+        summary: dict[str, Any] = losses.means()
+        summary["lr"] = learners[0].scheduler.get_last_lr()[0]
+        summary["images_per_s"] = micro * train.batch_size * world / max(elapsed, 1e-9)
+        summary["time_s"] = elapsed
+        return summary
+
+    def score(epoch: int, summary: dict[str, Any]) -> dict[str, Any]:
+        """Validation (every process scores its shard; results are reduced), recorded in the
+        history with the training summary."""
+        nonlocal evaluation
+        for lr_ in learners:
+            sync_buffers(lr_.model, accelerator)
+        evaluation = evaluate(model, val, accelerator, plan.model.num_classes)
+        val_metrics = evaluation.as_dict()
+        if stage == "teacher":
+            val_metrics["teacher_entropy"] = evaluation.entropy
+        if plan.online:
+            t_eval = evaluate(teacher, val, accelerator, plan.model.num_classes)
+            val_metrics.update(t_eval.as_dict("teacher_"))
+        elif teacher is not None:
+            if state.teacher_metrics is None:
+                t_eval = evaluate(teacher, val, accelerator, plan.model.num_classes)
+                state.teacher_metrics = t_eval.as_dict("teacher_")
+            val_metrics.update(state.teacher_metrics)
+        state.history.append(
+            {"epoch": epoch, "global_step": state.global_step, "train": summary} | val_metrics
+        )
+        return val_metrics
+
+    def publish(epoch: int, step: int, summary: dict[str, Any], val_metrics: dict) -> None:
+        """Log a validation (main process): tracker, media, an `epoch` progress record."""
+        flat = _flat_val(val_metrics)
+        tracker.log(
+            {f"val/{k}": v for k, v in flat.items()}
+            | {f"epoch/{k}": v for k, v in summary.items()}
+            | {"epoch": epoch},
+            step=state.global_step,
+        )
+        if media is not None:
+            log_epoch_media(
+                tracker,
+                accelerator,
+                media,
+                by_role[main_role].model,
+                state.global_step,
+                teacher=teacher if stage == "distill" else None,
+            )
+        reporter.epoch_end(
+            Progress(
+                stage,
+                epoch,
+                num_epochs,
+                step,
+                steps_per_epoch,
+                flat | {"loss": summary.get("loss", float("nan"))},
+                kind="epoch",
+            )
+        )
+
     try:
         for epoch in range(state.epoch + 1, num_epochs + 1):
             # ---- train one epoch ----
@@ -458,67 +521,32 @@ def train_stage(
                     since_log, logged_micro, step_start = _DeviceMeans(), micro, time.perf_counter()
                 if last_step:
                     break
-            epoch_time = time.perf_counter() - epoch_start
+                if (
+                    train.eval_every_steps is not None
+                    and state.global_step % train.eval_every_steps == 0
+                    and step < steps_per_epoch  # an epoch end evaluates when due
+                ):
+                    summary = epoch_summary(epoch_losses, micro, epoch_start)
+                    val_metrics = score(epoch, summary)
+                    if accelerator.is_main_process:
+                        publish(epoch, step, summary, val_metrics)
             state.epoch_step = 0
 
-            # ---- evaluate (every process scores its shard; results are reduced) ----
-            for lr_ in learners:
-                sync_buffers(lr_.model, accelerator)
-            evaluation = evaluate(model, val, accelerator, plan.model.num_classes)
-            val_metrics = evaluation.as_dict()
-            if stage == "teacher":
-                val_metrics["teacher_entropy"] = evaluation.entropy
-            if plan.online:
-                t_eval = evaluate(teacher, val, accelerator, plan.model.num_classes)
-                val_metrics.update(t_eval.as_dict("teacher_"))
-            elif teacher is not None:
-                if state.teacher_metrics is None:
-                    t_eval = evaluate(teacher, val, accelerator, plan.model.num_classes)
-                    state.teacher_metrics = t_eval.as_dict("teacher_")
-                val_metrics.update(state.teacher_metrics)
-            train_summary = epoch_losses.means()
-            train_summary["lr"] = learners[0].scheduler.get_last_lr()[0]
-            train_summary["images_per_s"] = micro * train.batch_size * world / epoch_time
-            train_summary["time_s"] = epoch_time
-            state.history.append(
-                {"epoch": epoch, "global_step": state.global_step, "train": train_summary}
-                | val_metrics
-            )
+            # ---- evaluate (when due), checkpoint, report ----
             state.epoch = epoch
-
+            due = (
+                train.eval_every_steps is None
+                or state.global_step >= total_steps
+                or state.global_step % train.eval_every_steps == 0
+            )
+            summary = epoch_summary(epoch_losses, micro, epoch_start)
+            val_metrics = score(epoch, summary) if due else None
             directory = save_checkpoint()
-
-            # ---- report and log (main process) ----
             if accelerator.is_main_process:
-                flat = _flat_val(val_metrics)
                 reporter.checkpoint(state.global_step, directory)
                 ckpt.prune(ckpt_root)
-                tracker.log(
-                    {f"val/{k}": v for k, v in flat.items()}
-                    | {f"epoch/{k}": v for k, v in train_summary.items()}
-                    | {"epoch": epoch},
-                    step=state.global_step,
-                )
-                if media is not None:
-                    log_epoch_media(
-                        tracker,
-                        accelerator,
-                        media,
-                        by_role[main_role].model,
-                        state.global_step,
-                        teacher=teacher if stage == "distill" else None,
-                    )
-                reporter.epoch_end(
-                    Progress(
-                        stage,
-                        epoch,
-                        num_epochs,
-                        step,
-                        steps_per_epoch,
-                        flat | {"loss": train_summary.get("loss", float("nan"))},
-                        kind="epoch",
-                    )
-                )
+                if val_metrics is not None:
+                    publish(epoch, step, summary, val_metrics)
     except BaseException as exc:
         reporter.close()
         tracker.finish(exit_code=None if isinstance(exc, StageCancelled) else 1)
