@@ -1,6 +1,7 @@
 """Profile a teacher-sized and a student-sized UNet at 512x1024 and 1024x2048 across variants.
 
     python benchmarks/profile_models.py [--quick] [--full] [--device cpu|cuda] [--json out.json]
+        [--sizes 1024x2048] [--batch-sizes 1,4] [--summary-only]
 
 Widths come from examples/quickstart.yaml when it exists (else teacher 32, student 8; depth 4).
 The default plan keeps a 2-core CPU run to a few minutes: the teacher and the large size run at
@@ -8,6 +9,9 @@ batch 1 with few repeats; torch.compile (a minute of C++ compilation per batch s
 CPU) only with `--compile`. `--quick` is the student alone on eager/channels_last/onnx;
 `--full` runs every variant, compile included, at batch 1 and 4 on both models and sizes
 (long on a CPU). On a GPU every variant (fp16 and compile included) runs at batch 1 and 4.
+`--sizes` / `--batch-sizes` narrow the plan; `--summary-only` prints the one summary table
+(benchmarks/gpu_check.sh uses it). The summary's "1st call ms" is the first warm-up call: for
+compile rows, the compilation at that batch size.
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ def summary(results: list[tuple[str, ProfileReport]]) -> Table:
         "variant",
         "batch",
         "p50 ms",
+        "1st call ms",
         "img/s",
         "GFLOP/s",
         "% peak",
@@ -128,6 +133,7 @@ def summary(results: list[tuple[str, ProfileReport]]) -> Table:
                     "",
                     "",
                     "",
+                    (row.note or "")[:60],
                     style="dim",
                 )
                 continue
@@ -137,6 +143,7 @@ def summary(results: list[tuple[str, ProfileReport]]) -> Table:
                 row.variant + (" ★" if row.fastest else ""),
                 str(row.batch_size),
                 f"{row.latency_ms.p50:.1f}",
+                "—" if row.latency_ms.first_call is None else f"{row.latency_ms.first_call:.0f}",
                 f"{row.images_per_s:.2f}",
                 f"{row.gflops_per_s:.0f}",
                 f"{100 * row.fraction_of_peak:.0f}",
@@ -161,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="write the reports here")
     parser.add_argument("--refresh-peak", action="store_true", help="re-measure the matmul peak")
+    parser.add_argument("--sizes", help="only these input sizes, e.g. 1024x2048,512x1024")
+    parser.add_argument("--batch-sizes", help="these batch sizes instead, e.g. 1,4")
+    parser.add_argument("--summary-only", action="store_true", help="print only the summary")
     args = parser.parse_args(argv)
 
     console = Console(width=max(Console().width, 160))
@@ -170,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     models = model_specs()
     mode = "quick" if args.quick else "full" if args.full else "default"
     jobs = plan(mode, dev.type, args.compile)
+    if args.sizes:
+        wanted = {tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")}
+        jobs = [j for j in jobs if j.size in wanted]
+    if args.batch_sizes:
+        batches = [int(b) for b in args.batch_sizes.split(",")]
+        jobs = [Job(j.model, j.size, batches, j.variants, j.spec) for j in jobs]
     began = time.monotonic()
     for precision in ("fp32", "bf16"):
         p = matmul_peak(dev, precision, refresh=args.refresh_peak)
@@ -191,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             source=f"benchmark:{job.model}",
         )
         results.append((job.model, report))
-        console.print(format_report(report))
+        if not args.summary_only:
+            console.print(format_report(report))
         console.print(
             f"[dim]{job.model} at {job.size[0]}x{job.size[1]}: {time.monotonic() - t0:.0f} s[/dim]"
         )

@@ -43,6 +43,8 @@ class EvalResult:
     num_images: int
     #: Prediction files that match no ground-truth image (ignored).
     unmatched: list[Path] = field(default_factory=list)
+    #: The confusion counts (`ConfusionMatrix.matrix`), to combine several data sets' results.
+    matrix: torch.Tensor | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """``{"miou", "iou": {class: value | None}, "pixel_accuracy", "num_images"}``."""
@@ -203,4 +205,6 @@ def evaluate_predictions(
                 f"ground truth {gt_path.name} is {target.shape[1]}x{target.shape[0]}"
             )
         cm.update(torch.from_numpy(pred), torch.from_numpy(target))
-    return EvalResult(metrics=cm.compute(), num_images=len(gt), unmatched=unmatched)
+    return EvalResult(
+        metrics=cm.compute(), num_images=len(gt), unmatched=unmatched, matrix=cm.matrix
+    )

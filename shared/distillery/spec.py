@@ -126,15 +126,28 @@ class AugmentSpec(_Strict):
 
 
 class DataSpec(_Strict):
+    """Training and validation sets (any mix of formats and sizes) and how they are read."""
+
     train: list[DatasetRef] = Field(min_length=1, max_length=16)
     val: list[DatasetRef] = Field(min_length=1, max_length=16)
     train_split: Split = "train"
     val_split: Split = "val"
-    #: (height, width) of training crops and of validation images (resized), in pixels.
+    #: (height, width) of training crops, in pixels.
     image_size: HW = (64, 128)
+    #: Validation input: each image is resized, aspect ratio kept, to just cover this (h, w);
+    #: null = `image_size` (the framing of the training crops at scale 1), `native` = no resize.
+    #: Scores are always taken at the label's native resolution (logits upsampled to it).
+    val_input_size: HW | Literal["native"] | None = None
     augment: AugmentSpec = AugmentSpec()
     num_workers: Annotated[int, Strict(), Field(ge=0, le=32)] = 0
     synthetic: SyntheticSpec | None = None
+
+    @property
+    def val_resize(self) -> tuple[int, int] | None:
+        """The (h, w) validation images are resized to cover, or None for native size."""
+        if self.val_input_size == "native":
+            return None
+        return tuple(self.val_input_size or self.image_size)  # type: ignore[return-value]
 
 
 # -------------------------------------------------------------------------------------- models
@@ -306,6 +319,27 @@ class TrainSpec(_Strict):
     grad_clip_norm: Annotated[float, Strict(), Field(gt=0, le=1e6, allow_inf_nan=False)] | None = (
         None
     )
+    #: Iteration-based training (segmentation recipes: 40k/80k): exactly this many optimizer
+    #: steps, over as many epochs as that takes (the last one ends early); `epochs` is ignored.
+    max_steps: Annotated[int, Strict(), Field(ge=1, le=10_000_000)] | None = None
+    #: Also checkpoint every this many optimizer steps, mid-epoch too (a resume continues at
+    #: that step, data order included): a kill loses at most this many. null = epoch ends only.
+    save_every_steps: Annotated[int, Strict(), Field(ge=1, le=10_000_000)] | None = None
+    #: Validate every this many optimizer steps (mid-epoch too) and at the last step, instead
+    #: of at every epoch end (null). Each validation is one entry of the stage's history.
+    eval_every_steps: Annotated[int, Strict(), Field(ge=1, le=10_000_000)] | None = None
+    #: Loss components are read from the device (a host-device sync), logged and reported every
+    #: this many optimizer steps (and at the end of each epoch); other steps never wait on it.
+    log_every_steps: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 1
+    #: Intra-op CPU threads of each training process (1..1024); null = OMP_NUM_THREADS if set,
+    #: else the cores divided among the processes less one per loader worker. Recorded.
+    num_threads: Annotated[int, Strict(), Field(ge=1, le=1024)] | None = None
+    #: CUDA: TF32 for float32 matmuls and convolutions (Ampere and newer; ~10-bit mantissa,
+    #: much faster). Recorded in the result; mixed precision is unaffected.
+    tf32: Annotated[bool, Strict()] = True
+    #: With num_processes > 1, BatchNorm statistics over the global batch of all processes
+    #: (SyncBatchNorm on CUDA, an all-reduce on gloo) instead of each process's 1-2 crops.
+    sync_batchnorm: Annotated[bool, Strict()] = True
 
     @field_validator("schedule")
     @classmethod
@@ -393,6 +427,8 @@ class ProfilingSpec(_Strict):
     variants: list[Annotated[str, Field(max_length=64)]] = Field(
         default_factory=lambda: ["eager"], min_length=1, max_length=16
     )
+    #: Untimed calls before timing, 0..1000 (at least 1 with a `compile` variant: its first call
+    #: compiles, and is reported apart as `latency_ms.first_call`).
     warmup: Annotated[int, Strict(), Field(ge=0, le=1000)] = 3
     min_repeats: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 5
     max_repeats: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 50
@@ -425,6 +461,12 @@ class ProfilingSpec(_Strict):
 
     @model_validator(mode="after")
     def _repeats(self) -> ProfilingSpec:
+        compiled = [v for v in self.variants if v.split("+")[0].strip() == "compile"]
+        if compiled and self.warmup < 1:
+            raise ValueError(
+                f"warmup is 0 but {', '.join(compiled)} compiles on its first call: give "
+                "warmup >= 1 (the compile time is reported as latency_ms.first_call)"
+            )
         if self.min_repeats > self.max_repeats:
             raise ValueError(
                 f"min_repeats ({self.min_repeats}) must be <= max_repeats ({self.max_repeats})"
@@ -563,6 +605,20 @@ class ExperimentSpec(_Strict):
                 )
         self._check_taps()
         return self
+
+    def with_num_threads(self, threads: int) -> ExperimentSpec:
+        """This spec with `train.num_threads` set for every training stage."""
+
+        def set_threads(train: TrainSpec) -> TrainSpec:
+            return train.model_copy(update={"num_threads": threads})
+
+        teacher = self.teacher.model_copy(update={"train": set_threads(self.teacher.train)})
+        student = self.student.model_copy(update={"train": set_threads(self.student.train)})
+        d = self.distillation
+        distillation = d.model_copy(update={"train": set_threads(d.train) if d.train else None})
+        return self.model_copy(
+            update={"teacher": teacher, "student": student, "distillation": distillation}
+        )
 
     def _check_taps(self) -> None:
         """Every tap a distillation term reads exists on its model; the message lists the valid

@@ -202,9 +202,10 @@ def test_build_concatenates_both_formats(synthetic_data: dict[str, Path]) -> Non
     names = {train[i]["name"] for i in range(len(train))}
     assert any(n.startswith(("aachen_", "bochum_")) for n in names)
     assert any("-" in n for n in names)
-    for ds in (train, val):
-        batch = torch.utils.data.default_collate([ds[0], ds[len(ds) - 1]])
-        assert batch["image"].shape == (2, 3, 32, 64) and batch["mask"].shape == (2, 32, 64)
+    batch = torch.utils.data.default_collate([train[0], train[len(train) - 1]])
+    assert batch["image"].shape == (2, 3, 32, 64) and batch["mask"].shape == (2, 32, 64)
+    for item in (val[0], val[len(val) - 1]):  # inputs cover image_size, masks stay native
+        assert item["image"].shape == (3, 32, 64) and item["mask"].shape == (64, 128)
 
 
 def test_build_resolves_dataset_ids(synthetic_data: dict[str, Path]) -> None:

@@ -99,13 +99,16 @@ def test_jitter_factors_act_as_documented() -> None:
     assert torch.allclose(sat.jitter(grey, _g(0)), grey, atol=1e-6)  # grey has no saturation
 
 
-def test_val_transform_resizes_image_bilinear_and_mask_nearest() -> None:
+def test_val_transform_resizes_the_image_keeping_its_aspect_and_leaves_the_mask_native() -> None:
     mask = _block_mask(64, 128)
     img, m = ValTransform((32, 64))(_image_from(mask), mask)
     assert img.shape == (3, 32, 64) and img.dtype == torch.float32
-    assert torch.equal(m, mask[1::2, 1::2])
+    assert torch.equal(m, mask)  # scored at the label's native resolution
     img2, m2 = ValTransform(None)(_image_from(mask), mask)
     assert img2.shape == (3, 64, 128) and torch.equal(m2, mask)
+    bdd = _block_mask(72, 128)  # 16:9 with a 2:1 size asked: covered, not distorted
+    img3, m3 = ValTransform((32, 64))(_image_from(bdd), bdd)
+    assert img3.shape == (3, 36, 64) and torch.equal(m3, bdd)
 
 
 def test_normalize_denormalize_roundtrip() -> None:
@@ -115,3 +118,40 @@ def test_normalize_denormalize_roundtrip() -> None:
     assert np.array_equal(back, x.permute(1, 2, 0).numpy())
     with pytest.raises(ValueError, match="3xHxW"):
         denormalize(torch.zeros(1, 3, 4, 4))
+
+
+def test_only_the_crop_window_is_resized_jittered_and_normalised(monkeypatch) -> None:
+    import distillery.data.transforms as transforms
+
+    resized: list[tuple[int, ...]] = []
+    real_resize = transforms.resize_image
+
+    def recording_resize(image: torch.Tensor, size) -> torch.Tensor:
+        out = real_resize(image, size)
+        resized.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(transforms, "resize_image", recording_resize)
+    jittered: list[tuple[int, ...]] = []
+
+    class Recording(TrainTransform):
+        def jitter(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            jittered.append(tuple(image.shape))
+            return super().jitter(image, generator)
+
+    mask = _block_mask(256, 512, block=32)  # cover scale 1/8, then x1.5: 48x96 scaled
+    tf = Recording((32, 64), AugmentSpec(scale_range=(1.5, 1.5), hflip=False, **NO_JITTER))
+    img, m = tf(_image_from(mask), mask, _g(3))
+    assert img.shape == (3, 32, 64) and m.shape == (32, 64)
+    assert jittered == [(3, 32, 64)]  # the crop only
+    (_, rh, rw), *_ = resized
+    assert rh * rw < 48 * 96  # less than the whole scaled image was resized
+
+    # what a full resize followed by the crop gives, up to a sub-pixel shift at block edges
+    full = transforms.resize_mask(mask, (48, 96))
+    agree = max(
+        (m == full[y : y + 32, x : x + 64]).float().mean().item()
+        for y in range(17)
+        for x in range(33)
+    )
+    assert agree > 0.9

@@ -46,7 +46,7 @@ def test_compile_without_a_compiler_is_reported_unavailable():
         status, note = unavailable_reason(Variant("compile", "fp32"), "cpu")
         report = profile_model(
             torch.nn.Conv2d(3, 4, 1),
-            TINY,
+            TINY.model_copy(update={"warmup": 1}),  # compile needs a warm-up call
             device="cpu",
             variants=["compile", "eager"],
             batch_sizes=[1],

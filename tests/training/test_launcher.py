@@ -37,6 +37,7 @@ def test_two_processes_reduce_metrics_agree_on_weights_and_resume(
     ranks = _ranks(stage_dir)
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["state_hash"] == ranks[1]["state_hash"]  # DDP kept the weights identical
+    assert ranks[0]["synced_norms"] == ranks[1]["synced_norms"] > 0  # train.sync_batchnorm
 
     # validation: disjoint shards, and the reduced confusion matrix counts every labelled pixel
     _, val = build_datasets(spec.data)

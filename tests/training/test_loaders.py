@@ -43,7 +43,7 @@ def test_val_shards_are_disjoint_and_cover_everything() -> None:
         [
             n
             for b in val_loader(Indexed(), batch_size=4, num_workers=0, rank=r, world=2)
-            for n in b["name"]
+            for n in (item["name"] for item in b)
         ]
         for r in range(2)
     ]

@@ -7,7 +7,7 @@ import pytest
 from distillery.spec import DatasetRef
 from distillery.training import run_stage
 from distillery.training.launcher import launch_command, with_local_roots
-from distillery.training.plan import plan_stage, reads_logits
+from distillery.training.plan import check_processes, plan_stage
 
 
 def test_plan_picks_each_stage_settings(make_spec) -> None:
@@ -55,22 +55,6 @@ def test_bad_stage_settings_are_named(make_spec, tmp_path: Path, overrides, stag
     assert not (tmp_path / stage / "ckpt").exists()
 
 
-def test_reads_logits_tells_when_ddp_may_see_unused_parameters(make_spec) -> None:
-    spec = make_spec(
-        distillation={
-            "losses": [
-                {
-                    "kind": "attention_transfer",
-                    "student_tap": "encoder.1",
-                    "teacher_tap": "encoder.1",
-                }
-            ]
-        }
-    )
-    assert not reads_logits(spec.distillation.losses)
-    assert reads_logits(spec.student.losses)
-
-
 def test_launch_resolves_platform_datasets_and_names_the_entry_point(
     make_spec, tmp_path: Path
 ) -> None:
@@ -102,3 +86,10 @@ def test_launch_resolves_platform_datasets_and_names_the_entry_point(
     )
     assert cmd[cmd.index("--num_processes") + 1] == "2" and "--multi_gpu" in cmd
     assert cmd[cmd.index("--teacher") + 1] == str(tmp_path / "t.pt")
+
+
+def test_more_processes_than_visible_gpus_is_refused_before_launch() -> None:
+    check_processes(2, visible_gpus=2)
+    check_processes(4, visible_gpus=0)  # no CUDA: gloo processes on the CPU
+    with pytest.raises(ValueError, match=r"train.num_processes 4 .* 2 GPUs"):
+        check_processes(4, visible_gpus=2)

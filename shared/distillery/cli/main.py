@@ -13,7 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-COMMAND_MODULES = ["run", "report", "dataset", "evaluate", "profile", "client", "admin"]
+COMMAND_MODULES = ["run", "report", "dataset", "evaluate", "predict", "profile", "client", "admin"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"distillery.cli.{_name}").register(app)

@@ -24,6 +24,15 @@ def run(
         Path | None, typer.Option(help="Run folder; default runs/<spec name>.")
     ] = None,
     fresh: Annotated[bool, typer.Option(help="Start over instead of resuming.")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads per training process (train.num_threads of every stage); "
+            "default: the cores divided among processes and loader workers.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -42,6 +51,8 @@ def run(
     except SpecError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
+    if threads is not None:
+        spec = spec.with_num_threads(threads)
     run_dir = run_dir or Path("runs") / spec.name
     if dry_run:
         print_plan(spec)

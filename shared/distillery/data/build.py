@@ -40,7 +40,8 @@ def build_datasets(
     seed: int = 0,
 ) -> tuple[SegmentationConcat, SegmentationConcat]:
     """(train, val): every `spec.train` ref with augmentation (random scale, crop to
-    `spec.image_size`, flip, jitter), every `spec.val` ref resized to `spec.image_size`.
+    `spec.image_size`, flip, jitter), every `spec.val` ref with its images resized (aspect ratio
+    kept) to cover `spec.val_resize` and its masks at their native size.
 
     `resolve_root` maps a ref to a local folder (default: `Path(ref.root)`). If `spec.synthetic`
     is set, the synthetic data set is generated first into local roots that lack it
@@ -52,7 +53,7 @@ def build_datasets(
         ensure_synthetic(spec)
     resolve = resolve_root or local_root
     train_tf = TrainTransform(spec.image_size, spec.augment)
-    val_tf = ValTransform(spec.image_size)
+    val_tf = ValTransform(spec.val_resize)
     train = [
         DATASETS.get(ref.format)(resolve(ref), spec.train_split, train_tf, derive_seed(seed, k))
         for k, ref in enumerate(spec.train)

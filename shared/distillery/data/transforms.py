@@ -12,6 +12,7 @@ with nearest-neighbour sampling, so no new label values appear.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from distillery.data.labels import IGNORE_INDEX
+from distillery.inference import input_hw
 from distillery.spec import AugmentSpec
 
 #: ImageNet channel statistics (RGB, on images scaled to [0, 1]).
@@ -89,7 +91,10 @@ class Normalize:
 
 
 class ValTransform:
-    """Validation: resize the image (bilinear) and the mask (nearest) to `size`, then normalise."""
+    """Validation: resize the image (bilinear, aspect ratio kept) so that it just covers `size`
+    (h, w), or keep it native if `size` is None; then normalise. The mask is NOT resized: scores
+    are taken at the label's native resolution (the logits are upsampled to it, see
+    `distillery.inference.segment`)."""
 
     random = False
 
@@ -100,23 +105,27 @@ class ValTransform:
         self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         img = image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
-        mask = mask.long()
-        if self.size is not None:
-            img, mask = resize_image(img, self.size), resize_mask(mask, self.size)
-        return normalize(img), mask
+        img = resize_image(img, input_hw(img.shape[-2:], self.size))
+        return normalize(img), mask.long()
 
 
 class TrainTransform:
-    """Training augmentation, in this order:
+    """Training augmentation. The crop window is chosen first and only the part of the image
+    under it is resized, jittered and normalised (not the whole rescaled image, up to 1536x3072
+    for Cityscapes):
 
     1. random scale: the image is first scaled so that it just covers the crop (the same
-       framing as validation), then by ``s ~ U(scale_range)``; image bilinear, mask nearest;
-    2. photometric jitter in random order: brightness ``x*b``, contrast ``(x-m)*c+m`` (m = mean
-       grey level), saturation ``(x-g)*s+g`` (g = per-pixel grey), factors ``~ U(1-a, 1+a)``;
-    3. ImageNet normalisation;
-    4. random crop to ``size``; where the scaled image is smaller than the crop it is placed at a
-       random offset and padded with 0 (the mean colour) and the mask with 255 (ignore);
-    5. horizontal flip with probability 1/2 (image and mask together).
+       framing as validation), then by ``s ~ U(scale_range)``;
+    2. random crop window of ``size`` in the scaled image; where the scaled image is smaller
+       than the crop it is placed at a random offset;
+    3. the source pixels under the window (with a margin for the filter) are resized, image
+       bilinear (antialiased when shrinking), mask nearest, and the window cut out;
+    4. photometric jitter of the crop in random order: brightness ``x*b``, contrast
+       ``(x-m)*c+m`` (m = mean grey level of the crop), saturation ``(x-g)*s+g`` (g = per-pixel
+       grey), factors ``~ U(1-a, 1+a)``;
+    5. ImageNet normalisation; the part of the crop outside the scaled image is padded with 0
+       (the mean colour) and the mask with 255 (ignore);
+    6. horizontal flip with probability 1/2 (image and mask together).
 
     All randomness comes from the generator passed to ``__call__``.
     """
@@ -157,41 +166,77 @@ class TrainTransform:
             image = image.clamp(0.0, 1.0)
         return image
 
-    def crop(
-        self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
+    def scaled_window(
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        scaled_hw: Sequence[int],
+        offset: Sequence[int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random crop to `size`; pads the image with 0 and the mask with 255 where needed."""
-        ch, cw = self.size
+        """The part of the crop window at `offset` (top-left, in the image scaled to
+        `scaled_hw`) that lies inside the scaled image: a [0, 1] float image and its mask,
+        resized from only the source pixels under it (plus a margin for the filter)."""
         h, w = mask.shape
-        oy = _offset(h, ch, generator)
-        ox = _offset(w, cw, generator)
-        if h >= ch and w >= cw:
-            return image[:, oy : oy + ch, ox : ox + cw], mask[oy : oy + ch, ox : ox + cw]
+        sh, sw = int(scaled_hw[0]), int(scaled_hw[1])
+        (sy0, sy1), (ty0, ty1), (y0, y1) = _source_span(h, sh, int(offset[0]), self.size[0])
+        (sx0, sx1), (tx0, tx1), (x0, x1) = _source_span(w, sw, int(offset[1]), self.size[1])
+        src = image[:, sy0:sy1, sx0:sx1]
+        img = src.float().div(255.0) if src.dtype == torch.uint8 else src.float()
+        img = resize_image(img, (ty1 - ty0, tx1 - tx0))
+        m = resize_mask(mask[sy0:sy1, sx0:sx1], (ty1 - ty0, tx1 - tx0))
+        rows, cols = slice(y0 - ty0, y1 - ty0), slice(x0 - tx0, x1 - tx0)
+        return img[:, rows, cols], m[rows, cols]
+
+    def place(
+        self, image: torch.Tensor, mask: torch.Tensor, offset: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Put the visible part of the crop at its place in a `size` crop: the image padded
+        with 0, the mask with 255 (ignore)."""
+        ch, cw = self.size
+        if tuple(mask.shape) == (ch, cw):
+            return image, mask
+        dy, dx = max(-int(offset[0]), 0), max(-int(offset[1]), 0)
+        nh, nw = mask.shape
         out_img = image.new_zeros((image.shape[0], ch, cw))
         out_mask = mask.new_full((ch, cw), IGNORE_INDEX)
-        # source window [sy, sy+n) of the input lands at [dy, dy+n) of the output
-        sy, dy = max(oy, 0), max(-oy, 0)
-        sx, dx = max(ox, 0), max(-ox, 0)
-        nh, nw = min(h - sy, ch - dy), min(w - sx, cw - dx)
-        out_img[:, dy : dy + nh, dx : dx + nw] = image[:, sy : sy + nh, sx : sx + nw]
-        out_mask[dy : dy + nh, dx : dx + nw] = mask[sy : sy + nh, sx : sx + nw]
+        out_img[:, dy : dy + nh, dx : dx + nw] = image
+        out_mask[dy : dy + nh, dx : dx + nw] = mask
         return out_img, out_mask
 
     def __call__(
         self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        img = image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
         mask = mask.long()
         h, w = mask.shape
         s = self.scale_factor((h, w), generator)
-        new_hw = (max(1, round(h * s)), max(1, round(w * s)))
-        img, mask = resize_image(img, new_hw), resize_mask(mask, new_hw)
+        scaled = (max(1, round(h * s)), max(1, round(w * s)))
+        offset = (
+            _offset(scaled[0], self.size[0], generator),
+            _offset(scaled[1], self.size[1], generator),
+        )
+        img, mask = self.scaled_window(image, mask, scaled, offset)
         img = normalize(self.jitter(img, generator))
-        img, mask = self.crop(img, mask, generator)
+        img, mask = self.place(img, mask, offset)
         flip = bool(torch.rand((), generator=generator) < 0.5)
         if self.augment.hflip and flip:
             img, mask = img.flip(-1), mask.flip(-1)
         return img.contiguous(), mask.contiguous()
+
+
+def _source_span(
+    n: int, scaled: int, offset: int, crop: int
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Along one axis of an image of `n` pixels scaled to `scaled`, for a crop of `crop` at
+    `offset`: (source window [a, b), its extent [ta, tb) in the scaled image, the visible crop
+    [lo, hi) in the scaled image), with ``ta <= lo`` and ``hi <= tb``."""
+    lo, hi = max(offset, 0), min(offset + crop, scaled)
+    f = n / scaled  # source pixels per scaled pixel
+    margin = math.ceil(f) + 1
+    a = max(0, math.floor(lo * f) - margin)
+    b = min(n, math.ceil(hi * f) + margin)
+    ta = 0 if a == 0 else round(a / f)
+    tb = scaled if b == n else round(b / f)
+    return (a, b), (min(ta, lo), max(tb, hi)), (lo, hi)
 
 
 def _offset(n: int, crop: int, generator: torch.Generator) -> int:

@@ -33,10 +33,11 @@ def mean_entropy(
 
     ``mean_entropy = (1 / |V|) * sum_{i in V} -sum_c p_{i,c} log p_{i,c}``, V = all pixels, or
     the pixels whose label is not `ignore_index` when `target` is given (0 if V is empty).
-    Differentiable; detach it to log it as a metric.
+    Differentiable; detach it to log it as a metric. Label values are not read (no check, no
+    host-device sync): only whether a pixel is ignored.
     """
     entropy = pixel_entropy(logits)
-    mask = None if target is None else valid_mask(target, logits, ignore_index)
+    mask = None if target is None else valid_mask(target, logits, ignore_index, False)
     return masked_mean(entropy, mask)
 
 

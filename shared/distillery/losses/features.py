@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distillery.losses._common import check_logits, float32_loss
+from distillery.losses._common import check_logits, float32_loss, masked_mean
 
 
 def resize_to(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
@@ -35,33 +35,65 @@ class FeatureAdapter(nn.Module):
         return resize_to(self.proj(x.to(self.proj.weight.dtype)), size)
 
 
+def valid_fraction(target: Tensor, size: tuple[int, int] | torch.Size, ignore_index: int) -> Tensor:
+    """(N, h, w) float: the fraction of labelled pixels (label != `ignore_index`) under each cell
+    of a feature map of `size` (h, w) (an area average of the valid mask). Ignored pixels and the
+    255-padded border of a crop weigh 0 in the feature terms."""
+    valid = (target != ignore_index).float().unsqueeze(1)
+    return F.interpolate(valid, size=tuple(size), mode="area").squeeze(1)
+
+
+def _check_weight(weight: Tensor, feature: Tensor) -> None:
+    n, _, h, w = feature.shape
+    if weight.shape != (n, h, w):
+        raise ValueError(f"weight must be ({n}, {h}, {w}) for features {tuple(feature.shape)}")
+
+
 @float32_loss
-def feature_mse(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
-    """``MSE = (1 / (N C H W)) * sum (s - t)^2`` between (already adapted) student features and
-    teacher features of the same shape."""
+def feature_mse(
+    student_feature: Tensor, teacher_feature: Tensor, weight: Tensor | None = None
+) -> Tensor:
+    """``MSE = sum_{n,c,h,w} w_{nhw} (s - t)^2 / (C * sum_{n,h,w} w_{nhw})`` between (already
+    adapted) student features and teacher features of the same shape; `weight` w (N, H, W)
+    defaults to 1 (the plain mean) and is `valid_fraction` in training. 0 when sum w = 0."""
     if student_feature.shape != teacher_feature.shape:
         raise ValueError(
             f"student feature {tuple(student_feature.shape)} and teacher feature "
             f"{tuple(teacher_feature.shape)} differ in shape; adapt the student's first"
         )
-    return F.mse_loss(student_feature, teacher_feature)
+    if weight is None:
+        return F.mse_loss(student_feature, teacher_feature)
+    _check_weight(weight, teacher_feature)
+    per_cell = (student_feature - teacher_feature).pow(2).mean(1)
+    return masked_mean(per_cell, None, weight)
 
 
-def attention_map(feature: Tensor, size: tuple[int, int] | torch.Size | None = None) -> Tensor:
+def attention_map(
+    feature: Tensor,
+    size: tuple[int, int] | torch.Size | None = None,
+    weight: Tensor | None = None,
+) -> Tensor:
     """Spatial attention of Zagoruyko & Komodakis (p = 2), (N, H*W), unit L2 norm per image:
-    ``A = normalise(vec(mean_c F_c^2))``; resized bilinearly to `size` before normalising."""
+    ``A = normalise(vec(w * mean_c F_c^2))``; resized bilinearly to `size` before the weight
+    `w` (N, H, W; default 1) and the normalisation."""
     check_logits(feature, "feature")
     a = feature.float().pow(2).mean(1, keepdim=True)
     if size is not None:
         a = resize_to(a, size)
+    if weight is not None:
+        a = a * weight.unsqueeze(1)
     return F.normalize(a.flatten(1), p=2, dim=1)
 
 
 @float32_loss
-def attention_transfer(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
+def attention_transfer(
+    student_feature: Tensor, teacher_feature: Tensor, weight: Tensor | None = None
+) -> Tensor:
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017), as in their reference code:
     ``AT = (1 / (N * H_t W_t)) * sum_n || A_s(n) - A_t(n) ||_2^2``, with `attention_map`, the
-    student's map resized to the teacher's H_t x W_t. Channel counts may differ (no adapter).
+    student's map resized to the teacher's H_t x W_t, both weighted by `weight` (N, H_t, W_t;
+    `valid_fraction` in training, so ignored pixels take no attention). Channel counts may
+    differ (no adapter).
     """
     check_logits(student_feature, "student feature")
     check_logits(teacher_feature, "teacher feature")
@@ -70,5 +102,8 @@ def attention_transfer(student_feature: Tensor, teacher_feature: Tensor) -> Tens
             f"batch sizes differ: student {student_feature.shape[0]}, "
             f"teacher {teacher_feature.shape[0]}"
         )
+    if weight is not None:
+        _check_weight(weight, teacher_feature)
     size = teacher_feature.shape[-2:]
-    return (attention_map(student_feature, size) - attention_map(teacher_feature)).pow(2).mean()
+    a_s = attention_map(student_feature, size, weight)
+    return (a_s - attention_map(teacher_feature, weight=weight)).pow(2).mean()

@@ -38,6 +38,7 @@ class Objective(nn.Module):
         teacher: SegmentationModel | None = None,
         class_weights: Tensor | Mapping[str, Tensor] | None = None,
         ignore_index: int = IGNORE_INDEX,
+        check_targets: bool = True,
     ) -> None:
         super().__init__()
         parsed: list[Any] = [t if hasattr(t, "kind") else _TERM.validate_python(t) for t in terms]
@@ -59,6 +60,8 @@ class Objective(nn.Module):
             while name in names or name == "total":
                 name, n = f"{loss.name}#{n}", n + 1
             loss.name = name
+            if hasattr(loss, "check_targets"):
+                loss.check_targets = check_targets
             names.append(name)
             losses.append(loss)
         self.losses = nn.ModuleList(losses)
@@ -121,6 +124,8 @@ def build_objective(
     teacher: SegmentationModel | None = None,
     class_weights: Tensor | Mapping[str, Tensor] | None = None,
     ignore_index: int = IGNORE_INDEX,
+    check_targets: bool = True,
 ) -> Objective:
-    """The objective for `terms` (see `Objective`)."""
-    return Objective(terms, student, teacher, class_weights, ignore_index)
+    """The objective for `terms` (see `Objective`). `check_targets=False` skips the supervised
+    terms' label-value check (a host-device sync), for targets checked when they were loaded."""
+    return Objective(terms, student, teacher, class_weights, ignore_index, check_targets)

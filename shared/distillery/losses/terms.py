@@ -16,7 +16,13 @@ from torch import Tensor, nn
 
 from distillery.losses.dist import dist_loss
 from distillery.losses.entropy import confidence_penalty
-from distillery.losses.features import FeatureAdapter, attention_transfer, feature_mse, resize_to
+from distillery.losses.features import (
+    FeatureAdapter,
+    attention_transfer,
+    feature_mse,
+    resize_to,
+    valid_fraction,
+)
 from distillery.losses.kd import channel_wise_kd, logit_kd
 from distillery.losses.output import ModelOutput
 from distillery.losses.supervised import cross_entropy, focal_loss, ohem_loss
@@ -128,6 +134,8 @@ class _Supervised(TermLoss):
     ) -> None:
         super().__init__(name)
         self.fn, self.ignore_index, self.options = fn, ignore_index, options
+        #: Check label values (an error naming bad ones; reads back from the device).
+        self.check_targets = True
         self.register_buffer("class_weights", class_weights, persistent=False)
 
     def forward(self, student: ModelOutput, target: Tensor, teacher: ModelOutput | None) -> Tensor:
@@ -136,6 +144,7 @@ class _Supervised(TermLoss):
             target,
             class_weights=self.class_weights,
             ignore_index=self.ignore_index,
+            check_targets=self.check_targets,
             **self.options,
         )
 
@@ -250,8 +259,9 @@ def build_dist(term: DISTTerm, ctx: TermContext) -> TermLoss:
 
 
 class _ChannelWiseKD(TermLoss):
-    """CWD on the logits (ignored pixels left out of the spatial softmax) or on a feature tap
-    (student features through a 1x1 adapter to the teacher's channels, resized to its size)."""
+    """CWD on the logits or on a feature tap (student features through a 1x1 adapter to the
+    teacher's channels, resized to its size); either way positions whose (nearest) label is
+    ignored, the padded crop border included, are left out of the spatial softmax."""
 
     needs_teacher = True
 
@@ -274,9 +284,9 @@ class _ChannelWiseKD(TermLoss):
         t = teacher.tap(self.tap, "teacher")
         s = student.tap(self.tap, "student")
         size = t.shape[-2:]
-        if self.adapter is not None:
-            return channel_wise_kd(self.adapter(s.float(), size), t, self.temperature)
         mask = _target_at(target, size) != self.ignore_index
+        if self.adapter is not None:
+            s = self.adapter(s.float(), size)
         return channel_wise_kd(resize_to(s.float(), size), t, self.temperature, mask=mask)
 
 
@@ -303,13 +313,15 @@ def _pair_name(kind: str, student_tap: str, teacher_tap: str) -> str:
 
 
 class _FeaturePair(TermLoss):
-    """A loss between the student's map at one tap and the teacher's at another."""
+    """A loss between the student's map at one tap and the teacher's at another; each cell of
+    the teacher's map is weighted by its fraction of labelled pixels (`valid_fraction`)."""
 
     needs_teacher = True
 
-    def __init__(self, name: str, student_tap: str, teacher_tap: str) -> None:
+    def __init__(self, name: str, student_tap: str, teacher_tap: str, ignore_index: int) -> None:
         super().__init__(name)
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
+        self.ignore_index = ignore_index
         self.student_taps = [student_tap] if student_tap != "logits" else []
         self.teacher_taps = [teacher_tap] if teacher_tap != "logits" else []
 
@@ -317,15 +329,25 @@ class _FeaturePair(TermLoss):
         assert teacher is not None
         return student.tap(self.student_tap, "student"), teacher.tap(self.teacher_tap, "teacher")
 
+    def weight(self, target: Tensor, feature: Tensor) -> Tensor:
+        return valid_fraction(target, feature.shape[-2:], self.ignore_index)
+
 
 class _FeatureMSE(_FeaturePair):
-    def __init__(self, name: str, student_tap: str, teacher_tap: str, adapter: FeatureAdapter):
-        super().__init__(name, student_tap, teacher_tap)
+    def __init__(
+        self,
+        name: str,
+        student_tap: str,
+        teacher_tap: str,
+        ignore_index: int,
+        adapter: FeatureAdapter,
+    ) -> None:
+        super().__init__(name, student_tap, teacher_tap, ignore_index)
         self.adapter = adapter
 
     def forward(self, student: ModelOutput, target: Tensor, teacher: ModelOutput | None) -> Tensor:
         s, t = self.maps(student, teacher)
-        return feature_mse(self.adapter(s.float(), t.shape[-2:]), t)
+        return feature_mse(self.adapter(s.float(), t.shape[-2:]), t, self.weight(target, t))
 
 
 @LOSSES.register("feature_mse")
@@ -333,12 +355,14 @@ def build_feature_mse(term: FeatureMSETerm, ctx: TermContext) -> TermLoss:
     cs = ctx.channels("student", term.student_tap, term.kind, "student_tap")
     ct = ctx.channels("teacher", term.teacher_tap, term.kind, "teacher_tap")
     name = _pair_name(term.kind, term.student_tap, term.teacher_tap)
-    return _FeatureMSE(name, term.student_tap, term.teacher_tap, FeatureAdapter(cs, ct))
+    adapter = FeatureAdapter(cs, ct)
+    return _FeatureMSE(name, term.student_tap, term.teacher_tap, ctx.ignore_index, adapter)
 
 
 class _AttentionTransfer(_FeaturePair):
     def forward(self, student: ModelOutput, target: Tensor, teacher: ModelOutput | None) -> Tensor:
-        return attention_transfer(*self.maps(student, teacher))
+        s, t = self.maps(student, teacher)
+        return attention_transfer(s, t, self.weight(target, t))
 
 
 @LOSSES.register("attention_transfer")
@@ -346,4 +370,4 @@ def build_attention_transfer(term: AttentionTransferTerm, ctx: TermContext) -> T
     ctx.channels("student", term.student_tap, term.kind, "student_tap")
     ctx.channels("teacher", term.teacher_tap, term.kind, "teacher_tap")
     name = _pair_name(term.kind, term.student_tap, term.teacher_tap)
-    return _AttentionTransfer(name, term.student_tap, term.teacher_tap)
+    return _AttentionTransfer(name, term.student_tap, term.teacher_tap, ctx.ignore_index)

@@ -124,6 +124,8 @@ def profile_model(
     if not batch_sizes or batch_sizes[0] < 1:
         raise ValueError(f"batch_sizes must be positive integers, got {batch_sizes}")
     resolved = parse_variants(variants if variants is not None else spec.variants, spec.precision)
+    if variants is not None:  # the spec's checks (compile needs a warm-up) on the override
+        ProfilingSpec.model_validate(spec.model_dump() | {"variants": [v.name for v in resolved]})
 
     info = model_info(model, size, source)
     load_before = _load_average()

@@ -43,31 +43,48 @@ def _input(batch_size: int, size: tuple[int, int], device: torch.device) -> torc
 
 
 class TorchRunner(Runner):
-    """eager / channels_last / compile, with autocast for bf16 and fp16."""
+    """eager / channels_last / compile, with autocast for bf16 and fp16.
+
+    `compile` is ``torch.compile(dynamic=False)`` of a fresh copy per batch size (static
+    shapes, the kernels a deployment at that batch size gets; dynamo's caches are reset between
+    batch sizes so no recompilation limit is hit). Its first call compiles: the profiler refuses
+    warm-up 0 for it and reports that call separately (``latency_ms.first_call``).
+    """
 
     def __init__(
         self, model: nn.Module, variant: Variant, size: tuple[int, int], device: torch.device
     ) -> None:
         self.device, self.size, self.variant = device, size, variant
         self.channels_last = variant.runtime == "channels_last"
+        self.compile = variant.runtime == "compile"
         m = model
         if self.channels_last:
             m = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        if variant.runtime == "compile":
-            m = torch.compile(copy.deepcopy(model))
-            self.note = "latency_ms.first_call includes compilation"
+        if self.compile:
+            self.note = "compiled per batch size (dynamic=False); 1st call = compilation"
+        self.source = m
         self.model = m
+        self._compiled_for: int | None = None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.variant.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=DTYPES[self.variant.precision])
 
+    def _model_for(self, batch_size: int) -> nn.Module:
+        if not self.compile:
+            return self.model
+        if self._compiled_for != batch_size:
+            torch._dynamo.reset()  # the previous batch size's graphs: not needed any more
+            self.model = torch.compile(copy.deepcopy(self.source), dynamic=False)
+            self._compiled_for = batch_size
+        return self.model
+
     def prepare(self, batch_size: int) -> Callable[[], object]:
         x = _input(batch_size, self.size, self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        model = self.model
+        model = self._model_for(batch_size)
 
         def call() -> object:
             with torch.inference_mode(), self._autocast():
@@ -76,7 +93,7 @@ class TorchRunner(Runner):
         return call
 
     def close(self) -> None:
-        self.model = None  # type: ignore[assignment]
+        self.model = self.source = None  # type: ignore[assignment]
 
 
 class OnnxRunner(Runner):
@@ -103,27 +120,47 @@ class OnnxRunner(Runner):
                 opset_version=17,
             )
         del cpu_model
-        self.providers = (
+        self.requested = (
             ["CUDAExecutionProvider", "CPUExecutionProvider"]
             if device.type == "cuda"
             else ["CPUExecutionProvider"]
         )
         self._ort = ort
         self.session = self._session()
-        self.note = f"onnxruntime {ort.__version__}, {self.providers[0]}" + (
-            ", numpy input/output (includes host<->device copies)" if device.type == "cuda" else ""
-        )
+        #: What ONNX Runtime actually runs on (it falls back to the CPU silently).
+        self.providers = list(self.session.get_providers())
+        self.on_cuda = self.providers[0] == "CUDAExecutionProvider"
+        self.note = f"onnxruntime {ort.__version__}, " + provider_label(device.type, self.providers)
+        if self.on_cuda:
+            self.note += ", IOBinding (device input/output, no host copies timed)"
 
     def _session(self):  # noqa: ANN202
         opts = self._ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         opts.inter_op_num_threads = 1
-        return self._ort.InferenceSession(str(self.path), opts, providers=self.providers)
+        return self._ort.InferenceSession(str(self.path), opts, providers=self.requested)
 
     def prepare(self, batch_size: int) -> Callable[[], object]:
-        x = {"image": _input(batch_size, self.size, torch.device("cpu")).numpy()}
         session = self.session
-        return lambda: session.run(None, x)
+        if not self.on_cuda:
+            x = {"image": _input(batch_size, self.size, torch.device("cpu")).numpy()}
+            return lambda: session.run(None, x)
+        # IOBinding: input and output stay in CUDA memory that torch owns
+        import numpy as np
+
+        index = self.device.index if self.device.index is not None else 0
+        x_t = _input(batch_size, self.size, self.device).contiguous()
+        classes = int(session.get_outputs()[0].shape[1])
+        y_t = torch.empty((batch_size, classes, *self.size), device=self.device)
+        binding = session.io_binding()
+        binding.bind_input("image", "cuda", index, np.float32, tuple(x_t.shape), x_t.data_ptr())
+        binding.bind_output("logits", "cuda", index, np.float32, tuple(y_t.shape), y_t.data_ptr())
+
+        def call() -> object:
+            session.run_with_iobinding(binding)
+            return y_t  # the bound tensors live as long as the callable
+
+        return call
 
     def memory(self, batch_size: int) -> tuple[float | None, str]:
         """ONNX Runtime keeps an arena, so a warm session needs no new memory: measure a fresh
@@ -137,6 +174,15 @@ class OnnxRunner(Runner):
     def close(self) -> None:
         self.session = None
         self._tmp.cleanup()
+
+
+def provider_label(device_type: str, providers: list[str]) -> str:
+    """The provider ONNX Runtime runs on (the first of ``session.get_providers()``), and
+    whether that is a fall-back from the GPU asked for."""
+    label = providers[0] if providers else "no provider"
+    if device_type == "cuda" and label != "CUDAExecutionProvider":
+        label += " (CUDA asked for; onnxruntime fell back: timed on the CPU)"
+    return label
 
 
 def make_runner(

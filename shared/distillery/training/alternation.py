@@ -55,13 +55,20 @@ def phase_at(
 
 
 def updates_per_role(
-    alternate: AlternateSpec | None, roles: frozenset[str], epochs: int, steps_per_epoch: int
+    alternate: AlternateSpec | None,
+    roles: frozenset[str],
+    epochs: int,
+    steps_per_epoch: int,
+    total_steps: int | None = None,
 ) -> dict[str, int]:
-    """How many optimizer steps update each role over the whole run (its schedule's length)."""
+    """How many optimizer steps update each role over the whole run (its schedule's length);
+    `total_steps` (iteration-based training) ends the run inside its last epoch."""
     counts = dict.fromkeys(roles, 0)
     for epoch in range(1, epochs + 1):
         for s in range(steps_per_epoch):
             step = (epoch - 1) * steps_per_epoch + s
+            if total_steps is not None and step >= total_steps:
+                break
             for role in phase_at(alternate, roles, epoch=epoch, global_step=step).update:
                 counts[role] += 1
     return counts

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from distillery.data.labels import IGNORE_INDEX
+from distillery.inference import same_size_runs, segment
 from distillery.losses import mean_entropy
 from distillery.losses.output import unwrap
 from distillery.metrics import ConfusionMatrix, SegMetrics
@@ -59,8 +60,11 @@ def evaluate(
 ) -> Evaluation:
     """Score `model` on this process's `loader` shard, then reduce over all processes.
 
-    Runs the unwrapped model (no DDP collectives: shards may differ in length) in eval mode,
-    under the accelerator's autocast; restores the model's train/eval mode afterwards.
+    The loader yields lists of items (`inference.collate_list`) of any sizes; consecutive items
+    of one size are stacked. Scores are taken at each mask's native resolution: the logits are
+    upsampled to it (`inference.segment`). Runs the unwrapped model (no DDP collectives: shards
+    may differ in length) in eval mode, under the accelerator's autocast; restores the model's
+    train/eval mode afterwards.
     """
     net = unwrap(model)
     was_training = net.training
@@ -71,15 +75,16 @@ def evaluate(
     names: list[str] = []
     try:
         for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            masks = batch["mask"].to(device, non_blocking=True)
-            with accelerator.autocast():
-                logits = net(images)
-            cm.update(logits.argmax(1), masks)
-            valid = (masks != IGNORE_INDEX).sum()
-            sums[0] += mean_entropy(logits, masks).double() * valid
-            sums[1] += valid
-            names.extend(batch.get("name", []))
+            for run in same_size_runs(batch):
+                images = torch.stack([it["image"] for it in run]).to(device, non_blocking=True)
+                masks = torch.stack([it["mask"] for it in run]).to(device, non_blocking=True)
+                with accelerator.autocast():
+                    logits = segment(net, images, masks.shape[-2:])
+                cm.update(logits.argmax(1), masks)
+                valid = (masks != IGNORE_INDEX).sum()
+                sums[0] += mean_entropy(logits, masks).double() * valid
+                sums[1] += valid
+                names.extend(it["name"] for it in run)
     finally:
         net.train(was_training)
     local_pixels = int(cm.matrix.sum())

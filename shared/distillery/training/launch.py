@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -57,9 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
         spec = load_spec(args.spec)
     except SpecError as e:
@@ -94,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_pixels_local": ev.local_pixels if ev else 0,
         "val_pixels_total": ev.metrics.num_pixels if ev else 0,
         "miou": ev.metrics.miou if ev else None,
+        "synced_norms": outcome.synced_norms,
     }
     (report_dir / f"rank-{outcome.rank}.json").write_text(json.dumps(report, indent=2))
     if outcome.rank == 0:

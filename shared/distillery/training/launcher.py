@@ -168,7 +168,11 @@ def launch_stage(
         tracker_group=tracker_group,
     )
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+    from distillery.training.plan import plan_stage
+    from distillery.training.runtime import resolve_threads
+
+    threads = resolve_threads(plan_stage(spec, stage).train, spec.data.num_workers)
+    env["OMP_NUM_THREADS"] = str(threads)  # each rank's share (see training.runtime)
 
     where = {"epoch": 0, "step": 0}
     # Without a callback, an interactive caller gets the bar a one-process stage would show.

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
+from distillery.inference import collate_list
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The shuffle seed of `epoch` (1-based)."""
@@ -72,12 +74,14 @@ def val_loader(
     world: int = 1,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """In-order loader over this process's shard of the validation set."""
+    """In-order loader over this process's shard of the validation set; batches are lists of
+    items (images may differ in size: Cityscapes and BDD100K mixed, native-size masks)."""
     shard = Subset(dataset, shard_indices(len(dataset), rank, world))  # type: ignore[arg-type]
     return DataLoader(
         shard,
         batch_size=batch_size,
         shuffle=False,
+        collate_fn=collate_list,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,12 +74,23 @@ def check_precision(train: TrainSpec) -> None:
         raise ValueError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on a CPU")
 
 
-def reads_logits(terms: Iterable[Any]) -> bool:
-    """True if some term's loss depends on the trained model's logits (so every parameter gets
-    a gradient; otherwise DDP must look for unused parameters)."""
-    for t in terms:
-        if t.kind in SUPERVISED_KINDS or t.kind in ("logit_kd", "dist"):
-            return True
-        if getattr(t, "tap", None) == "logits" or getattr(t, "student_tap", None) == "logits":
-            return True
-    return False
+def visible_gpus() -> int:
+    """CUDA devices this process may use (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_processes(num_processes: int, visible_gpus: int) -> None:
+    """One process per GPU: with CUDA, `num_processes` may not exceed the visible GPUs (it
+    would fail late, with an invalid device ordinal); without CUDA, gloo processes share the
+    CPU and any number is allowed."""
+    if visible_gpus and num_processes > visible_gpus:
+        import os
+
+        mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f" (CUDA_VISIBLE_DEVICES={mask})" if mask is not None else ""
+        raise ValueError(
+            f"train.num_processes {num_processes} is more than the {visible_gpus} GPUs visible "
+            f"here{where}; use at most {visible_gpus}, one process per GPU"
+        )

@@ -73,6 +73,8 @@ class StageResult:
     params: int = 0
     #: Other exported files by role (online distillation also exports the trained teacher).
     extra_models: dict[str, Path] = field(default_factory=dict)
+    #: What the stage ran with: device, num_threads, tf32, cudnn_benchmark, world_size, ...
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -92,6 +94,7 @@ class StageResult:
             wandb_run=data.get("wandb_run"),
             params=int(data.get("params", 0)),
             extra_models={k: Path(v) for k, v in data.get("extra_models", {}).items()},
+            runtime=dict(data.get("runtime", {})),
         )
 
     def save(self, path: Path) -> None:

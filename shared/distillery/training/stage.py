@@ -18,7 +18,7 @@ from typing import Literal
 
 from distillery.spec import ExperimentSpec
 from distillery.training.hooks import NO_HOOKS, StageHooks
-from distillery.training.plan import check_precision, plan_stage
+from distillery.training.plan import check_precision, check_processes, plan_stage, visible_gpus
 from distillery.training.result import RESULT_FILE, StageResult
 
 TrainStage = Literal["teacher", "student", "distill"]
@@ -45,6 +45,7 @@ def run_stage(
     """
     plan = plan_stage(spec, stage)  # validates the stage and its settings early
     check_precision(plan.train)
+    check_processes(plan.train.num_processes, visible_gpus())
     workdir = Path(workdir).resolve()
     stage_dir = workdir / stage
     result_file = stage_dir / RESULT_FILE

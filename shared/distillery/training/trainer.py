@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 from torch import nn
 
 from distillery.data import build_datasets
@@ -44,6 +44,7 @@ from distillery.losses.output import unwrap
 from distillery.models import build_model
 from distillery.models.checkpoint import load_model_checkpoint, save_model_checkpoint
 from distillery.models.complexity import count_parameters
+from distillery.models.sync_norm import convert_sync_batchnorm, count_synced
 from distillery.spec import (
     DISTILL_KINDS,
     DatasetRef,
@@ -54,12 +55,13 @@ from distillery.spec import (
 from distillery.tracking import Tracker
 from distillery.training import checkpoints as ckpt
 from distillery.training.alternation import STUDENT, TEACHER, Phase, phase_at, updates_per_role
+from distillery.training.amp import clip_and_step, share_scaler
 from distillery.training.class_weights import class_weights_for
 from distillery.training.cpu_memory import retain_freed_memory
 from distillery.training.evaluation import Evaluation, evaluate
 from distillery.training.hooks import NO_HOOKS, StageHooks
 from distillery.training.loaders import epoch_seed, train_loader, val_loader
-from distillery.training.plan import StagePlan, check_precision, plan_stage, reads_logits
+from distillery.training.plan import StagePlan, check_precision, plan_stage
 from distillery.training.progress import Progress, ProgressReporter, interactive
 from distillery.training.result import (
     RESULT_FILE,
@@ -68,6 +70,7 @@ from distillery.training.result import (
     StagePaused,
     StageResult,
 )
+from distillery.training.runtime import apply_runtime
 from distillery.training.schedules import build_scheduler
 from distillery.training.visuals import fixed_batch, log_epoch_media
 
@@ -102,6 +105,8 @@ def make_accelerator(train: TrainSpec, find_unused_parameters: bool) -> Accelera
         cpu=not cuda,
         mixed_precision=train.mixed_precision,
         gradient_accumulation_steps=train.grad_accum_steps,
+        # batches come from pinned memory on CUDA: copy them without blocking the host
+        dataloader_config=DataLoaderConfiguration(non_blocking=cuda),
         kwargs_handlers=[
             DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
         ],
@@ -181,6 +186,8 @@ class TrainOutcome:
     world_size: int = 1
     state_hash: str = ""
     evaluation: Evaluation | None = None
+    #: Norm layers of the exported model synchronised over processes (`train.sync_batchnorm`).
+    synced_norms: int = 0
 
 
 # ---------------------------------------------------------------------------------- training
@@ -206,14 +213,13 @@ def train_stage(
     main_role = TEACHER if stage == "teacher" else STUDENT
     roles = frozenset({STUDENT, TEACHER}) if plan.online else frozenset({main_role})
 
-    alternating_objectives = plan.alternate is not None and plan.alternate.between == "objectives"
-    find_unused = alternating_objectives or not reads_logits(plan.losses)
-    if plan.online:
-        find_unused = find_unused or not reads_logits(plan.teacher_losses)
-    accelerator = make_accelerator(train, find_unused_parameters=find_unused)
+    # Every objective reaches every parameter (see `step_losses`): DDP needs no unused search.
+    accelerator = make_accelerator(train, find_unused_parameters=False)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     if device.type == "cpu":
         retain_freed_memory()  # no page faults on every step's activations (see cpu_memory)
+    runtime = apply_runtime(train, spec.data.num_workers, device)
+    runtime |= {"world_size": world, "mixed_precision": train.mixed_precision}
     if accelerator.is_main_process:
         stage_dir.mkdir(parents=True, exist_ok=True)
     set_seed(spec.seed)
@@ -251,22 +257,30 @@ def train_stage(
 
     # ---- models and objectives (same seed on every process: identical initial weights) ----
     model = _initial_model(plan.model, "teacher" if stage == "teacher" else "student")
+    sync_norms = world > 1 and train.sync_batchnorm
+    if sync_norms:
+        model = convert_sync_batchnorm(model, device)
     teacher: nn.Module | None = None
     teacher_spec: ModelSpec | None = None
     if stage == "distill":
         teacher, teacher_spec = _load_teacher(spec, plan, teacher_path)
+        if sync_norms and plan.online:  # a frozen teacher stays in eval mode
+            teacher = convert_sync_batchnorm(teacher, device)
         teacher.to(device)
     all_terms = plan.losses + (plan.teacher_losses if plan.online else [])
     with accelerator.main_process_first():
         weights = class_weights_for(
             all_terms, spec.data, lambda ref: _root_of(ref, resolve_root), Path(workdir)
         )
-    objective = build_objective(plan.losses, model, teacher, class_weights=weights).to(device)
+    # Labels were checked when loaded (DatasetError names the file): no per-step check/sync.
+    objective = build_objective(
+        plan.losses, model, teacher, class_weights=weights, check_targets=False
+    ).to(device)
     teacher_objective = None
     if plan.online:
         assert teacher is not None
         teacher_objective = build_objective(
-            plan.teacher_losses, teacher, model, class_weights=weights
+            plan.teacher_losses, teacher, model, class_weights=weights, check_targets=False
         ).to(device)
     elif teacher is not None:
         teacher.eval().requires_grad_(False)
@@ -282,7 +296,10 @@ def train_stage(
         t_opt = make_optimizer(train, [*teacher.parameters(), *teacher_objective.parameters()])
         teacher, t_opt = accelerator.prepare(teacher, t_opt)
     steps_per_epoch = math.ceil(len(loader) / train.grad_accum_steps)
-    updates = updates_per_role(plan.alternate, roles, train.epochs, steps_per_epoch)
+    # iteration-based (`max_steps`, the last epoch may end early) or epoch-based
+    total_steps = train.max_steps or train.epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    updates = updates_per_role(plan.alternate, roles, num_epochs, steps_per_epoch, total_steps)
 
     def schedule(opt: Any, role: str) -> Any:
         # A prepared scheduler steps `world` times per optimizer step (accelerate's convention);
@@ -310,6 +327,7 @@ def train_stage(
         learners.append(Learner(TEACHER, teacher, teacher_objective, t_opt, t_sched, teacher_taps))
         accelerator.register_for_checkpointing(teacher_objective)
     by_role = {lr.role: lr for lr in learners}
+    share_scaler((lr_.optimizer for lr_ in learners), accelerator.scaler)  # fp16: one update
 
     # ---- resume ----
     state = ckpt.TrainerState()
@@ -327,7 +345,7 @@ def train_stage(
         stage_dir,
         name=f"{spec.name}-{stage}",
         group=tracker_group or spec.name,
-        config={"stage": stage, **spec.model_dump(mode="json")},
+        config={"stage": stage, "runtime": runtime, **spec.model_dump(mode="json")},
         job_type=stage,
         enabled=accelerator.is_main_process,
     )
@@ -354,8 +372,71 @@ def train_stage(
     media = fixed_batch(val_set) if tracker.wants_images or tracker.wants_feature_maps else None
 
     evaluation: Evaluation | None = None
+
+    def epoch_summary(losses: _DeviceMeans, micro: int, since: float) -> dict[str, Any]:
+        """Mean training losses of the epoch so far, lr, images/s and seconds."""
+        elapsed = time.perf_counter() - since
+        summary: dict[str, Any] = losses.means()
+        summary["lr"] = learners[0].scheduler.get_last_lr()[0]
+        summary["images_per_s"] = micro * train.batch_size * world / max(elapsed, 1e-9)
+        summary["time_s"] = elapsed
+        return summary
+
+    def score(epoch: int, summary: dict[str, Any]) -> dict[str, Any]:
+        """Validation (every process scores its shard; results are reduced), recorded in the
+        history with the training summary."""
+        nonlocal evaluation
+        for lr_ in learners:
+            sync_buffers(lr_.model, accelerator)
+        evaluation = evaluate(model, val, accelerator, plan.model.num_classes)
+        val_metrics = evaluation.as_dict()
+        if stage == "teacher":
+            val_metrics["teacher_entropy"] = evaluation.entropy
+        if plan.online:
+            t_eval = evaluate(teacher, val, accelerator, plan.model.num_classes)
+            val_metrics.update(t_eval.as_dict("teacher_"))
+        elif teacher is not None:
+            if state.teacher_metrics is None:
+                t_eval = evaluate(teacher, val, accelerator, plan.model.num_classes)
+                state.teacher_metrics = t_eval.as_dict("teacher_")
+            val_metrics.update(state.teacher_metrics)
+        state.history.append(
+            {"epoch": epoch, "global_step": state.global_step, "train": summary} | val_metrics
+        )
+        return val_metrics
+
+    def publish(epoch: int, step: int, summary: dict[str, Any], val_metrics: dict) -> None:
+        """Log a validation (main process): tracker, media, an `epoch` progress record."""
+        flat = _flat_val(val_metrics)
+        tracker.log(
+            {f"val/{k}": v for k, v in flat.items()}
+            | {f"epoch/{k}": v for k, v in summary.items()}
+            | {"epoch": epoch},
+            step=state.global_step,
+        )
+        if media is not None:
+            log_epoch_media(
+                tracker,
+                accelerator,
+                media,
+                by_role[main_role].model,
+                state.global_step,
+                teacher=teacher if stage == "distill" else None,
+            )
+        reporter.epoch_end(
+            Progress(
+                stage,
+                epoch,
+                num_epochs,
+                step,
+                steps_per_epoch,
+                flat | {"loss": summary.get("loss", float("nan"))},
+                kind="epoch",
+            )
+        )
+
     try:
-        for epoch in range(state.epoch + 1, train.epochs + 1):
+        for epoch in range(state.epoch + 1, num_epochs + 1):
             # ---- train one epoch ----
             generator.manual_seed(epoch_seed(spec.seed, epoch))  # order and worker seeds
             loader.set_epoch(epoch)
@@ -364,8 +445,8 @@ def train_stage(
             for lr_ in learners:
                 unwrap(lr_.model).train()
             epoch_start = step_start = time.perf_counter()
-            step, micro, sums, count = 0, 0, {}, 0
-            epoch_losses = _Means()
+            step, micro, logged_micro = 0, 0, 0
+            since_log, epoch_losses = _DeviceMeans(), _DeviceMeans()
             batches: Iterable[Any] = loader
             if state.epoch_step:  # a mid-epoch checkpoint: skip what was trained on already
                 step = state.epoch_step
@@ -387,101 +468,85 @@ def train_stage(
                     )
                     accelerator.backward(total)
                     if accelerator.sync_gradients:
-                        for lr_ in learners:
-                            if lr_.role in phase.update:
-                                sync_objective_grads(lr_.objective, accelerator)
-                                if train.grad_clip_norm is not None:
-                                    accelerator.clip_grad_norm_(
-                                        lr_.parameters(), train.grad_clip_norm
-                                    )
-                    for lr_ in learners:
-                        if lr_.role in phase.update:
-                            lr_.optimizer.step()
+                        updated = [lr_ for lr_ in learners if lr_.role in phase.update]
+                        for lr_ in updated:
+                            sync_objective_grads(lr_.objective, accelerator)
+                        clip_and_step(updated, accelerator.scaler, train.grad_clip_norm)
+                        for lr_ in updated:
                             lr_.scheduler.step()
                             lr_.optimizer.zero_grad(set_to_none=True)
                 micro += 1
-                if accelerator.is_main_process:
-                    for k, v in components.items():
-                        sums[k] = sums[k] + v if k in sums else v
-                    count += 1
+                if accelerator.is_main_process:  # device tensors: read only on logging steps
+                    since_log.add(components)
+                    epoch_losses.add({k: v for k, v in components.items() if "/" not in k})
                 if not accelerator.sync_gradients:
                     continue
                 # ---- one optimizer step done ----
                 step += 1
                 state.global_step += 1
-                if not accelerator.is_main_process:
-                    continue
-                now = time.perf_counter()
-                scalars = _step_scalars(sums, count, by_role, main_role)
-                if not math.isfinite(scalars["loss"]):
-                    reporter.diverged(state.global_step, scalars["loss"])
-                    raise StageDiverged(stage, state.global_step, scalars["loss"])
-                scalars["images_per_s"] = count * train.batch_size * world / (now - step_start)
-                epoch_losses.add({k: scalars[k] for k in ("loss", "teacher_loss") if k in scalars})
-                tracker.log({f"train/{k}": v for k, v in scalars.items()}, step=state.global_step)
-                reporter.step(Progress(stage, epoch, train.epochs, step, steps_per_epoch, scalars))
-                sums, count, step_start = {}, 0, time.perf_counter()
-            epoch_time = time.perf_counter() - epoch_start
+                last_step = state.global_step >= total_steps
+                if (
+                    train.save_every_steps is not None
+                    and state.global_step % train.save_every_steps == 0
+                    and step < steps_per_epoch  # an epoch end saves anyway
+                    and not last_step
+                ):
+                    state.epoch_step = step  # a resume skips the batches trained on
+                    directory = save_checkpoint()
+                    reporter.checkpoint(state.global_step, directory)
+                    if accelerator.is_main_process:
+                        ckpt.prune(ckpt_root)
+                logging_step = (
+                    state.global_step % train.log_every_steps == 0
+                    or step == steps_per_epoch
+                    or last_step
+                )
+                if accelerator.is_main_process and logging_step:
+                    now = time.perf_counter()
+                    scalars = since_log.means()  # the one device read of these steps
+                    # a model's turn (online, alternating models) logs only its own loss
+                    for key in ("loss", "teacher_loss"):
+                        if key in scalars and not math.isfinite(scalars[key]):
+                            reporter.diverged(state.global_step, scalars[key])
+                            raise StageDiverged(stage, state.global_step, scalars[key])
+                    scalars |= _learning_rates(by_role, main_role)
+                    images = (micro - logged_micro) * train.batch_size * world
+                    scalars["images_per_s"] = images / (now - step_start)
+                    tracker.log(
+                        {f"train/{k}": v for k, v in scalars.items()}, step=state.global_step
+                    )
+                    reporter.step(
+                        Progress(stage, epoch, num_epochs, step, steps_per_epoch, scalars)
+                    )
+                    since_log, logged_micro, step_start = _DeviceMeans(), micro, time.perf_counter()
+                if last_step:
+                    break
+                if (
+                    train.eval_every_steps is not None
+                    and state.global_step % train.eval_every_steps == 0
+                    and step < steps_per_epoch  # an epoch end evaluates when due
+                ):
+                    summary = epoch_summary(epoch_losses, micro, epoch_start)
+                    val_metrics = score(epoch, summary)
+                    if accelerator.is_main_process:
+                        publish(epoch, step, summary, val_metrics)
             state.epoch_step = 0
 
-            # ---- evaluate (every process scores its shard; results are reduced) ----
-            for lr_ in learners:
-                sync_buffers(lr_.model, accelerator)
-            evaluation = evaluate(model, val, accelerator, plan.model.num_classes)
-            val_metrics = evaluation.as_dict()
-            if stage == "teacher":
-                val_metrics["teacher_entropy"] = evaluation.entropy
-            if plan.online:
-                t_eval = evaluate(teacher, val, accelerator, plan.model.num_classes)
-                val_metrics.update(t_eval.as_dict("teacher_"))
-            elif teacher is not None:
-                if state.teacher_metrics is None:
-                    t_eval = evaluate(teacher, val, accelerator, plan.model.num_classes)
-                    state.teacher_metrics = t_eval.as_dict("teacher_")
-                val_metrics.update(state.teacher_metrics)
-            train_summary = epoch_losses.means()
-            train_summary["lr"] = learners[0].scheduler.get_last_lr()[0]
-            train_summary["images_per_s"] = micro * train.batch_size * world / epoch_time
-            train_summary["time_s"] = epoch_time
-            state.history.append(
-                {"epoch": epoch, "global_step": state.global_step, "train": train_summary}
-                | val_metrics
-            )
+            # ---- evaluate (when due), checkpoint, report ----
             state.epoch = epoch
-
+            due = (
+                train.eval_every_steps is None
+                or state.global_step >= total_steps
+                or state.global_step % train.eval_every_steps == 0
+            )
+            summary = epoch_summary(epoch_losses, micro, epoch_start)
+            val_metrics = score(epoch, summary) if due else None
             directory = save_checkpoint()
-
-            # ---- report and log (main process) ----
             if accelerator.is_main_process:
-                flat = _flat_val(val_metrics)
                 reporter.checkpoint(state.global_step, directory)
                 ckpt.prune(ckpt_root)
-                tracker.log(
-                    {f"val/{k}": v for k, v in flat.items()}
-                    | {f"epoch/{k}": v for k, v in train_summary.items()}
-                    | {"epoch": epoch},
-                    step=state.global_step,
-                )
-                if media is not None:
-                    log_epoch_media(
-                        tracker,
-                        accelerator,
-                        media,
-                        by_role[main_role].model,
-                        state.global_step,
-                        teacher=teacher if stage == "distill" else None,
-                    )
-                reporter.epoch_end(
-                    Progress(
-                        stage,
-                        epoch,
-                        train.epochs,
-                        steps_per_epoch,
-                        steps_per_epoch,
-                        flat | {"loss": train_summary.get("loss", float("nan"))},
-                        kind="epoch",
-                    )
-                )
+                if val_metrics is not None:
+                    publish(epoch, step, summary, val_metrics)
     except BaseException as exc:
         reporter.close()
         tracker.finish(exit_code=None if isinstance(exc, StageCancelled) else 1)
@@ -515,6 +580,7 @@ def train_stage(
         wandb_run=wandb_run,
         params=count_parameters(exported),
         extra_models=extra,
+        runtime=runtime,
     )
     if accelerator.is_main_process:
         result.save(stage_dir / RESULT_FILE)
@@ -527,6 +593,7 @@ def train_stage(
         world_size=world,
         state_hash=state_hash(lr_.model for lr_ in learners),
         evaluation=evaluation,
+        synced_norms=count_synced(exported),
     )
 
 
@@ -571,6 +638,11 @@ def step_losses(
             continue
         other = outputs.get(TEACHER if role == STUDENT else STUDENT)
         loss, parts = lr_.objective(outputs[role], masks, other, kinds=phase.kinds(role))
+        if accelerator.num_processes > 1:
+            # DDP reduces every parameter's gradient on every step; a term that reads only
+            # features (feature_mse alone, or an alternating block of them) would leave the
+            # decoder without one. This zero reaches every parameter through the logits.
+            loss = loss + outputs[role].logits.float().sum() * 0.0
         total = loss if total is None else total + loss
         key = "loss" if i == 0 else "teacher_loss"
         components[key] = parts.pop("total")
@@ -585,33 +657,34 @@ def _finite(learner: Learner) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
-class _Means:
-    """Running means of named scalars (a key may be missing from some updates)."""
+class _DeviceMeans:
+    """Running means of named scalar tensors, kept on the device until `means` reads them all
+    at once (one host-device sync); a key may be missing from some updates."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
-    def add(self, values: dict[str, float]) -> None:
+    def add(self, values: dict[str, torch.Tensor]) -> None:
         for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
             self.counts[k] = self.counts.get(k, 0) + 1
 
     def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+        keys = list(self.sums)
+        if not keys:
+            return {}
+        values = torch.stack([self.sums[k] for k in keys]).tolist()
+        return {k: v / self.counts[k] for k, v in zip(keys, values, strict=True)}
 
 
-def _step_scalars(
-    sums: dict[str, torch.Tensor], count: int, learners: dict[str, Learner], main_role: str
-) -> dict[str, float]:
-    """Mean loss components over the step's micro-batches (one device sync), and the LRs."""
-    keys = list(sums)
-    values = torch.stack([sums[k].float() for k in keys]).tolist() if keys else []
-    scalars = {k: v / max(1, count) for k, v in zip(keys, values, strict=True)}
-    scalars["lr"] = learners[main_role].scheduler.get_last_lr()[0]
+def _learning_rates(learners: dict[str, Learner], main_role: str) -> dict[str, float]:
+    """``lr`` of the exported model's learner, ``teacher_lr`` of an online teacher."""
+    rates = {"lr": learners[main_role].scheduler.get_last_lr()[0]}
     if TEACHER in learners and main_role != TEACHER:
-        scalars["teacher_lr"] = learners[TEACHER].scheduler.get_last_lr()[0]
-    return scalars
+        rates["teacher_lr"] = learners[TEACHER].scheduler.get_last_lr()[0]
+    return rates
 
 
 def _flat_val(metrics: dict[str, Any]) -> dict[str, float]:

@@ -10,6 +10,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from distillery.data import denormalize
+from distillery.data.transforms import resize_mask
+from distillery.inference import segment
 from distillery.losses.output import unwrap
 from distillery.models import FeatureTaps
 from distillery.tracking import Tracker
@@ -19,10 +21,15 @@ NUM_IMAGES = 4
 
 
 def fixed_batch(dataset: Dataset, n: int = NUM_IMAGES) -> dict[str, torch.Tensor]:
-    items = [dataset[i] for i in range(min(n, len(dataset)))]  # type: ignore[arg-type]
+    """The first `n` validation images of the first one's size, masks shown at the input size
+    (validation masks are native-size)."""
+    first = dataset[0]  # type: ignore[index]
+    items = [first] + [dataset[i] for i in range(1, min(n, len(dataset)))]  # type: ignore[index]
+    items = [it for it in items if it["image"].shape == first["image"].shape]
+    hw = first["image"].shape[-2:]
     return {
         "image": torch.stack([it["image"] for it in items]),
-        "mask": torch.stack([torch.as_tensor(it["mask"]) for it in items]),
+        "mask": torch.stack([resize_mask(torch.as_tensor(it["mask"]), hw) for it in items]),
     }
 
 
@@ -35,7 +42,7 @@ def _forward_all_taps(
     net.eval()
     try:
         with FeatureTaps(net, getattr(net, "tap_names", [])) as taps, accelerator.autocast():
-            logits = net(images)
+            logits = segment(net, images, images.shape[-2:])
         return logits.float(), {k: v.float() for k, v in taps.features.items()}
     finally:
         net.train(was_training)
