@@ -17,6 +17,7 @@ redelivered, or the reconciler sends it again).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -38,6 +39,7 @@ from distillery.stages.kinds import StageContext, StageInputs, StageOutput
 from distillery.stages.lifecycle import StageLost
 from distillery.stages.plan import kind_of
 from distillery.stages.results import build_results, results_markdown
+from distillery.stages.uploads import CheckpointUploads
 from distillery.storage import Storage, put_dir
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,10 @@ class StageRunner:
 
         workdir = self.work_dir / claimed.experiment_id
         workdir.mkdir(parents=True, exist_ok=True)
+        uploads = CheckpointUploads(
+            self._checkpoint_uploader(stage_id, claimed.experiment_id, claimed.name),
+            workdir / ".uploads",
+        )
         ctx = StageContext(
             experiment_id=claimed.experiment_id,
             stage=claimed.name,
@@ -133,12 +139,21 @@ class StageRunner:
             workdir=workdir,
             storage=self.artifacts,
             checkpoint_key=claimed.checkpoint_key,
-            hooks=self._hooks(stage_id, claimed.experiment_id, claimed.name),
+            hooks=self._hooks(stage_id, uploads),
             tracker_group=tracker_group(spec.name, claimed.experiment_id),
             retrying=self._storage,
         )
         try:
-            output = kind.run(ctx)
+            try:  # every checkpoint written is stored and recorded before the stage ends
+                output = kind.run(ctx)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the stage's own error says why it ended
+                    uploads.drain()
+                raise
+            else:
+                uploads.drain()
+            finally:
+                uploads.close()
             self._succeed(stage_id, output, ctx)
         except StageLost as exc:
             log.warning("stage %s: %s; stopping without writing", stage_id, exc)
@@ -237,12 +252,12 @@ class StageRunner:
 
     # ------------------------------------------------------------------------------- hooks
 
-    def _hooks(self, stage_id: int, experiment_id: str, stage: str) -> Any:
+    def _hooks(self, stage_id: int, uploads: CheckpointUploads) -> Any:
         from distillery.training import StageHooks
 
         return StageHooks(
             on_progress=self._progress_writer(stage_id),
-            on_checkpoint=self._checkpoint_uploader(stage_id, experiment_id, stage),
+            on_checkpoint=lambda _global_step, directory: uploads.submit(directory),
             should_stop=self._cancel_checker(stage_id),
             should_pause=self.should_pause,
             resolve_root=self.resolve_root,
@@ -285,8 +300,10 @@ class StageRunner:
 
     def _checkpoint_uploader(
         self, stage_id: int, experiment_id: str, stage: str
-    ) -> Callable[[int, Path], None]:
-        def upload(global_step: int, directory: Path) -> None:
+    ) -> Callable[[Path], None]:
+        """Store one checkpoint folder, then point the stage at it (on the uploader thread)."""
+
+        def upload(directory: Path) -> None:
             key = keys.checkpoint_key(experiment_id, stage, directory.name)
             self._storage(f"upload {key}", lambda: put_dir(self.artifacts, key, directory))
             old = self._db(

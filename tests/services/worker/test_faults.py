@@ -126,7 +126,7 @@ def test_a_killed_pool_process_s_stage_is_taken_over_at_once(
     settings, session_factory, start_worker, tmp_path, poll
 ):
     spec = tiny_spec(
-        "killed-child", tmp_path / "data", epochs=3, steps=6, stages=["teacher"],
+        "killed-child", tmp_path / "data", epochs=6, steps=6, stages=["teacher"],
         num_train=12, num_val=8,
     )  # fmt: skip
     exp_id, (stage_id,) = submit(session_factory, settings, spec)
@@ -145,7 +145,7 @@ def test_a_killed_pool_process_s_stage_is_taken_over_at_once(
     poll(_finished(session_factory, exp_id), 180, "experiment")
     stage = _stage(session_factory, stage_id)
     assert stage.status == StageStatus.succeeded, stage.error
-    assert _metric_epochs(session_factory, stage_id) == [1, 2, 3]
+    assert _metric_epochs(session_factory, stage_id) == [1, 2, 3, 4, 5, 6]
     assert resumed_after < 60, resumed_after
     assert "taking over from" in worker.log()
 
