@@ -23,11 +23,20 @@ def _val_batches(
     resolve_root: Callable[[DatasetRef], Path] | None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     from distillery.data import build_datasets
+    from distillery.inference import same_size_runs
     from distillery.training.loaders import val_loader
 
     _, val_set = build_datasets(data, resolve_root)
-    for batch in val_loader(val_set, batch_size=batch_size, num_workers=0):
-        yield batch["image"], batch["mask"]
+    for items in val_loader(val_set, batch_size=batch_size, num_workers=0):
+        for run in same_size_runs(items):  # stackable: one image and mask size
+            yield torch.stack([it["image"] for it in run]), torch.stack([it["mask"] for it in run])
+
+
+def _logits(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Logits at the labels' (native) size, as validation scores them."""
+    from distillery.inference import segment
+
+    return segment(model, images, masks.shape[-2:])
 
 
 def _load(paths: Sequence[str | Path]) -> list[torch.nn.Module]:
@@ -49,7 +58,7 @@ def seeds_bias_variance(
     c = models[0].num_classes  # type: ignore[attr-defined]
     acc = BiasVarianceAccumulator(c, class_names(c))
     for images, masks in _val_batches(data, batch_size, resolve_root):
-        preds = torch.stack([m(images).argmax(1) for m in models])
+        preds = torch.stack([_logits(m, images, masks).argmax(1) for m in models])
         acc.update(preds.numpy(), masks.numpy())
     return acc.compute()
 
@@ -66,7 +75,7 @@ def teacher_calibration(
     (model,) = _load([model_path])
     acc = CalibrationAccumulator(model.num_classes)  # type: ignore[attr-defined]
     for images, masks in _val_batches(data, batch_size, resolve_root):
-        acc.update(model(images).float().softmax(1).numpy(), masks.numpy())
+        acc.update(_logits(model, images, masks).softmax(1).numpy(), masks.numpy())
     return acc.compute()
 
 
@@ -85,7 +94,7 @@ def evaluate_model(
     (model,) = _load([model_path])
     confusion = ConfusionMatrix(model.num_classes)  # type: ignore[attr-defined]
     for images, masks in _val_batches(data, batch_size, resolve_root):
-        confusion.update(model(images).argmax(1), masks)
+        confusion.update(_logits(model, images, masks).argmax(1), masks)
     return confusion.compute().as_dict()
 
 
@@ -110,7 +119,10 @@ def sample_predictions(
 
     loaded = dict(zip(models, _load(list(models.values())), strict=True))
     batch_images, batch_masks = next(_val_batches(data, images, resolve_root))
-    preds = {label: m(batch_images).argmax(1).numpy() for label, m in loaded.items()}
+    preds = {
+        label: _logits(m, batch_images, batch_masks).argmax(1).numpy()
+        for label, m in loaded.items()
+    }
     cols = ["input", "ground truth", *models]
     n = batch_images.shape[0]
     fig, axes = plt.subplots(n, len(cols), figsize=(2.4 * len(cols), 1.5 * n + 0.4), squeeze=False)

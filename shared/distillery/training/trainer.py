@@ -485,17 +485,6 @@ def train_stage(
                 step += 1
                 state.global_step += 1
                 last_step = state.global_step >= total_steps
-                if (
-                    train.save_every_steps is not None
-                    and state.global_step % train.save_every_steps == 0
-                    and step < steps_per_epoch  # an epoch end saves anyway
-                    and not last_step
-                ):
-                    state.epoch_step = step  # a resume skips the batches trained on
-                    directory = save_checkpoint()
-                    reporter.checkpoint(state.global_step, directory)
-                    if accelerator.is_main_process:
-                        ckpt.prune(ckpt_root)
                 logging_step = (
                     state.global_step % train.log_every_steps == 0
                     or step == steps_per_epoch
@@ -530,6 +519,19 @@ def train_stage(
                     val_metrics = score(epoch, summary)
                     if accelerator.is_main_process:
                         publish(epoch, step, summary, val_metrics)
+                # after this step's evaluation: the checkpoint holds its history, and the
+                # stage points at it only once the metrics are recorded
+                if (
+                    train.save_every_steps is not None
+                    and state.global_step % train.save_every_steps == 0
+                    and step < steps_per_epoch  # an epoch end saves anyway
+                    and not last_step
+                ):
+                    state.epoch_step = step  # a resume skips the batches trained on
+                    directory = save_checkpoint()
+                    reporter.checkpoint(state.global_step, directory)
+                    if accelerator.is_main_process:
+                        ckpt.prune(ckpt_root)
             state.epoch_step = 0
 
             # ---- evaluate (when due), checkpoint, report ----
@@ -543,10 +545,12 @@ def train_stage(
             val_metrics = score(epoch, summary) if due else None
             directory = save_checkpoint()
             if accelerator.is_main_process:
-                reporter.checkpoint(state.global_step, directory)
-                ckpt.prune(ckpt_root)
+                # the epoch's metrics are recorded before the stage points at its checkpoint:
+                # a kill in between repeats the epoch, whose metrics are then written again
                 if val_metrics is not None:
                     publish(epoch, step, summary, val_metrics)
+                reporter.checkpoint(state.global_step, directory)
+                ckpt.prune(ckpt_root)
     except BaseException as exc:
         reporter.close()
         tracker.finish(exit_code=None if isinstance(exc, StageCancelled) else 1)
