@@ -56,7 +56,14 @@ def local_platform(prefix: str = "bench", **settings: object) -> Iterator[Platfo
         for bucket in (f"artifacts-{tag}", f"datasets-{tag}"):
             minio.make_bucket(bucket)
         rds = redis.Redis.from_url(redis_url)
-        stack.callback(lambda: rds.delete(*rds.scan_iter(match=f"*{tag}*")) or rds.close())
+
+        def drop_keys() -> None:
+            keys = list(rds.scan_iter(match=f"*{tag}*"))
+            if keys:
+                rds.delete(*keys)
+            rds.close()
+
+        stack.callback(drop_keys)
         config = Settings(
             _env_file=None,
             database_url=db_url,
