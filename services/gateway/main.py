@@ -31,7 +31,7 @@ from services.gateway import openapi
 from services.gateway.deps import GatewayState
 from services.gateway.docs import mount_docs
 from services.gateway.limits import BodySizeLimit
-from services.gateway.routes import datasets, experiments, health, queue
+from services.gateway.routes import datasets, experiments, health, queue, shares
 from services.gateway.token_cache import TokenCache
 
 DESCRIPTION = """\
@@ -151,6 +151,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(health.router)
     app.include_router(experiments.router)
+    app.include_router(shares.router)
     app.include_router(datasets.router)
     app.include_router(queue.router)
     openapi.install(app)

@@ -29,6 +29,12 @@ EXTRA: dict[tuple[str, str], dict[int, str]] = {
         403: "only the owner or an admin may retry",
         409: "nothing to retry: the experiment has not failed or been cancelled",
     },
+    ("put", "/experiments/{experiment_id}/shares/{user_name}"): {
+        403: "only the owner or an admin may share",
+    },
+    ("delete", "/experiments/{experiment_id}/shares/{user_name}"): {
+        403: "only the owner or an admin may take a share back",
+    },
     ("delete", "/experiments/{experiment_id}"): {
         403: "only the owner or an admin may delete",
         409: "the experiment is still queued or running",

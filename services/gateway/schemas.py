@@ -157,3 +157,10 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str]
+
+
+class SharesOut(BaseModel):
+    """Who may build on an experiment's artifacts besides its owner (and admins)."""
+
+    experiment_id: str
+    users: list[str]

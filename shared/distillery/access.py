@@ -4,8 +4,10 @@ checks none of this).
 - `data.*.root` (and so where `data.synthetic` writes) must lie inside one of the allowed folders
   (`Settings.allowed_data_roots`, `DISTILLERY_ALLOWED_DATA_ROOTS`; empty by default, so on the
   platform data come only from registered datasets, `dataset_id`).
-- `teacher.model.checkpoint` must be an artifact of one of the submitter's own experiments (an
-  admin may use anyone's), or a file inside an allowed folder (a shared folder of checkpoints).
+- `teacher.model.checkpoint` must be an artifact of one of the submitter's own experiments, of
+  an experiment its owner shared with the submitter (`ExperimentShare`, `PUT
+  /experiments/{id}/shares/{user}`; an admin may use anyone's), or a file inside an allowed
+  folder (a shared folder of checkpoints).
 
 The gateway checks a spec at submission (422 naming the field); the worker checks it again
 before a stage runs (the stage fails with the same message), where symbolic links are resolved
@@ -22,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from distillery.db.models import Artifact, Experiment, User
+from distillery.db.models import Artifact, Experiment, ExperimentShare, User
 from distillery.spec import ExperimentSpec, short
 
 
@@ -106,7 +108,8 @@ def checkpoint_errors(
     resolve: bool = False,
 ) -> list[AccessError]:
     """`teacher.model.checkpoint` (and `student.model.checkpoint`) must be an artifact of the
-    owner's own experiment (any, for an admin) or a file inside an allowed folder."""
+    owner's own experiment or one shared with them (any, for an admin) or a file inside an
+    allowed folder."""
     errors = []
     for role in ("teacher", "student"):
         key = getattr(spec, role).model.checkpoint
@@ -138,11 +141,30 @@ def checkpoint_errors(
                     "produced (artifacts/<experiment id>/<stage>/model.pt)",
                 )
             )
-        elif owner is None or (not owner.is_admin and found[0] != owner.id):
+        elif not may_use(session, owner, experiment_id, found[0]):
             errors.append(
-                AccessError(loc, f"artifact {short(key)} belongs to another user's experiment")
+                AccessError(
+                    loc,
+                    f"artifact {short(key)} belongs to another user's experiment that is not "
+                    "shared with you (its owner can: distillery share ID USER)",
+                )
             )
     return errors
+
+
+def may_use(
+    session: Session, user: User | None, experiment_id: str, experiment_owner_id: int | None
+) -> bool:
+    """Whether `user` may build on the experiment's artifacts: its owner, an admin, or a user
+    the owner shared it with."""
+    if user is None:
+        return False
+    if user.is_admin or experiment_owner_id == user.id:
+        return True
+    shared = select(ExperimentShare.user_id).where(
+        ExperimentShare.experiment_id == experiment_id, ExperimentShare.user_id == user.id
+    )
+    return session.execute(shared).first() is not None
 
 
 def spec_access_errors(

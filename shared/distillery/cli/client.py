@@ -376,6 +376,27 @@ def delete(
     console.print(f"deleted {experiment_id}", highlight=False)
 
 
+def share(
+    experiment_id: Annotated[str, typer.Argument(metavar="ID")],
+    users: Annotated[list[str] | None, typer.Argument(metavar="[USER]...")] = None,
+    remove: Annotated[
+        bool, typer.Option("--remove", help="take the share back from these users")
+    ] = False,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Let other users build on an experiment (owner or admin): their specs may then name its
+    artifacts, e.g. `teacher.model.checkpoint: artifacts/ID/teacher/model.pt`. With no USER,
+    list whom it is shared with."""
+    gw = _gateway(url, token)
+    path = f"/experiments/{experiment_id}/shares"
+    shares = _call(gw.get, path)
+    for user in users or []:
+        shares = _call(gw.request, "DELETE" if remove else "PUT", f"{path}/{user}")
+    shared = ", ".join(shares["users"]) or "nobody"
+    console.print(f"{experiment_id}: shared with {shared}", highlight=False)
+
+
 def queue(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
     """The team's shared queue: what runs and what waits, for whom, where, since when."""
     q = _call(_gateway(url, token).get, "/queue")
@@ -493,4 +514,5 @@ def register(app: typer.Typer) -> None:
     app.command("cancel")(cancel)
     app.command("retry")(retry)
     app.command("delete")(delete)
+    app.command("share")(share)
     app.command("queue")(queue)

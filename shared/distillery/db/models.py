@@ -1,4 +1,5 @@
-"""Tables: users, api_tokens, datasets, experiments, stages, metrics, artifacts.
+"""Tables: users, api_tokens, datasets, experiments, experiment_shares, stages, metrics,
+artifacts.
 
 Postgres is the source of truth for what exists and in what state. A stage lives
 `queued -> running -> succeeded | failed | cancelled`, with progress, a lease while running and
@@ -137,6 +138,23 @@ class Experiment(Base):
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="experiment", cascade="all, delete-orphan"
     )
+
+
+class ExperimentShare(Base):
+    """The owner of an experiment lets another user build on it: that user's specs may name
+    the experiment's artifacts (`teacher.model.checkpoint`, `distillery.access`)."""
+
+    __tablename__ = "experiment_shares"
+
+    experiment_id: Mapped[str] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow)
+
+    user: Mapped[User] = relationship()
 
 
 class Stage(Base):

@@ -260,3 +260,21 @@ def test_polling_sends_the_etag_and_reuses_the_answer_on_304(
     assert statuses == [200, 304, 200]
     assert third["stages"][0]["step"] == 2 and third["stages"][0]["status"] == "running"
     assert gw.get_fresh(path) == third and statuses[-1] == 304
+
+
+def test_cli_share_lists_adds_and_takes_back(gateway_url, make_user, tmp_path):
+    token = make_user("dana")
+    make_user("erin")
+    opts = ["--url", gateway_url, "--token", token]
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(SPEC))
+    exp_id = cli("submit", str(spec_path), "-q", *opts).stdout.strip()
+
+    r = cli("share", exp_id, *opts)
+    assert r.exit_code == 0 and f"{exp_id}: shared with nobody" in r.output
+    r = cli("share", exp_id, "erin", *opts)
+    assert r.exit_code == 0 and "shared with erin" in r.output, r.output
+    r = cli("share", exp_id, "nobody-here", *opts)
+    assert r.exit_code == 1 and "no user 'nobody-here'" in r.output
+    r = cli("share", exp_id, "erin", "--remove", *opts)
+    assert r.exit_code == 0 and "shared with nobody" in r.output

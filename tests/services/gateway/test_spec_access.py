@@ -79,3 +79,36 @@ def test_checkpoints_only_from_your_own_experiments(as_user, session_factory):
     assert as_user("alice").post("/experiments", json=spec).status_code == 201
     assert as_user("root").post("/experiments", json=spec).status_code == 201  # an admin may
     assert count(session_factory) == before + 2
+
+
+def test_a_shared_experiments_checkpoint_may_be_used_until_the_share_is_taken_back(
+    as_user, session_factory
+):
+    alices = own_teacher_model(session_factory, "alice")
+    experiment_id = alices.split("/")[1]
+    shares = f"/experiments/{experiment_id}/shares"
+    spec = spec_dict("borrow")
+    spec["teacher"]["model"]["checkpoint"] = alices
+
+    r = as_user("bob").post("/experiments", json=spec)
+    assert r.status_code == 422 and "not shared with you" in r.json()["detail"][0]["msg"]
+    before = count(session_factory)
+    # Only the owner (or an admin) shares, and only with a user who exists.
+    assert as_user("bob").put(f"{shares}/bob").status_code == 403
+    r = as_user("alice").put(f"{shares}/nobody")
+    assert r.status_code == 404 and "no user 'nobody'" in r.json()["detail"]
+    assert as_user("alice").put("/experiments/nope/shares/bob").status_code == 404
+    assert as_user("bob").get(shares).json() == {"experiment_id": experiment_id, "users": []}
+
+    for _ in range(2):  # sharing twice is sharing once
+        r = as_user("alice").put(f"{shares}/bob")
+        assert r.status_code == 200 and r.json()["users"] == ["bob"]
+    assert as_user("bob").post("/experiments", json=spec).status_code == 201
+    assert count(session_factory) == before + 1
+
+    assert as_user("bob").delete(f"{shares}/bob").status_code == 403
+    r = as_user("root").delete(f"{shares}/bob")  # an admin may take it back too
+    assert r.status_code == 200 and r.json()["users"] == []
+    r = as_user("bob").post("/experiments", json=spec)
+    assert r.status_code == 422 and "not shared with you" in r.json()["detail"][0]["msg"]
+    assert count(session_factory) == before + 1

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distillery.db import Artifact, Experiment, Stage, StageStatus, User
+from sqlalchemy import select
+
+from distillery.db import Artifact, Experiment, ExperimentShare, Stage, StageStatus, User
 from services.celery_app import make_celery
 from services.worker.runtime import execute_stage
 
@@ -67,7 +69,7 @@ def test_a_symlink_out_of_an_allowed_folder_is_caught_on_the_worker(
         assert stage.status == StageStatus.failed and "data.train.0.root" in stage.error
 
 
-def test_another_users_checkpoint_fails_the_stage(settings, session_factory, tmp_path):
+def _bobs_teacher(session_factory) -> tuple[int, str]:
     with session_factory.begin() as s:
         bob = User(name="bob")
         s.add(bob)
@@ -77,6 +79,11 @@ def test_another_users_checkpoint_fails_the_stage(settings, session_factory, tmp
         s.flush()
         key = f"artifacts/{old.id}/teacher/model.pt"
         s.add(Artifact(experiment_id=old.id, stage="teacher", kind="model", key=key))
+        return bob.id, key
+
+
+def test_another_users_checkpoint_fails_the_stage(settings, session_factory, tmp_path):
+    _, key = _bobs_teacher(session_factory)
     spec = _spec(str(tmp_path / "syn"), stages=["student"])
     spec["teacher"]["model"]["checkpoint"] = key
     stage_id = _stage(session_factory, settings, spec)
@@ -86,4 +93,23 @@ def test_another_users_checkpoint_fails_the_stage(settings, session_factory, tmp
         assert stage.status == StageStatus.failed
         assert "teacher.model.checkpoint: artifact" in stage.error
         assert "belongs to another user's experiment" in stage.error
+    assert not Path(tmp_path / "syn").exists()
+
+
+def test_a_share_taken_back_before_the_stage_starts_fails_it(settings, session_factory, tmp_path):
+    """Shared at submission, taken back while queued: the worker's own check refuses."""
+    _, key = _bobs_teacher(session_factory)
+    spec = _spec(str(tmp_path / "syn"), stages=["student"])
+    spec["teacher"]["model"]["checkpoint"] = key
+    stage_id = _stage(session_factory, settings, spec)
+    with session_factory.begin() as s:
+        alice = s.scalar(select(User).where(User.name == "alice"))
+        share = ExperimentShare(experiment_id=key.split("/")[1], user_id=alice.id)
+        s.add(share)
+    with session_factory.begin() as s:  # bob takes it back before a worker takes the stage
+        s.delete(s.get(ExperimentShare, (key.split("/")[1], alice.id)))
+    execute_stage(make_celery(settings), settings, stage_id, "host:1")
+    with session_factory() as s:
+        stage = s.get(Stage, stage_id)
+        assert stage.status == StageStatus.failed and "not shared with you" in stage.error
     assert not Path(tmp_path / "syn").exists()
