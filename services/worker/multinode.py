@@ -174,6 +174,8 @@ def render(plan: MultiNodePlan) -> list[dict[str, Any]]:
     pod_spec: dict[str, Any] = {
         "subdomain": plan.name,
         "restartPolicy": "Never",
+        # The machines train; they never call the API (only the owning worker does).
+        "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
         "containers": [container],
         "volumes": [

@@ -197,7 +197,8 @@ def _settings_objects(cluster: FakeCluster) -> None:
     assert cluster.names("secrets") == ["distillery-secrets"]
 
 
-def test_the_job_is_created_replaced_and_deleted_through_the_api(cluster, tmp_path):
+def test_the_job_is_created_replaced_and_deleted_through_the_api(cluster, tmp_path, rendered):
+    """...with exactly the requests the gpu-worker's Role (k8s/base) allows."""
     plan = _local_plan(tmp_path)
     job = MultiNodeJob(plan, api_client=_client(cluster, tmp_path))
     job.create()
@@ -216,6 +217,7 @@ def test_the_job_is_created_replaced_and_deleted_through_the_api(cluster, tmp_pa
         assert opt("--main_process_ip") == "127.0.0.1"
         assert Path(opt("--spec")).read_text() == plan.spec_json
     assert job.phase()[0] in ("pending", "running")
+    assert job.failed_pods() == []
 
     # A worker that died left its Job: the next attempt replaces it (the old pods are stopped).
     again = MultiNodeJob(plan, api_client=_client(cluster, tmp_path))
@@ -234,6 +236,29 @@ def test_the_job_is_created_replaced_and_deleted_through_the_api(cluster, tmp_pa
         f"configmaps/{plan.name}",
     ]
     again.delete()  # already gone: nothing to do
+    assert cluster.rbac_requests() == _granted_to_the_gpu_worker(rendered["base"])
+
+
+def _granted_to_the_gpu_worker(docs) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) the base's Roles grant the gpu-worker's service account."""
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    worker = by_kind[("Deployment", "gpu-worker")]["spec"]["template"]["spec"]
+    account = worker["serviceAccountName"]
+    assert ("ServiceAccount", account) in by_kind
+    granted = set()
+    for (kind, _), binding in by_kind.items():
+        if kind != "RoleBinding":
+            continue
+        if not any(
+            s["kind"] == "ServiceAccount" and s["name"] == account for s in binding["subjects"]
+        ):
+            continue
+        role = by_kind[("Role", binding["roleRef"]["name"])]
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    granted |= {(group, resource, verb) for verb in rule["verbs"]}
+    return granted
 
 
 @pytest.mark.slow

@@ -232,6 +232,20 @@ class FakeCluster:
             if method == "DELETE"
         ]
 
+    def rbac_requests(self) -> set[tuple[str, str, str]]:
+        """(API group, resource, verb) of every request, as RBAC authorizes it: what a Role
+        must grant the client."""
+        verbs = {"POST": "create", "DELETE": "delete", "PUT": "update", "PATCH": "patch"}
+        found = set()
+        for method, url in self.requests:
+            m = PATH.match(urlparse(url).path)
+            if m is None:
+                continue
+            verb = verbs.get(method) or ("get" if m["name"] else "list")
+            group = "batch" if m["api"] == "/apis/batch/v1" else ""
+            found.add((group, m["plural"] + ("/status" if m["status"] else ""), verb))
+        return found
+
     # ------------------------------------------------------------------------------ the API
 
     def handle(self, method: str, url: str, body: dict[str, Any] | None) -> tuple[int, Any]:
