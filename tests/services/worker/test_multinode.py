@@ -65,7 +65,9 @@ def start_gpu_worker(settings: Settings, processes) -> Callable[..., Process]:
     return start
 
 
-def _submit(settings: Settings, session_factory, epochs: int, steps: int) -> tuple[str, int]:
+def _submit(
+    settings: Settings, session_factory, epochs: int, steps: int, num_train: int = 8
+) -> tuple[str, int]:
     """A student stage on 2 machines x 1 process; its data on the shared volume (the cache)."""
     spec = tiny_spec(
         "multinode",
@@ -73,6 +75,7 @@ def _submit(settings: Settings, session_factory, epochs: int, steps: int) -> tup
         epochs=epochs,
         steps=steps,
         stages=["student"],
+        num_train=num_train,
         num_processes=1,
         num_nodes=2,
     )
@@ -170,6 +173,39 @@ def test_cancelling_a_multi_node_stage_deletes_its_job(
 
     poll(lambda: _stage(session_factory, stage_id).status.finished, 120, "stage to cancel")
     assert _stage(session_factory, stage_id).status == StageStatus.cancelled
+    _job_is_gone(cluster, job)
+
+
+def test_sigterm_pauses_the_machines_at_a_checkpoint_and_the_stage_resumes_from_it(
+    settings, session_factory, cluster, start_gpu_worker, tmp_path, poll
+):
+    exp_id, stage_id = _submit(settings, session_factory, epochs=3, steps=30, num_train=60)
+    kubeconfig = str(cluster.kubeconfig(tmp_path / "kubeconfig"))
+    first = start_gpu_worker(KUBECONFIG=kubeconfig)
+    poll(lambda: _stage(session_factory, stage_id).step >= 3, STAGE_TIMEOUT_S, "a few steps")
+    job = f"dist-student-{exp_id}"
+    first.popen.send_signal(signal.SIGTERM)  # what Kubernetes sends on eviction
+    first.popen.wait(120)
+    # The machines saw the pause flag on the shared volume, checkpointed the step and exited;
+    # the worker deleted their Job and gave the stage back to the queue.
+    stage = _stage(session_factory, stage_id)
+    assert stage.status == StageStatus.queued and stage.worker_id is None, stage.error
+    paused_at = int(stage.checkpoint_key.rsplit("step-", 1)[1])
+    # Mid-epoch (60 images, 2 machines x batch 2: 15 steps an epoch): where it was told to stop.
+    assert stage.steps == 15 and 3 <= paused_at < 45 and paused_at % 15
+    _job_is_gone(cluster, job)
+    first_pods = {p.name for p in cluster.all_pods()}
+
+    start_gpu_worker(KUBECONFIG=kubeconfig)
+    poll(lambda: _stage(session_factory, stage_id).status.finished, STAGE_TIMEOUT_S, "resumed")
+    stage = _stage(session_factory, stage_id)
+    assert stage.status == StageStatus.succeeded, stage.error
+    assert stage.attempts == 2
+    # A new Job (new pods) resumed at the checkpoint: every epoch validated once.
+    assert {p.name for p in cluster.all_pods()} > first_pods
+    with session_factory() as s:
+        epochs = s.scalars(select(Metric.epoch).where(Metric.stage_id == stage_id)).all()
+    assert sorted(epochs) == [1, 2, 3]
     _job_is_gone(cluster, job)
 
 
