@@ -8,6 +8,11 @@ entry point (`distillery.training.launch`); machine 0 is reached at its stable n
 teacher and the stage's work folder live on the `dataset-cache` volume (ReadWriteMany), so the
 owning worker reads the main rank's result and checkpoints where it would after a local launch.
 
+The worker plugs this into the stage's life through `StageHooks.launch_nodes` (`node_launcher`):
+the library's launcher follows the Job as `JobRanks` (its status, the failed pods' messages,
+deleting it) exactly as it follows local ranks, replaying progress from the shared folder and
+asking the machines to pause through a flag file there (`distillery.training.launcher`).
+
 Why an indexed Job rather than Kubeflow's TrainJob/PyTorchJob: it is core Kubernetes (batch/v1,
 stable since 1.24), so it runs on any cluster with nothing to install or upgrade; its completion
 index is exactly accelerate's machine rank, and its pods get stable DNS names through the
