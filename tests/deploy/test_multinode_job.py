@@ -5,16 +5,19 @@ API server (the fake of tests/support/fake_kube.py, whose pods are local process
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 from kubernetes.client import ApiClient, V1Job, V1JobCondition, V1JobStatus, V1ObjectMeta
 
+from distillery.training.nodes import NodeLaunch
 from services.worker.multinode import (
     COMPLETION_INDEX,
     JOB_LABEL,
@@ -22,6 +25,7 @@ from services.worker.multinode import (
     MultiNodeJob,
     MultiNodePlan,
     MultiNodeUnavailable,
+    check_shared,
     job_phase,
     render,
 )
@@ -283,6 +287,31 @@ def test_a_failed_machine_fails_the_job_with_its_message(cluster, tmp_path):
         assert "data: Field required" in (errors / f"rank-{rank}.txt").read_text()
     ranks.terminate()
     assert cluster.names("jobs") == []
+
+
+def test_what_the_machines_read_must_be_on_the_volume_they_share(tmp_path):
+    shared = tmp_path / "cache"
+    spec = {"data": {"train": [{"root": str(shared / "data")}], "val": [{"root": "/data/val"}]}}
+    launch = NodeLaunch(
+        stage="distill",
+        spec_json=json.dumps(spec),
+        num_nodes=2,
+        processes_per_node=1,
+        mixed_precision="no",
+        workdir=shared / "multinode" / "exp",
+        events_path=shared / "multinode" / "exp" / "distill" / "launch" / "progress.jsonl",
+        pause_flag=shared / "multinode" / "exp" / "distill" / "launch" / "pause",
+        teacher_path=shared / "multinode" / "exp" / "teacher" / "model.pt",
+    )
+    with pytest.raises(ValueError, match=r"^data\.val\[0\]\.root: /data/val is not on the volume"):
+        check_shared(launch, shared)
+    spec["data"]["val"] = spec["data"]["train"]
+    check_shared(replace(launch, spec_json=json.dumps(spec)), shared)
+    with pytest.raises(ValueError, match=r"^teacher: /elsewhere/model\.pt is not on the volume"):
+        check_shared(
+            replace(launch, spec_json=json.dumps(spec), teacher_path=Path("/elsewhere/model.pt")),
+            shared,
+        )
 
 
 def test_without_kubernetes_configuration_the_stage_is_refused_at_once(monkeypatch, tmp_path):
