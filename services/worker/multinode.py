@@ -72,6 +72,10 @@ class MultiNodePlan:
     #: Pod resources per machine; GPUs default to one per process.
     gpus_per_node: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    #: The worker pod that owns the stage (name, uid): the Job is its dependent, so Kubernetes'
+    #: garbage collector deletes the Job if that pod goes away (a lost node) before the worker
+    #: could. None outside a cluster.
+    owner_pod: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.num_nodes < 2:
@@ -130,7 +134,7 @@ def render(plan: MultiNodePlan) -> list[dict[str, Any]]:
         JOB_LABEL: plan.name,
         **plan.labels,
     }
-    meta = {"name": plan.name, "namespace": plan.namespace, "labels": labels}
+    meta: dict[str, Any] = {"name": plan.name, "namespace": plan.namespace, "labels": labels}
     gpus = plan.gpus_per_node if plan.gpus_per_node is not None else plan.processes_per_node
     limits: dict[str, Any] = {"nvidia.com/gpu": gpus} if gpus else {}
     config_map = {
@@ -194,10 +198,16 @@ def render(plan: MultiNodePlan) -> list[dict[str, Any]]:
         pod_spec["tolerations"] = [
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
         ]
+    job_meta = dict(meta)
+    if plan.owner_pod is not None:
+        name, uid = plan.owner_pod
+        job_meta["ownerReferences"] = [
+            {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}
+        ]
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": meta,
+        "metadata": job_meta,
         "spec": {
             "completionMode": "Indexed",
             "completions": plan.num_nodes,
@@ -406,6 +416,8 @@ def node_launcher(settings: Settings) -> Callable[[NodeLaunch], JobRanks]:
     """`StageHooks.launch_nodes` of the GPU worker: a `MultiNodeJob` per stage, created in
     `settings.multinode_namespace` with the worker image `settings.multinode_image`."""
 
+    owner = (settings.worker_pod_name, settings.worker_pod_uid)
+
     def launch(launch: NodeLaunch) -> JobRanks:
         shared = Path(settings.cache_dir)
         check_shared(launch, shared)
@@ -422,6 +434,7 @@ def node_launcher(settings: Settings) -> Callable[[NodeLaunch], JobRanks]:
             teacher_path=str(launch.teacher_path) if launch.teacher_path else None,
             tracker_group=launch.tracker_group,
             cache_dir=str(shared),
+            owner_pod=owner if all(owner) else None,
         )
         job = MultiNodeJob(plan)
         try:

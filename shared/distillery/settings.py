@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     #: the GPU worker creates their Jobs in and the image their pods run (the worker's own).
     multinode_namespace: str = "distillery"
     multinode_image: str = "distillery/worker:latest"
+    #: The GPU worker's own pod (downward API in k8s/base): it owns the Jobs it creates, so they
+    #: go with it. Empty outside Kubernetes.
+    worker_pod_name: str = ""
+    worker_pod_uid: str = ""
 
     #: wandb mode for workers: online needs WANDB_API_KEY.
     wandb_mode: str = "offline"

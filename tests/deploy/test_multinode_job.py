@@ -53,8 +53,30 @@ def _by_kind(docs):
 
 
 def test_rendered_objects_validate_against_the_kubernetes_schema():
-    for doc in render(_plan()):
+    for doc in render(_plan(owner_pod=("gpu-worker-5d8f-x2x", "6f1c-uid"))):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_job_is_owned_by_the_worker_pod_that_owns_the_stage(rendered):
+    docs = _by_kind(render(_plan(owner_pod=("gpu-worker-5d8f-x2x", "6f1c-uid"))))
+    (owner,) = docs["Job"]["metadata"]["ownerReferences"]
+    assert owner == {"apiVersion": "v1", "kind": "Pod", "name": "gpu-worker-5d8f-x2x",
+                     "uid": "6f1c-uid"}  # fmt: skip
+    assert "ownerReferences" not in docs["Service"]["metadata"]  # the Job owns those (create)
+    assert "ownerReferences" not in _by_kind(render(_plan()))["Job"]["metadata"]
+    # The base's gpu-worker tells the worker its pod and namespace (downward API).
+    worker = next(
+        d
+        for d in rendered["base"]
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "gpu-worker"
+    )
+    env = {e["name"]: e for e in worker["spec"]["template"]["spec"]["containers"][0]["env"]}
+    fields = {name: e["valueFrom"]["fieldRef"]["fieldPath"] for name, e in env.items()}
+    assert fields == {
+        "DISTILLERY_MULTINODE_NAMESPACE": "metadata.namespace",
+        "DISTILLERY_WORKER_POD_NAME": "metadata.name",
+        "DISTILLERY_WORKER_POD_UID": "metadata.uid",
+    }
 
 
 def test_job_is_indexed_and_its_pods_meet_at_machine_zero(rendered):
