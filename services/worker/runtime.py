@@ -25,6 +25,7 @@ from distillery.stages import lifecycle
 from distillery.stages.runner import StageRunner
 from services.dispatch import CeleryDispatcher, enqueue_stage
 from services.worker import preemption
+from services.worker.multinode import node_launcher, shared_work_dir
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ def execute_stage(app: Celery, settings: Settings, stage_id: int, worker: str) -
         tracking_mode=settings.wandb_mode,
         should_pause=preemption.requested,
         check_spec=spec_checker(settings, sessions),
+        launch_nodes=node_launcher(settings),
+        shared_work_dir=shared_work_dir(settings),
     )
     try:
         with heartbeat(sessions, stage_id, worker, settings.lease_seconds):

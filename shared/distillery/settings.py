@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     max_active_experiments: int = 20
     max_submissions_per_minute: int = 30
 
+    #: Multi-node stages (`train.num_nodes > 1`, services/worker/multinode.py): the namespace
+    #: the GPU worker creates their Jobs in and the image their pods run (the worker's own).
+    multinode_namespace: str = "distillery"
+    multinode_image: str = "distillery/worker:latest"
+    #: The GPU worker's own pod (downward API in k8s/base): it owns the Jobs it creates, so they
+    #: go with it. Empty outside Kubernetes.
+    worker_pod_name: str = ""
+    worker_pod_uid: str = ""
+
     #: wandb mode for workers: online needs WANDB_API_KEY.
     wandb_mode: str = "offline"
 

@@ -139,8 +139,9 @@ def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def render_kustomization(directory: Path) -> list[dict[str, Any]]:
     """Render `directory/kustomization.yaml` the way `kustomize build` does for the features these
-    manifests use: resources (files and kustomization folders), namespace, images, replicas and
-    strategic-merge patches (files or inline, including `$patch: delete`)."""
+    manifests use: resources (files and kustomization folders), namespace (also of a binding's
+    ServiceAccount subjects), images, replicas and strategic-merge patches (files or inline,
+    including `$patch: delete`)."""
     kfile = directory / "kustomization.yaml"
     if not kfile.is_file():
         raise FileNotFoundError(f"{kfile}: no kustomization.yaml")
@@ -202,6 +203,10 @@ def render_kustomization(directory: Path) -> list[dict[str, Any]]:
         for d in docs:
             if d["kind"] not in CLUSTER_SCOPED:
                 d["metadata"]["namespace"] = k["namespace"]
+            # kustomize also puts a binding's ServiceAccount subjects without one there.
+            for subject in d.get("subjects", []) if d["kind"].endswith("RoleBinding") else []:
+                if subject.get("kind") == "ServiceAccount" and not subject.get("namespace"):
+                    subject["namespace"] = k["namespace"]
     return docs
 
 

@@ -55,3 +55,22 @@ def test_an_upload_failure_reaches_the_stage_and_later_ones_wait(tmp_path: Path)
         uploads.drain()
     assert seen == []  # never a newer checkpoint recorded after a failed older one
     uploads.close()
+
+
+def test_the_same_checkpoint_folder_submitted_twice_is_stored_twice(tmp_path: Path) -> None:
+    """A pause right after an epoch's checkpoint writes (and reports) that step again, each time
+    through a new path object (the progress file's events)."""
+    gate, seen = threading.Event(), []
+
+    def upload(snapshot: Path) -> None:
+        gate.wait(10)  # the first is still waiting when the second comes
+        seen.append(snapshot.name)
+
+    uploads = CheckpointUploads(upload, tmp_path / "scratch")
+    reported = str(_checkpoint(tmp_path / "ckpt", "step-15"))
+    for _ in range(2):
+        uploads.submit(Path(reported))  # freed at once, as after a progress file's event
+    gate.set()
+    uploads.drain()
+    uploads.close()
+    assert seen == ["step-15", "step-15"]

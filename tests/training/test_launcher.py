@@ -69,6 +69,21 @@ def test_stopping_a_multi_process_stage_ends_its_processes(make_spec, tmp_path: 
     assert _processes_mentioning(str(tmp_path)) == []  # the launcher and its ranks are gone
 
 
+@pytest.mark.slow
+def test_the_ranks_own_error_leads_the_stage_s_error(make_spec, tmp_path: Path) -> None:
+    spec = make_spec(student={"train": {"epochs": 1, "batch_size": 2, "num_processes": 2}})
+    missing = tmp_path / "no-teacher.pt"  # only the ranks look for it
+    with pytest.raises(RuntimeError) as failed:
+        run_stage(spec, "distill", tmp_path / "work", teacher_path=missing)
+    message = str(failed.value)
+    # Each rank's error, by rank, before accelerate's exit code and the end of its log.
+    assert message.startswith(
+        f"stage distill: rank 0: FileNotFoundError: teacher checkpoint {missing}: no such file"
+    )
+    assert f"rank 1: FileNotFoundError: teacher checkpoint {missing}" in message
+    assert message.index("rank 1:") < message.index("`accelerate launch` on 2 processes exited")
+
+
 def _processes_mentioning(text: str) -> list[int]:
     found = []
     for d in Path("/proc").iterdir():

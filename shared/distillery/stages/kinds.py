@@ -89,6 +89,10 @@ class StageKind:
         """Whether an experiment of `spec` runs this stage (default: listed in `spec.stages`)."""
         return self.name in spec.stages
 
+    def num_nodes(self, spec: ExperimentSpec) -> int:
+        """The machines this stage runs on (above 1 its work folder must be shared by them)."""
+        return 1
+
     def prepare(self, spec: ExperimentSpec, inputs: StageInputs) -> ExperimentSpec:
         """The spec this stage runs with, given the earlier stages' outputs."""
         if inputs.student_width is not None:

@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
@@ -41,6 +41,9 @@ from distillery.stages.plan import kind_of
 from distillery.stages.results import build_results, results_markdown
 from distillery.stages.uploads import CheckpointUploads
 from distillery.storage import Storage, put_dir
+
+if TYPE_CHECKING:
+    from distillery.training.nodes import NodeLaunch, Ranks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,11 +68,16 @@ class StageRunner:
         should_pause: Callable[[], bool] | None = None,
         retry_budget_s: float = DEFAULT_BUDGET_S,
         check_spec: Callable[[str, ExperimentSpec], None] | None = None,
+        launch_nodes: Callable[[NodeLaunch], Ranks] | None = None,
+        shared_work_dir: Path | None = None,
     ) -> None:
         """`tracking_mode` caps what a spec may ask of wandb (`online` > `offline` > `disabled`);
         `should_pause()` True (the worker got SIGTERM) checkpoints the stage at its next step and
         gives it back to the queue; `check_spec(experiment_id, spec)` (the platform's
-        `distillery.access` rules) runs before the stage does, and what it raises fails it."""
+        `distillery.access` rules) runs before the stage does, and what it raises fails it.
+        `launch_nodes` starts a stage with `train.num_nodes > 1` on its machines (the GPU
+        worker's Kubernetes Job; see `StageHooks`); such a stage works in `shared_work_dir` (a
+        volume every machine mounts) instead of `work_dir`."""
         self.sessions = session_factory
         self.artifacts = artifacts
         self.work_dir = Path(work_dir)
@@ -81,6 +89,8 @@ class StageRunner:
         self.should_pause = should_pause
         self.retry_budget_s = retry_budget_s
         self.check_spec = check_spec
+        self.launch_nodes = launch_nodes
+        self.shared_work_dir = Path(shared_work_dir) if shared_work_dir is not None else None
 
     # ------------------------------------------------------------------------------- retries
 
@@ -115,6 +125,7 @@ class StageRunner:
             )
             if self.check_spec is not None:
                 self.check_spec(claimed.experiment_id, spec)
+            work_root = self._work_root(kind.num_nodes(spec))
         except Exception as exc:
             if is_transient(exc):
                 raise
@@ -125,7 +136,7 @@ class StageRunner:
         from distillery.tracking import tracker_group
         from distillery.training import StageCancelled, StageDiverged, StagePaused
 
-        workdir = self.work_dir / claimed.experiment_id
+        workdir = work_root / claimed.experiment_id
         workdir.mkdir(parents=True, exist_ok=True)
         uploads = CheckpointUploads(
             self._checkpoint_uploader(stage_id, claimed.experiment_id, claimed.name),
@@ -178,6 +189,17 @@ class StageRunner:
             return None
         nxt = self._db("next stage", lambda s: lifecycle.next_stage(s, stage_id))
         return nxt.id if nxt is not None else None
+
+    def _work_root(self, num_nodes: int) -> Path:
+        """Where a stage on `num_nodes` machines works: `shared_work_dir` above one machine."""
+        if num_nodes > 1 and self.launch_nodes is not None:
+            if self.shared_work_dir is None:
+                raise ValueError(
+                    f"train.num_nodes: {num_nodes} machines need a work folder they all mount "
+                    "(the runner has no shared_work_dir)"
+                )
+            return self.shared_work_dir
+        return self.work_dir
 
     def _end(
         self,
@@ -261,6 +283,7 @@ class StageRunner:
             should_stop=self._cancel_checker(stage_id),
             should_pause=self.should_pause,
             resolve_root=self.resolve_root,
+            launch_nodes=self.launch_nodes,
         )
 
     def _progress_writer(self, stage_id: int) -> Callable[[Any], None]:

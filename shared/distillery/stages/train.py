@@ -67,6 +67,11 @@ class TrainStage(StageKind):
             artifacts=artifacts,
         )
 
+    def num_nodes(self, spec: ExperimentSpec) -> int:
+        from distillery.training.plan import plan_stage
+
+        return plan_stage(spec, self.name).train.num_nodes
+
     def teacher_path(self, ctx: StageContext) -> Path | None:
         return None
 

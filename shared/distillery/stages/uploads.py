@@ -36,8 +36,11 @@ class CheckpointUploads:
     def submit(self, directory: Path) -> None:
         """Snapshot `directory` now and upload it in the background."""
         self._raise_failure()
+        # A name of its own even for the same folder twice (a pause right after an epoch's
+        # checkpoint writes that step again): `id()` of a freed path can come back.
+        self._submitted += 1
         snapshot = (
-            self._scratch / f"{directory.name}-{os.getpid()}-{id(directory)}" / directory.name
+            self._scratch / f"{directory.name}-{os.getpid()}-{self._submitted}" / directory.name
         )
         shutil.copytree(directory, snapshot, copy_function=os.link)
         self._queue.put(snapshot)

@@ -3,7 +3,9 @@
 The platform's stage runner and `distillery run` fill it in; a plain call needs none of it.
 Under `accelerate launch` the parent process keeps the hooks: `resolve_root` is applied before
 the launch, progress and checkpoint events come back through the progress file, and
-`should_stop` / `should_pause` are polled by the parent, which signals the ranks.
+`should_stop` / `should_pause` are polled by the parent, which signals the ranks. On several
+machines (`train.num_nodes > 1`) `launch_nodes` starts the ranks and the parent follows them the
+same way.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from distillery.spec import DatasetRef
+    from distillery.training.nodes import NodeLaunch, Ranks
     from distillery.training.progress import Progress
 
 
@@ -28,6 +31,8 @@ class StageHooks:
     - `should_pause()`: polled every step; True (preemption: SIGTERM) writes a checkpoint at
       this step and stops (`StagePaused`), so the stage resumes exactly there.
     - `resolve_root(DatasetRef)`: the local folder of a platform dataset (`dataset_id`).
+    - `launch_nodes(NodeLaunch) -> Ranks`: start a stage on `train.num_nodes` machines (the
+      platform's GPU worker: a Kubernetes Job); without it such a stage is refused.
     """
 
     on_progress: Callable[[Progress], None] | None = None
@@ -35,6 +40,7 @@ class StageHooks:
     should_stop: Callable[[], bool] | None = None
     should_pause: Callable[[], bool] | None = None
     resolve_root: Callable[[DatasetRef], Path] | None = None
+    launch_nodes: Callable[[NodeLaunch], Ranks] | None = None
 
     def stop_requested(self) -> bool:
         return self.should_stop is not None and self.should_stop()

@@ -8,21 +8,25 @@ does when ``train.num_processes > 1``). The main rank writes ``DIR/<stage>/resul
 appends progress to ``--events``; every rank writes ``DIR/<stage>/result/rank-<i>.json`` with a
 hash of its final weights and what it evaluated, to check that processes agree. When the
 parent creates ``DIR/<stage>/launch/pause``, the ranks agree on it at the same step (a max over
-processes), write a checkpoint there and exit with `PAUSED_EXIT_CODE`.
+processes), write a checkpoint there and exit with `PAUSED_EXIT_CODE`. A rank that fails writes
+its error to ``DIR/<stage>/launch/errors/rank-<i>.txt``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import torch
 
 from distillery.spec import SpecError, load_spec
 from distillery.training.hooks import StageHooks
-from distillery.training.launcher import PAUSE_FLAG, PAUSED_EXIT_CODE
+from distillery.training.launcher import ERRORS_DIR, LAUNCH_DIR, PAUSE_FLAG, PAUSED_EXIT_CODE
 from distillery.training.result import StagePaused
 
 
@@ -54,12 +58,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def record_error(launch_dir: Path, error: BaseException) -> None:
+    """Write this rank's error to ``launch/errors/rank-<RANK>.txt``, where the launcher (on
+    this machine or, through the shared work folder, the worker owning a multi-node stage) puts
+    it at the top of the stage's error: the end of a rank's log is torchrun's own report."""
+    where = ""
+    if error.__traceback__ is not None:
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        where = f" (at {frame.filename}:{frame.lineno})"
+    errors = launch_dir / ERRORS_DIR
+    rank = os.environ.get("RANK", "0")
+    with contextlib.suppress(OSError):  # the error itself is raised either way
+        errors.mkdir(parents=True, exist_ok=True)
+        (errors / f"rank-{rank}.txt").write_text(f"{type(error).__name__}: {error}{where}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    launch_dir = args.workdir.resolve() / args.stage / LAUNCH_DIR
+    try:
+        return run(args, launch_dir)
+    except Exception as e:
+        record_error(launch_dir, e)
+        raise
+
+
+def run(args: argparse.Namespace, launch_dir: Path) -> int:
     try:
         spec = load_spec(args.spec)
     except SpecError as e:
         print(e, file=sys.stderr)
+        record_error(launch_dir, e)
         return 2
 
     from distillery.training.trainer import train_stage
@@ -72,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir,
             teacher_path=args.teacher,
             resume=not args.no_resume,
-            hooks=pause_flag_checker(workdir / args.stage / "launch" / PAUSE_FLAG),
+            hooks=pause_flag_checker(launch_dir / PAUSE_FLAG),
             tracker_group=args.tracker_group,
             events_path=args.events,
         )

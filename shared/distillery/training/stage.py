@@ -2,7 +2,9 @@
 
 It runs the stage in this process, or, when ``train.num_processes > 1`` (and this is not
 already one of several processes), under ``accelerate launch`` in a subprocess group (see
-`launcher`). Either way the caller gets the same callbacks and the same `StageResult`.
+`launcher`), or, when ``train.num_nodes > 1``, on machines that `StageHooks.launch_nodes`
+starts (the platform's worker; refused without it). Either way the caller gets the same
+callbacks and the same `StageResult`.
 
 Layout of ``workdir/<stage>/``: ``ckpt/step-<n>/`` (accelerate state after n optimizer steps,
 newest two kept), ``model.pt`` (the exported model), ``result.json`` (present once the stage
@@ -45,7 +47,14 @@ def run_stage(
     """
     plan = plan_stage(spec, stage)  # validates the stage and its settings early
     check_precision(plan.train)
-    check_processes(plan.train.num_processes, visible_gpus())
+    if plan.train.num_nodes > 1 and hooks.launch_nodes is None:
+        raise ValueError(
+            f"{stage}.train.num_nodes: {plan.train.num_nodes} machines run as a Kubernetes Job "
+            "started by the platform's GPU worker; without a cluster (`distillery run`) use "
+            "num_processes on one machine"
+        )
+    if plan.train.num_nodes == 1:  # on several machines, each checks its own GPUs
+        check_processes(plan.train.num_processes, visible_gpus())
     workdir = Path(workdir).resolve()
     stage_dir = workdir / stage
     result_file = stage_dir / RESULT_FILE
@@ -55,10 +64,20 @@ def run_stage(
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
 
-    if plan.train.num_nodes > 1:
-        raise ValueError(
-            f"{stage}.train.num_nodes: {plan.train.num_nodes} machines run as a Kubernetes Job "
-            "of the platform (services/worker/multinode.py); on one machine use num_processes"
+    if hooks.launch_nodes is not None and plan.train.num_nodes > 1:
+        from distillery.training.launcher import launch_nodes_stage
+
+        return launch_nodes_stage(
+            spec,
+            stage,
+            workdir,
+            hooks.launch_nodes,
+            num_nodes=plan.train.num_nodes,
+            processes_per_node=plan.train.num_processes,
+            mixed_precision=plan.train.mixed_precision,
+            teacher_path=teacher_path,
+            hooks=hooks,
+            tracker_group=tracker_group,
         )
     if plan.train.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         from distillery.training.launcher import launch_stage
