@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from distillery.archive_safety import ArchiveError, list_members
+from distillery.archive_safety import ArchiveError, verify_archive
 from distillery.checking.keys import dataset_prefix, staged_archive_key
 from distillery.db import Dataset
 from distillery.db.models import new_id
@@ -123,14 +123,15 @@ def create_dataset(
 
 
 def _stage_archive(storage: Storage, file: UploadFile, key: str, settings: Settings) -> None:
-    """Copy the upload to a temporary file, read its directory under the archive limits (422
-    naming the file and the entry), and store it as one object at `key`."""
+    """Copy the upload to a temporary file, read its directory under the archive limits and
+    stream its data through the checksums (422 naming the file and the entry), and store it as
+    one object at `key`."""
     with tempfile.TemporaryDirectory(dir=_tmp_dir(settings.work_dir)) as tmp:
         archive = Path(tmp) / "upload"
         with open(archive, "wb") as f:
             shutil.copyfileobj(file.file, f, 1 << 20)
         try:
-            list_members(archive, upload_limits(settings))
+            verify_archive(archive, upload_limits(settings))
         except ArchiveError as e:
             raise _invalid("file", f"{short(file.filename)}: {e}") from None
         with removed_on_error(storage, key):

@@ -106,30 +106,26 @@ def run_check(
         log.warning("dataset %s: the check was handed on; this attempt writes nothing", dataset_id)
         return None
     resources = {"peak_rss_mb": round(outcome.peak_rss_mb, 1), "seconds": round(outcome.seconds, 2)}
+    ready = outcome.status == lifecycle.READY
     with sessions() as s:
-        if outcome.status == lifecycle.READY:
-            summary = {**outcome.summary, "check": resources}
-            done = lifecycle.finish(
-                s, dataset_id, holder, lifecycle.READY, summary=summary, stats=outcome.stats
-            )
-        else:
-            if not lifecycle.holds(s, dataset_id, holder):
-                return None
-            if claimed.archive_key is not None:
+        done = lifecycle.finish(
+            s,
+            dataset_id,
+            holder,
+            outcome.status,
+            error=outcome.error,
+            summary={**outcome.summary, "check": resources} if ready else {"check": resources},
+            stats=outcome.stats if ready else None,
+        )
+        if not done:
+            return None
+        # Removed before the result is visible (the guarded update holds the row meanwhile):
+        # whoever sees ready or invalid sees no staged archive, and invalid no tree.
+        if claimed.archive_key is not None:
+            if not ready:
                 storage.delete_prefix(claimed.prefix + "/")
-            done = lifecycle.finish(
-                s,
-                dataset_id,
-                holder,
-                lifecycle.INVALID,
-                error=outcome.error,
-                summary={"check": resources},
-            )
+            storage.delete_prefix(claimed.archive_key)
         s.commit()
-    if not done:
-        return None
-    if claimed.archive_key is not None:
-        storage.delete_prefix(claimed.archive_key)
     log.info("dataset %s: %s (%s)", dataset_id, outcome.status, resources)
     return outcome.status
 
