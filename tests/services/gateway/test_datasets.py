@@ -176,3 +176,44 @@ def test_prefix_xor_file(as_user, cityscapes_dir):
     assert r.status_code == 422
     r = upload(as_user("alice"), tar_gz(cityscapes_dir), **{"format": "kitti"})
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "format"
+
+
+def test_broker_down_keeps_the_check_for_the_reconciler(
+    settings, make_user, session_factory, cityscapes_dir, start_checker
+):
+    """The upload is staged and its row stored (Postgres is the truth) with no
+    `check_enqueued_at`; once the broker is back, a reconciler pass sends the check and a
+    checker ends it ready."""
+    from fastapi.testclient import TestClient
+
+    from distillery.db import Dataset
+    from services.celery_app import make_celery
+    from services.gateway.main import create_app
+    from services.worker.reconcile import reconcile_checks
+    from tests.support.devstack import free_port
+
+    from .helpers import auth
+
+    token = make_user("alice")
+    down = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    with TestClient(create_app(down)) as c:
+        r = c.post(
+            "/datasets",
+            data={"name": "no-broker", "format": "cityscapes"},
+            files={"file": ("cs.tar.gz", tar_gz(cityscapes_dir), "application/gzip")},
+            headers=auth(token),
+        )
+    assert r.status_code == 202 and r.json()["status"] == "checking", r.text
+    dataset_id = r.json()["id"]
+    with session_factory() as s:
+        row = s.get(Dataset, dataset_id)
+        assert row.check_enqueued_at is None and row.archive_key == staged_archive_key(dataset_id)
+    storage = make_storage(settings, settings.datasets_bucket)
+    assert storage.exists(staged_archive_key(dataset_id))
+
+    sent = reconcile_checks(make_celery(settings), session_factory, settings.cpu_queue, 0)
+    assert sent == [dataset_id]
+    start_checker()
+    with TestClient(create_app(settings)) as c:
+        ds = wait_checked(lambda path: c.get(path, headers=auth(token)), dataset_id)
+    assert ds["status"] == "ready", ds
