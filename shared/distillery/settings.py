@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     upload_max_image_pixels: int = 4096 * 4096
     #: A dataset check (`distillery.checking`) runs in a child process under these limits: its
     #: address space in MiB (`RLIMIT_AS`) and its wall-clock seconds. Over either, the dataset
-    #: ends `invalid` naming the limit; the worker carries on.
+    #: ends `invalid` naming the limit; the worker carries on. The check's code (numpy, PIL,
+    #: torch) alone maps about 630 MB of address space, so below ~800 every check fails.
     check_memory_mb: int = 1024
     check_timeout_s: float = 600.0
 

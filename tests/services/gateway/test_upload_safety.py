@@ -183,3 +183,24 @@ def test_png_bomb_peak_gateway_memory_stays_under_500_mb(settings, make_user, tm
         f"peak {peak[0] / 2**20:.0f} MB"
     )
     assert peak[0] < 500 * 2**20
+
+
+def test_an_upload_over_the_size_cap_is_a_413_that_leaves_nothing(
+    settings, make_user, session_factory, cityscapes_dir
+):
+    from fastapi.testclient import TestClient
+
+    from services.gateway.main import create_app
+
+    capped = settings.model_copy(update={"max_upload_bytes": 4 << 10})
+    data = tar_gz(cityscapes_dir)
+    assert len(data) > 4 << 10
+    with TestClient(create_app(capped)) as c:
+        r = c.post(
+            "/datasets",
+            data={"name": "too-big", "format": "cityscapes"},
+            files={"file": ("cs.tar.gz", data, "application/gzip")},
+            headers=auth(make_user("alice")),
+        )
+    assert r.status_code == 413 and "limit is 4096 bytes" in r.json()["detail"], r.text
+    nothing_written(settings, session_factory)
