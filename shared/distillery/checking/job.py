@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,8 +33,12 @@ from distillery.checking.check import memory_message
 from distillery.checking.keys import staged_archive_key
 from distillery.s3 import make_storage
 from distillery.settings import Settings
+from distillery.stages.lifecycle import holder_is_dead, process_identity
 
 log = logging.getLogger(__name__)
+
+#: A check's working folder in `Settings.work_dir`: `check-<pid of the checker>-<random>`.
+WORK_PREFIX = "check-"
 
 
 @dataclass
@@ -148,7 +153,9 @@ def run_child(
     """Run `python -m distillery.checking.check` for `claimed` under `check_memory_mb` and
     `check_timeout_s`; the child is killed past the deadline (or when `stop` is set)."""
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="check-") as tmp:
+    remove_dead_work_dirs(settings.work_dir)
+    prefix = f"{WORK_PREFIX}{os.getpid()}-"
+    with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix=prefix) as tmp:
         request = {
             "dataset_id": claimed.dataset_id,
             "format": claimed.format,
@@ -168,6 +175,19 @@ def run_child(
         outcome = _outcome(settings, result_path, status, timed_out)
         outcome.peak_rss_mb, outcome.seconds = peak_kb / 1024, seconds
         return outcome
+
+
+def remove_dead_work_dirs(work_dir: Path) -> list[Path]:
+    """Remove the folders (`check-<pid>-*`) that checks of processes of this host that no longer
+    exist left in `work_dir` (a checker killed mid-check leaves its unpacked upload there);
+    returns them."""
+    removed = []
+    for folder in work_dir.glob(f"{WORK_PREFIX}*-*"):
+        pid = folder.name.removeprefix(WORK_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and holder_is_dead(process_identity(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _wait(

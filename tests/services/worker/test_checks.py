@@ -68,6 +68,7 @@ def test_a_checker_killed_mid_check_is_replaced_and_the_dataset_ends_ready(
             return s.get(Dataset, dataset_id).check_holder
 
     held_by = poll(holder, 120, "the first checker holds the check", interval_s=0.05)
+    poll(lambda: list(settings.work_dir.glob("check-*")), 60, "its work folder", interval_s=0.05)
     first.kill_group(signal.SIGKILL)  # the worker, its pool process and the check's child
     first.popen.wait(30)
     storage = make_storage(settings, settings.datasets_bucket)
@@ -87,6 +88,8 @@ def test_a_checker_killed_mid_check_is_replaced_and_the_dataset_ends_ready(
         assert row.check_holder != held_by
     keys = {o.key for o in storage.list("")}
     assert leftover not in keys and staged_archive_key(dataset_id) not in keys
+    # The killed check's unpacked upload is gone from the work folder too.
+    assert list(settings.work_dir.glob("check-*")) == []
     assert len(keys) == 2 * (24 + 2) + 1  # images and masks of both splits, and the marker
     assert ds["summary"]["train"]["images"] == 24
 
