@@ -92,18 +92,18 @@ def reconcile_checks(
 ) -> list[str]:
     """One pass over the dataset checks; returns the ids of the datasets sent again.
 
-    A check whose holder died (or let its lease expire) is sent now; one that is not held and
-    was never sent, or sent over `stale_after_s` ago, is sent again unless its message is alive
-    in Redis (waiting in the queue, or just delivered).
+    A check whose holder died (or let its lease expire) is sent now (its message went to the
+    dead worker); one that is not held and was never sent, or sent over `stale_after_s` ago, is
+    sent again unless its message is alive in Redis (waiting in the queue, or just delivered).
     """
     sent: list[str] = []
     dispatcher = CeleryDispatcher(app)
     with sessions() as s:
-        candidates = checks.requeue_lost(s, datetime.now(UTC), stale_after_s)
+        lost = checks.requeue_lost(s, datetime.now(UTC), stale_after_s)
         s.commit()
-        pending = pending_check_ids(app, cpu_queue, stale_after_s) if candidates else set()
-        for dataset_id in candidates:
-            if dataset_id in pending:
+        pending = pending_check_ids(app, cpu_queue, stale_after_s) if lost.stale else set()
+        for dataset_id in lost.taken_over + lost.stale:
+            if dataset_id in pending and dataset_id not in lost.taken_over:
                 checks.mark_enqueued(s, dataset_id)  # its message is alive: look again later
                 s.commit()
                 continue

@@ -16,6 +16,7 @@ from distillery.db import Dataset, make_engine, make_session_factory, migrate
 from distillery.stages.lifecycle import process_identity
 
 LEASE = timedelta(seconds=30)
+NONE = lifecycle.Lost([], [])
 
 
 @pytest.fixture
@@ -76,25 +77,25 @@ def test_a_dead_or_expired_holder_is_handed_on_and_the_check_sent_again(sessions
     with sessions.begin() as s:
         lifecycle.claim(s, d, process_identity(dead.pid), LEASE)
     with sessions.begin() as s:  # a dead process of this host: taken over at once
-        assert lifecycle.requeue_lost(s, datetime.now(UTC), stale_after_s=60) == [d]
+        assert lifecycle.requeue_lost(s, datetime.now(UTC), stale_after_s=60).taken_over == [d]
     assert _row(sessions, d).check_holder is None
     with sessions.begin() as s:
         assert lifecycle.claim(s, d, "other-host/1:7", LEASE).attempt == 2
     with sessions.begin() as s:  # a live (unknown) holder within its lease is left alone
-        assert lifecycle.requeue_lost(s, datetime.now(UTC), stale_after_s=60) == []
+        assert lifecycle.requeue_lost(s, datetime.now(UTC), stale_after_s=60) == NONE
         later = datetime.now(UTC) + LEASE + timedelta(seconds=1)
-        assert lifecycle.requeue_lost(s, later, stale_after_s=60) == [d]  # lease expired
+        assert lifecycle.requeue_lost(s, later, stale_after_s=60).taken_over == [d]  # expired
     with sessions.begin() as s:  # not held, just sent: wait for `stale_after`
         lifecycle.mark_enqueued(s, d)
     with sessions.begin() as s:
-        assert lifecycle.requeue_lost(s, datetime.now(UTC), stale_after_s=60) == []
+        assert lifecycle.requeue_lost(s, datetime.now(UTC), stale_after_s=60) == NONE
         later = datetime.now(UTC) + timedelta(seconds=61)
-        assert lifecycle.requeue_lost(s, later, stale_after_s=60) == [d]
+        assert lifecycle.requeue_lost(s, later, stale_after_s=60) == lifecycle.Lost([], [d])
 
 
 def test_a_never_sent_check_waits_for_its_sender_then_is_sent(sessions) -> None:
     d = _dataset(sessions, archive_key=None, age_s=5)
     with sessions.begin() as s:
-        assert lifecycle.requeue_lost(s, datetime.now(UTC), stale_after_s=60) == []
-        assert lifecycle.requeue_lost(s, datetime.now(UTC), stale_after_s=2) == [d]
+        assert lifecycle.requeue_lost(s, datetime.now(UTC), stale_after_s=60) == NONE
+        assert lifecycle.requeue_lost(s, datetime.now(UTC), stale_after_s=2).stale == [d]
         assert not lifecycle.finish(s, d, "nobody", lifecycle.READY)

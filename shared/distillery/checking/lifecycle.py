@@ -126,14 +126,26 @@ def mark_enqueued(s: Session, dataset_id: str) -> None:
     )
 
 
-def requeue_lost(s: Session, at: datetime, stale_after_s: float) -> list[str]:
-    """The reconciler's pass over `checking` datasets; returns the ids whose message may be lost:
-    - held by a provably dead process of this host, or with an expired lease: the holder is
-      cleared (compare-and-set: a holder that renewed meanwhile keeps it);
-    - not held, and never sent or sent over `stale_after_s` ago.
-    The caller sends the messages (leaving out those still alive in Redis); a duplicate is
-    harmless, because a check is held by one process at a time."""
-    out: list[str] = []
+@dataclass(frozen=True)
+class Lost:
+    """The checks a reconciler pass should send again."""
+
+    #: Held by a process that died or let its lease expire (now not held): send at once.
+    taken_over: list[str]
+    #: Not held, and never sent or sent over `stale_after_s` ago: send unless the message is
+    #: still alive in the broker.
+    stale: list[str]
+
+
+def requeue_lost(s: Session, at: datetime, stale_after_s: float) -> Lost:
+    """The reconciler's pass over `checking` datasets: the ids whose message may be lost
+    - because their holder is a provably dead process of this host, or its lease expired: the
+      holder is cleared (compare-and-set: a holder that renewed meanwhile keeps it);
+    - because they are not held, and were never sent or sent over `stale_after_s` ago.
+    The caller sends the messages; a duplicate is harmless, because a check is held by one
+    process at a time."""
+    taken_over: list[str] = []
+    stale: list[str] = []
     rows = s.execute(select(Dataset).where(Dataset.status == CHECKING)).scalars().all()
     for ds in rows:
         if ds.check_holder is not None:
@@ -154,9 +166,9 @@ def requeue_lost(s: Session, at: datetime, stale_after_s: float) -> list[str]:
                 log.warning(
                     "dataset %s: its check lost %s; sending it again", ds.id, ds.check_holder
                 )
-                out.append(ds.id)
+                taken_over.append(ds.id)
             continue
         sent = aware(ds.check_enqueued_at) or aware(ds.created_at)
         if sent is None or (at - sent).total_seconds() > stale_after_s:
-            out.append(ds.id)
-    return out
+            stale.append(ds.id)
+    return Lost(taken_over, stale)
