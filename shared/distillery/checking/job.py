@@ -31,9 +31,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from distillery.checking import lifecycle
 from distillery.checking.check import memory_message
 from distillery.checking.keys import staged_archive_key
+from distillery.db import Dataset
 from distillery.s3 import make_storage
 from distillery.settings import Settings
 from distillery.stages.lifecycle import holder_is_dead, process_identity
+from distillery.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +137,11 @@ def run_check(
     return outcome.status
 
 
-def _remove_stale_archive(sessions: sessionmaker[Session], storage: Any, dataset_id: str) -> None:
+def _remove_stale_archive(
+    sessions: sessionmaker[Session], storage: Storage, dataset_id: str
+) -> None:
     """A duplicate message for a finished upload: its staged archive must not outlive the check
     (the attempt that finished may have died before removing it)."""
-    from distillery.db import Dataset
-
     with sessions() as s:
         ds = s.get(Dataset, dataset_id)
         finished = ds is not None and ds.status != lifecycle.CHECKING
@@ -228,5 +230,5 @@ def _outcome(settings: Settings, result: Path, status: int, timed_out: bool) -> 
     mb = settings.check_memory_mb
     return ChildOutcome(
         lifecycle.INVALID,
-        f"the check process ended with {how} and no result (did {memory_message(mb)}?)",
+        f"the check process ended with {how} and no result; perhaps {memory_message(mb)}",
     )

@@ -204,3 +204,15 @@ def test_an_upload_over_the_size_cap_is_a_413_that_leaves_nothing(
         )
     assert r.status_code == 413 and "limit is 4096 bytes" in r.json()["detail"], r.text
     nothing_written(settings, session_factory)
+
+
+def test_a_memory_limit_below_the_checks_own_code_ends_invalid_naming_it(
+    as_user, settings, cityscapes_dir, start_checker
+):
+    # 300 MB cannot even map the data code: the child dies importing it (ImportError, or
+    # SIGABRT in a C++ allocation) and writes no result; the dataset names the memory limit.
+    start_checker(check_memory_mb=300)
+    ds = checked(as_user("alice"), upload(as_user("alice"), tar_gz(cityscapes_dir)))
+    assert ds["status"] == "invalid", ds
+    assert "memory limit of 300 MB" in ds["error"], ds["error"]
+    assert make_storage(settings, settings.datasets_bucket).list("") == []
