@@ -75,8 +75,8 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(gateway worker ci-postgres ci-redis ci-s3)
 for target in "${targets[@]}"; do
   case $target in
-    # The gateway's dataset checks import torch (services/gateway/checking.py): CPU torch too.
-    gateway) build gateway services/gateway/Dockerfile . --build-arg "TORCH_REQUIREMENT=$TORCH_REQUIREMENT" ;;
+    # No torch in the gateway: dataset checks run on the checker (the worker image).
+    gateway) build gateway services/gateway/Dockerfile . ;;
     worker) build worker services/worker/Dockerfile . --build-arg "TORCH_REQUIREMENT=$TORCH_REQUIREMENT" ;;
     ci-postgres | ci-redis | ci-s3)
       build "$target" "tests/deploy/images/${target#ci-}.Dockerfile" tests/deploy/images ;;

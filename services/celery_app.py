@@ -1,8 +1,8 @@
 """The Celery app the gateway and the workers share (broker, acks, routes).
 
 `shared/` imports no Celery: the app lives here. The gateway only *sends* tasks by name
-(`RUN_STAGE_TASK`) and never imports the worker's task modules; workers add them with
-`celery.conf.include` or by importing them.
+(`RUN_STAGE_TASK`, `CHECK_DATASET_TASK`) and never imports the worker's task modules; workers
+add them with `celery.conf.include` or by importing them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from distillery.settings import Settings
 
 #: The task a worker registers to run one stage: `run_stage(stage_id: int)`.
 RUN_STAGE_TASK = "distillery.run_stage"
+#: The task the cpu-queue worker registers to check one dataset: `check_dataset(dataset_id)`.
+CHECK_DATASET_TASK = "distillery.check_dataset"
 
 
 def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
@@ -32,7 +34,10 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.gpu_queue,
-        task_routes={RUN_STAGE_TASK: {"queue": settings.gpu_queue}},
+        task_routes={
+            RUN_STAGE_TASK: {"queue": settings.gpu_queue},
+            CHECK_DATASET_TASK: {"queue": settings.cpu_queue},
+        },
         task_create_missing_queues=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
@@ -67,4 +72,13 @@ def make_worker_app(settings: Settings) -> Celery:
         # Task events let Flower show what each worker runs.
         worker_send_task_events=True,
     )
+    return app
+
+
+def make_checker_app(settings: Settings) -> Celery:
+    """The Celery app of the dataset checker (`services.worker.checker`, queue `cpu`), with the
+    `distillery.check_dataset` task. Each check runs in a child process of its own under the
+    memory and time limits, so the pool process stays small and lives on."""
+    app = make_celery(settings, include=["services.worker.checks"])
+    app.conf.update(worker_send_task_events=True)
     return app

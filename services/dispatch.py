@@ -1,5 +1,5 @@
-"""Putting a stage on its queue, and reading or dropping what waits there. Postgres is the
-source of truth; the message is only the stage id.
+"""Putting a stage (or a dataset check) on its queue, and reading or dropping what waits there.
+Postgres is the source of truth; the message is only the stage (or dataset) id.
 
 The gateway enqueues the first stage of a new experiment (or of a retried one); a worker that
 finishes a stage enqueues the next, and a preempted worker its own stage again; the reconciler
@@ -13,14 +13,15 @@ import base64
 import json
 import logging
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from celery import Celery
 from sqlalchemy.orm import Session
 
+from distillery.checking import lifecycle as checks
 from distillery.db import Stage
 from distillery.stages import lifecycle
-from services.celery_app import RUN_STAGE_TASK
+from services.celery_app import CHECK_DATASET_TASK, RUN_STAGE_TASK
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,12 @@ _PRIORITIES = (3, 6, 9)
 
 
 class Dispatcher(Protocol):
-    """Sends one stage to the workers listening on `stage.queue`; drops waiting messages."""
+    """Sends one stage to the workers listening on `stage.queue`, or one dataset check to the
+    cpu queue; drops waiting messages."""
 
     def enqueue(self, stage: Stage) -> None: ...
+
+    def enqueue_check(self, dataset_id: str, queue: str) -> None: ...
 
     def drop(self, queue: str, stage_ids: set[int]) -> int: ...
 
@@ -48,6 +52,9 @@ class CeleryDispatcher:
 
     def enqueue(self, stage: Stage) -> None:
         self.celery.send_task(RUN_STAGE_TASK, args=[stage.id], queue=stage.queue)
+
+    def enqueue_check(self, dataset_id: str, queue: str) -> None:
+        self.celery.send_task(CHECK_DATASET_TASK, args=[dataset_id], queue=queue)
 
     def drop(self, queue: str, stage_ids: set[int]) -> int:
         """Remove the waiting messages of `stage_ids` from `queue` (Redis); returns how many."""
@@ -69,32 +76,42 @@ def _queue_keys(queue: str) -> list[str]:
     return [queue, *(f"{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITIES)]
 
 
-def stage_id_of(raw: bytes | str | dict) -> int | None:
-    """The stage id of a `run_stage` message (kombu's JSON envelope), else None."""
+def first_arg_of(raw: bytes | str | dict, task: str) -> Any:
+    """The first argument of a `task` message (kombu's JSON envelope), else None."""
     try:
         msg = raw if isinstance(raw, dict) else json.loads(raw)
-        if msg.get("headers", {}).get("task") != RUN_STAGE_TASK:
+        if msg.get("headers", {}).get("task") != task:
             return None
         body = msg["body"]
         if msg.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        return int(json.loads(body)[0][0])
+        return json.loads(body)[0][0]
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None
 
 
-def pending_stage_ids(app: Celery, queues: set[str], delivered_within_s: float) -> set[int]:
-    """Ids of the stages whose `run_stage` message is alive on a Redis broker: waiting in one of
+def stage_id_of(raw: bytes | str | dict) -> int | None:
+    """The stage id of a `run_stage` message, else None."""
+    try:
+        value = first_arg_of(raw, RUN_STAGE_TASK)
+        return None if value is None else int(value)
+    except (ValueError, TypeError):
+        return None
+
+
+def pending_args(app: Celery, task: str, queues: set[str], delivered_within_s: float) -> set[Any]:
+    """First arguments of the `task` messages alive on a Redis broker: waiting in one of
     `queues`, or delivered to a worker less than `delivered_within_s` ago and not yet
-    acknowledged (the worker is starting the stage). Empty for any other broker."""
-    found: set[int] = set()
+    acknowledged (the worker is starting it). Empty for any other broker."""
+    found: set[Any] = set()
     with app.connection_for_write() as conn:
         if conn.transport_cls not in ("redis", "rediss"):
             return found
         client = conn.default_channel.client
         for queue in queues:
             for key in _queue_keys(queue):
-                found |= {i for i in map(stage_id_of, client.lrange(key, 0, -1)) if i is not None}
+                args = (first_arg_of(m, task) for m in client.lrange(key, 0, -1))
+                found |= {a for a in args if a is not None}
         since = time.time() - delivered_within_s
         for tag in client.zrangebyscore("unacked_index", since, "+inf"):
             raw = client.hget("unacked", tag)
@@ -104,10 +121,20 @@ def pending_stage_ids(app: Celery, queues: set[str], delivered_within_s: float) 
                 message, _exchange, routing_key = json.loads(raw)
             except (ValueError, TypeError):
                 continue
-            stage_id = stage_id_of(message)
-            if routing_key in queues and stage_id is not None:
-                found.add(stage_id)
+            arg = first_arg_of(message, task)
+            if routing_key in queues and arg is not None:
+                found.add(arg)
     return found
+
+
+def pending_stage_ids(app: Celery, queues: set[str], delivered_within_s: float) -> set[int]:
+    """Ids of the stages whose `run_stage` message is alive (see `pending_args`)."""
+    return {int(i) for i in pending_args(app, RUN_STAGE_TASK, queues, delivered_within_s)}
+
+
+def pending_check_ids(app: Celery, queue: str, delivered_within_s: float) -> set[str]:
+    """Ids of the datasets whose `check_dataset` message is alive (see `pending_args`)."""
+    return {str(i) for i in pending_args(app, CHECK_DATASET_TASK, {queue}, delivered_within_s)}
 
 
 def enqueue_stage(session: Session, dispatcher: Dispatcher, stage: Stage) -> bool:
@@ -123,5 +150,19 @@ def enqueue_stage(session: Session, dispatcher: Dispatcher, stage: Stage) -> boo
         log.exception("could not enqueue stage %s (%s); it stays queued", stage.id, stage.name)
         return False
     lifecycle.mark_enqueued(session, stage)
+    session.commit()
+    return True
+
+
+def enqueue_check(session: Session, dispatcher: Dispatcher, dataset_id: str, queue: str) -> bool:
+    """Send `distillery.check_dataset(dataset_id)` (its row committed) to the cpu `queue` and
+    record when; returns False if the broker failed (the dataset stays `checking` with no
+    `check_enqueued_at`, and the reconciler sends it)."""
+    try:
+        dispatcher.enqueue_check(dataset_id, queue)
+    except Exception:  # noqa: BLE001 - any broker failure leaves the check for the reconciler
+        log.exception("could not enqueue the check of dataset %s; the reconciler will", dataset_id)
+        return False
+    checks.mark_enqueued(session, dataset_id)
     session.commit()
     return True

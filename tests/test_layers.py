@@ -39,6 +39,25 @@ def test_gateway_imports_no_torch() -> None:
     assert r.stdout.strip() == "False"
 
 
+def test_nothing_under_the_gateway_nor_the_checker_parent_loads_torch() -> None:
+    # The gateway image installs no torch: every module of services.gateway, and a built app,
+    # must import without it; so must the checker's Celery app and task (only the check's child
+    # process imports the data code).
+    r = _run(
+        "import importlib, pkgutil, sys\n"
+        "import services.gateway\n"
+        "for m in pkgutil.walk_packages(services.gateway.__path__, 'services.gateway.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "from services.gateway.main import create_app\n"
+        "create_app(migrate_on_start=False)\n"
+        "import services.worker.checker, services.worker.checks, services.worker.reconcile\n"
+        "import distillery.checking.job\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
 @pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter not installed")
 def test_import_contracts_hold() -> None:
     r = subprocess.run(["lint-imports"], capture_output=True, text=True, cwd=ROOT, timeout=300)

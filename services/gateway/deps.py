@@ -24,7 +24,6 @@ from starlette.concurrency import run_in_threadpool
 
 from distillery.db import User
 from distillery.db.auth import authenticate, hash_token
-from distillery.s3 import DatasetCache
 from distillery.settings import Settings
 from distillery.storage import Storage
 from services.dispatch import Dispatcher
@@ -41,7 +40,6 @@ class GatewayState:
     dispatcher: Dispatcher
     datasets_storage: Storage
     artifacts_storage: Storage
-    dataset_cache: DatasetCache
     tokens: TokenCache
 
 
@@ -91,13 +89,8 @@ async def get_artifacts_storage(state: StateDep) -> Storage:
     return state.artifacts_storage
 
 
-async def get_dataset_cache(state: StateDep) -> DatasetCache:
-    return state.dataset_cache
-
-
 DatasetStorageDep = Annotated[Storage, Depends(get_datasets_storage)]
 ArtifactStorageDep = Annotated[Storage, Depends(get_artifacts_storage)]
-DatasetCacheDep = Annotated[DatasetCache, Depends(get_dataset_cache)]
 
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
 

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 
 from distillery.db import make_session_factory
 from distillery.db.session import engine_for, migrate_locked
-from distillery.s3 import DatasetCache, make_storage
+from distillery.s3 import make_storage
 from distillery.settings import Settings, get_settings
 from distillery.spec import ECHO_CHARS, short
 from distillery.spec import field_path as spec_field_path
@@ -119,7 +119,6 @@ def create_app(
         dispatcher=dispatcher or CeleryDispatcher(make_celery(settings)),
         datasets_storage=datasets_storage or make_storage(settings, settings.datasets_bucket),
         artifacts_storage=artifacts_storage or make_storage(settings, settings.artifacts_bucket),
-        dataset_cache=DatasetCache(settings.cache_dir / "datasets"),
         tokens=TokenCache(settings.token_cache_s),
     )
     do_migrate = settings.migrate_on_start if migrate_on_start is None else migrate_on_start

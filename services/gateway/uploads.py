@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from distillery.archive_safety import ArchiveLimits
+from distillery.checking.keys import UPLOADS, is_upload_prefix
 from distillery.settings import Settings
 from distillery.storage import Storage
 
-#: The datasets bucket's prefix for uploads (`datasets/<id>`); nobody registers a prefix there.
-UPLOADS = "datasets"
+__all__ = ["UPLOADS", "is_upload_prefix", "removed_on_error", "upload_limits"]
 
 
 def upload_limits(settings: Settings) -> ArchiveLimits:
@@ -18,12 +18,12 @@ def upload_limits(settings: Settings) -> ArchiveLimits:
 
 
 @contextmanager
-def removed_on_error(storage: Storage, prefix: str | None) -> Iterator[None]:
-    """Delete every object under `prefix/` if the block raises (a failed upload leaves nothing
-    behind); `prefix=None` does nothing."""
+def removed_on_error(storage: Storage, key: str | None) -> Iterator[None]:
+    """Delete the object `key` (and anything under `key/`) if the block raises: a failed upload
+    leaves nothing behind; `key=None` does nothing."""
     try:
         yield
     except BaseException:
-        if prefix is not None:
-            storage.delete_prefix(prefix.rstrip("/") + "/")
+        if key is not None:
+            storage.delete_prefix(key)
         raise

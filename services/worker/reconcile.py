@@ -9,6 +9,10 @@ queued stage whose message still waits in its Redis queue, or was just delivered
 alone, so a stage waiting behind a long one is not sent twice; any duplicate that slips through
 is harmless, because a stage is claimed at most once at a time.
 
+Dataset checks get the same care (`reconcile_checks`): a dataset that stays `checking` with no
+live message for `stale_after` seconds, or whose check's holder died or let its lease expire,
+is sent to the `cpu` queue again.
+
 Run it once per deployment: `python -m services.worker.reconcile [--interval S] [--stale-after S]`.
 """
 
@@ -23,12 +27,19 @@ from datetime import UTC, datetime
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from distillery.checking import lifecycle as checks
 from distillery.db import Stage, make_engine, make_session_factory
 from distillery.settings import Settings, get_settings
 from distillery.stages import lifecycle
 from distillery.stages.lifecycle import aware as _aware
 from services.celery_app import make_celery
-from services.dispatch import CeleryDispatcher, enqueue_stage, pending_stage_ids
+from services.dispatch import (
+    CeleryDispatcher,
+    enqueue_check,
+    enqueue_stage,
+    pending_check_ids,
+    pending_stage_ids,
+)
 
 log = logging.getLogger("distillery.reconcile")
 
@@ -76,6 +87,32 @@ def reconcile_once(app: Celery, sessions: sessionmaker[Session], stale_after_s: 
     return sent
 
 
+def reconcile_checks(
+    app: Celery, sessions: sessionmaker[Session], cpu_queue: str, stale_after_s: float
+) -> list[str]:
+    """One pass over the dataset checks; returns the ids of the datasets sent again.
+
+    A check whose holder died (or let its lease expire) is sent now (its message went to the
+    dead worker); one that is not held and was never sent, or sent over `stale_after_s` ago, is
+    sent again unless its message is alive in Redis (waiting in the queue, or just delivered).
+    """
+    sent: list[str] = []
+    dispatcher = CeleryDispatcher(app)
+    with sessions() as s:
+        lost = checks.requeue_lost(s, datetime.now(UTC), stale_after_s)
+        s.commit()
+        pending = pending_check_ids(app, cpu_queue, stale_after_s) if lost.stale else set()
+        for dataset_id in lost.taken_over + lost.stale:
+            if dataset_id in pending and dataset_id not in lost.taken_over:
+                checks.mark_enqueued(s, dataset_id)  # its message is alive: look again later
+                s.commit()
+                continue
+            if enqueue_check(s, dispatcher, dataset_id, cpu_queue):
+                sent.append(dataset_id)
+                log.info("re-enqueued the check of dataset %s on %s", dataset_id, cpu_queue)
+    return sent
+
+
 def connect(settings: Settings) -> tuple[Celery, sessionmaker[Session]]:
     """The Celery app (to send) and the database sessions of `settings`."""
     engine = make_engine(settings.database_url, settings.database_schema or None)
@@ -96,6 +133,7 @@ def run_loop(
     while not stop.is_set():
         try:
             reconcile_once(app, sessions, stale_after_s)
+            reconcile_checks(app, sessions, settings.cpu_queue, stale_after_s)
         except Exception:  # noqa: BLE001 - the database or broker may be briefly away
             log.exception("reconcile pass failed; retrying in %.1fs", interval_s)
         stop.wait(interval_s)
@@ -104,7 +142,8 @@ def run_loop(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m services.worker.reconcile",
-        description="Re-enqueue stages whose Celery message was lost or whose worker died.",
+        description="Re-enqueue stages and dataset checks whose Celery message was lost or whose "
+        "worker died.",
     )
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between passes")
     parser.add_argument(
@@ -119,8 +158,12 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.once:  # errors exit non-zero
-        sent = reconcile_once(*connect(get_settings()), args.stale_after)
+        settings = get_settings()
+        app, sessions = connect(settings)
+        sent = reconcile_once(app, sessions, args.stale_after)
         print(f"re-enqueued {len(sent)} stage(s): {sent}")
+        checked = reconcile_checks(app, sessions, settings.cpu_queue, args.stale_after)
+        print(f"re-enqueued {len(checked)} dataset check(s): {checked}")
         return
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

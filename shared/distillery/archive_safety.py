@@ -1,8 +1,9 @@
 """Unpacking an uploaded dataset archive (.tar.gz, .tgz, .tar or .zip) under limits.
 
-`extract_archive(archive, dest, limits)` is a plain function (no web framework, no torch), so the
-gateway can call it and a CPU-queue stage can run it unchanged. Before a byte is written it reads
-the archive's directory and refuses:
+`verify_archive(archive, limits)` (the gateway, in the request: nothing is written) and
+`extract_archive(archive, dest, limits)` (the dataset check on the cpu queue) are plain functions
+(no web framework, no torch). Before a byte is written they read the archive's directory and
+refuse:
 
 - names that leave the folder: absolute, `..` (also Windows-style `..\\`), drive letters,
   backslashes, control characters, over-long names;
@@ -22,6 +23,7 @@ import shutil
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -203,23 +205,52 @@ def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits | None = No
     return root
 
 
-def _extract_zip(zf: zipfile.ZipFile, dest: Path, limits: ArchiveLimits) -> None:
-    """Stream every member out, never writing more than its declared size (a lying header
+def verify_archive(archive: Path, limits: ArchiveLimits | None = None) -> list[Member]:
+    """`list_members`, and for a zip also every member's data streamed through its CRC check
+    (a tar.gz is already read to its end by listing it): a truncated or corrupt archive is an
+    `ArchiveError` naming the entry. Nothing is written; memory stays at one 1 MiB chunk."""
+    limits = limits or ArchiveLimits()
+    members = list_members(archive, limits)
+    if zipfile.is_zipfile(archive):
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    if not info.is_dir():
+                        for _ in _zip_chunks(zf, info, limits):
+                            pass
+        except ArchiveError:
+            raise
+        except _CORRUPT as e:
+            raise ArchiveError(f"the archive is truncated or corrupt ({_reason(e)})") from None
+    return members
+
+
+def _zip_chunks(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits
+) -> Iterator[bytes]:
+    """A member's data in 1 MiB chunks, never more than its declared size (a lying header
     fails its CRC check in `zipfile`)."""
+    read = 0
+    with zf.open(info) as src:
+        while chunk := src.read(1 << 20):
+            read += len(chunk)
+            if read > info.file_size or read > limits.max_member_bytes:
+                raise ArchiveError(
+                    f"archive entry {_shown(info.filename)} unpacks to more than it declares"
+                )
+            yield chunk
+
+
+def _extract_zip(zf: zipfile.ZipFile, dest: Path, limits: ArchiveLimits) -> None:
+    """Stream every member out (`_zip_chunks`)."""
     for info in zf.infolist():
         target = dest / info.filename
         if info.is_dir():
             target.mkdir(parents=True, exist_ok=True)
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        written = 0
-        with zf.open(info) as src, open(target, "wb") as out:
-            while chunk := src.read(1 << 20):
-                written += len(chunk)
-                if written > info.file_size or written > limits.max_member_bytes:
-                    raise ArchiveError(
-                        f"archive entry {_shown(info.filename)} unpacks to more than it declares"
-                    )
+        with open(target, "wb") as out:
+            for chunk in _zip_chunks(zf, info, limits):
                 out.write(chunk)
 
 

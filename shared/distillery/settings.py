@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     #: Queue names (tests use unique names so they never share a queue).
     gpu_queue: str = "gpu"
     profiler_queue: str = "profiler"
+    #: Dataset checks (unpacking and validating uploads) run on this CPU queue.
+    cpu_queue: str = "cpu"
 
     #: S3 / MinIO.
     s3_endpoint: str = "localhost:9000"
@@ -68,6 +70,12 @@ class Settings(BaseSettings):
     upload_max_unpacked_bytes: int = 50 << 30
     upload_max_ratio: float = 100.0
     upload_max_image_pixels: int = 4096 * 4096
+    #: A dataset check (`distillery.checking`) runs in a child process under these limits: its
+    #: address space in MiB (`RLIMIT_AS`) and its wall-clock seconds. Over either, the dataset
+    #: ends `invalid` naming the limit; the worker carries on. The check's code (numpy, PIL,
+    #: torch) alone maps about 630 MB of address space, so below ~800 every check fails.
+    check_memory_mb: int = 1024
+    check_timeout_s: float = 600.0
 
     #: Gateway limits: request body bytes (an upload: `max_upload_bytes`), experiments a user
     #: may have queued or running, submissions per user per minute (0 = no limit).

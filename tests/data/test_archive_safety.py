@@ -15,6 +15,7 @@ from distillery.archive_safety import (
     ArchiveLimits,
     check_member_name,
     extract_archive,
+    verify_archive,
 )
 from distillery.data.datasets import read_image
 from distillery.data.errors import DatasetError
@@ -100,6 +101,28 @@ def test_truncated_and_corrupt_archives_are_clear_errors(tmp_path: Path) -> None
     assert "truncated or corrupt" in refused(tmp_path, corrupt(zip_of(files)))
     assert "truncated or corrupt" in refused(tmp_path, b"\x1f\x8b" + b"\x00" * 20)
     assert "not a .tar.gz" in refused(tmp_path, b"this is not an archive")
+
+
+def test_verify_reads_everything_the_request_may_read_and_writes_nothing(tmp_path: Path) -> None:
+    # What the gateway runs in the request: the directory's limits and, for a zip, every
+    # member's checksum; an image bomb passes (only the check job unpacks and decodes).
+    files = {f"leftImg8bit/train/a/{i}.png": _png((64, 64)) for i in range(4)}
+    cases = {
+        "cut.tgz": tar_gz_of(files)[:-200],
+        "bad.zip": corrupt(zip_of(files)),
+        "win.zip": zip_of({"..\\evil.png": b"x"}),
+        "zeros.zip": zeros_zip(64 << 20),
+    }
+    for name, data in cases.items():
+        archive = tmp_path / name
+        archive.write_bytes(data)
+        with pytest.raises(ArchiveError):
+            verify_archive(archive)
+    for name, data in {"ok.zip": zip_of(files), "bomb.tar": png_bomb_tar()}.items():
+        archive = tmp_path / name
+        archive.write_bytes(data)
+        assert len(verify_archive(archive)) >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*cases, "ok.zip", "bomb.tar"])
 
 
 def test_a_good_archive_still_unpacks(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ PLATFORM = {
     "reconciler",
     "worker",
     "profiler",
+    "checker",
     "flower",
 }
 DEFAULTS = Settings(_env_file=None)
@@ -64,14 +65,14 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
     resolved = yaml.safe_load(out.stdout)
     assert set(resolved["services"]) == PLATFORM
     # The YAML anchors resolved: every Distillery service got the shared settings.
-    for name in ("gateway", "worker", "profiler", "reconciler", "flower"):
+    for name in ("gateway", "worker", "profiler", "checker", "reconciler", "flower"):
         assert "DISTILLERY_DATABASE_URL" in resolved["services"][name]["environment"], name
 
 
 def test_platform_services_with_healthchecks_and_named_volumes(compose):
     services = compose["services"]
     assert set(services) == PLATFORM
-    for name in ("postgres", "redis", "minio", "gateway", "worker", "profiler"):
+    for name in ("postgres", "redis", "minio", "gateway", "worker", "profiler", "checker"):
         assert "healthcheck" in services[name], f"{name} has no healthcheck"
     named = set(compose["volumes"])
     used = {
@@ -164,6 +165,35 @@ def test_gateway_command_port_and_healthcheck_agree(compose):
     assert f"127.0.0.1:{port}/ready" in " ".join(gw["healthcheck"]["test"])
 
 
+def test_the_checker_consumes_the_cpu_queue_without_a_gpu(compose):
+    """Dataset checks: the worker image with the checker's Celery app on the `cpu` queue, one
+    check at a time, no GPU reservation, and a memory limit above the check's own."""
+    svc = compose["services"]["checker"]
+    argv = as_argv(svc["command"])
+    assert argv[:1] == ["celery"] and "worker" in argv
+    assert celery_app_module(argv) == "services.worker.checker"
+    settings = settings_from_env(_env(svc))
+    assert option(argv, "-Q", "--queues") == settings.cpu_queue == DEFAULTS.cpu_queue
+    assert option(argv, "-c", "--concurrency") == "1"
+    app = importlib.import_module("services.worker.checker").app
+    app.loader.import_default_modules()
+    assert "distillery.check_dataset" in app.tasks
+    assert app.amqp.router.route({}, "distillery.check_dataset")["queue"].name == settings.cpu_queue
+    assert svc["image"] == compose["services"]["worker"]["image"] and "build" not in svc
+    assert "deploy" not in svc  # no GPU
+    limit_mb = int(svc["mem_limit"].removesuffix("g")) * 1024
+    assert limit_mb > settings.check_memory_mb
+    node = option(argv, "-n", "--hostname").split("@")[0]
+    assert f"-A services.worker.checker inspect ping -d {node}@" in " ".join(
+        svc["healthcheck"]["test"]
+    )
+
+
+def test_the_gateway_image_is_built_without_torch(compose):
+    assert "args" not in compose["services"]["gateway"]["build"]
+    assert "volumes" not in compose["services"]["gateway"]  # it caches no dataset
+
+
 @pytest.mark.parametrize("service", ["reconciler", "flower"])
 def test_helper_services_use_importable_modules(compose, service):
     argv = as_argv(compose["services"][service]["command"])
@@ -190,11 +220,16 @@ def test_built_images_use_their_dockerfile_and_command(compose, service):
 
 @pytest.mark.parametrize(
     ("service", "image_of"),
-    [("profiler", "worker"), ("reconciler", "gateway"), ("flower", "gateway")],
+    [
+        ("profiler", "worker"),
+        ("checker", "worker"),
+        ("reconciler", "gateway"),
+        ("flower", "gateway"),
+    ],
 )
 def test_services_without_a_build_run_a_built_image(compose, service, image_of):
-    """The profiler worker runs the worker image (only its command differs), the reconciler and
-    Flower the gateway image."""
+    """The profiler worker and the checker run the worker image (only their commands differ),
+    the reconciler and Flower the gateway image."""
     services = compose["services"]
     assert "build" not in services[service]
     assert "build" in services[image_of]

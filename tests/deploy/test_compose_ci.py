@@ -99,7 +99,7 @@ def test_loopback_ports_agree(override):
 def test_every_process_that_holds_stages_has_its_own_hostname(override):
     names = [
         override["services"][n].get("hostname")
-        for n in ("gateway", "reconciler", "worker", "profiler")
+        for n in ("gateway", "reconciler", "worker", "profiler", "checker")
     ]
     assert None not in names and len(set(names)) == len(names)
 

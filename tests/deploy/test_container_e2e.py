@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from tests.support.datasets import wait_checked
+
 from .manifests import COMPOSE_FILE, ROOT
 
 pytestmark = [
@@ -37,7 +39,7 @@ OVERRIDE = ROOT / "tests/deploy/compose.ci.yml"
 PROJECT = "distillery-ci"
 GATEWAY = "http://127.0.0.1:18000"
 DEPENDENCIES = ("postgres", "redis", "minio")
-PLATFORM = ("gateway", "reconciler", "worker", "profiler")
+PLATFORM = ("gateway", "reconciler", "worker", "profiler", "checker")
 T = TypeVar("T")
 
 
@@ -141,8 +143,9 @@ def test_compose_stack_runs_an_experiment_end_to_end(stack, tmp_path):
             data={"name": "synthetic", "format": "cityscapes"},
             files={"file": ("cityscapes.tar.gz", f, "application/gzip")},
         )
-    assert r.status_code == 201, r.text
-    dataset = r.json()
+    # 202: accepted as `checking`; the compose stack's checker (cpu queue) ends it ready.
+    assert r.status_code == 202, r.text
+    dataset = wait_checked(http.get, r.json()["id"], timeout_s=300)
     assert dataset["status"] == "ready", dataset
 
     r = http.post("/experiments", json=tiny_spec(dataset["id"]))

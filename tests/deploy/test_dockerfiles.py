@@ -22,8 +22,8 @@ from .manifests import (
     settings_from_env,
 )
 
-#: One image for the gateway (CPU torch) and one for both Celery workers (CUDA torch): the profiler
-#: worker runs the worker image with its own command.
+#: One image for the gateway (no torch) and one for the Celery workers (CUDA torch): the profiler
+#: worker and the dataset checker run the worker image with their own commands.
 DOCKERFILES = {
     "gateway": ROOT / "services/gateway/Dockerfile",
     "worker": ROOT / "services/worker/Dockerfile",
@@ -99,15 +99,22 @@ def test_workers_build_on_a_cuda_pytorch_image():
     assert low <= torch_version < high
 
 
-def test_gateway_image_installs_no_torch_unless_asked():
-    """The gateway validates specs but never trains: its requirements leave torch out and the
-    project goes in with --no-deps (the build itself asserts the app imports without torch);
-    torch comes only from the TORCH_REQUIREMENT build argument, empty by default."""
+def test_gateway_image_installs_no_torch():
+    """The gateway validates specs and stages uploads but never trains nor checks a dataset:
+    its requirements leave torch out, the project goes in with --no-deps, there is no torch
+    build argument, and the build itself asserts that the app imports without torch and that
+    torch is not installed. scripts/build_images.sh passes it no torch either."""
     assert base_image_default(DOCKERFILES["gateway"]) == "python:3.11-slim"
     args = [a for i, a in dockerfile_instructions(DOCKERFILES["gateway"]) if i == "ARG"]
-    assert "TORCH_REQUIREMENT=" in args
+    assert not any("TORCH" in a for a in args), args
     runs = " ".join(a for i, a in dockerfile_instructions(DOCKERFILES["gateway"]) if i == "RUN")
-    assert "torch==" not in runs
+    assert "torch==" not in runs and "TORCH_REQUIREMENT" not in runs
+    assert '! python -c "import torch"' in runs
+    build = (ROOT / "scripts/build_images.sh").read_text()
+    gateway_build = re.search(r"^\s*gateway\)(.*)$", build, re.M).group(1)
+    assert "TORCH" not in gateway_build, gateway_build
+    worker_build = re.search(r"^\s*worker\)(.*)$", build, re.M).group(1)
+    assert "TORCH_REQUIREMENT" in worker_build  # the checker runs the worker image
     assert "pip install --no-deps ." in runs
     command = re.search(r"python (scripts/requirements\.py[^>]*)>", runs).group(1)
     out = subprocess.run(
@@ -153,12 +160,20 @@ def test_cmd_names_modules_that_import(service):
         importlib.import_module(celery_app_module(argv))
 
 
-@pytest.mark.parametrize("module", ["services.worker.app", "services.profiler.app"])
-def test_worker_parent_process_never_imports_torch(module):
-    """The prefork parent must not touch CUDA: its app and task modules import no torch."""
+@pytest.mark.parametrize(
+    ("module", "task"),
+    [
+        ("services.worker.app", "distillery.run_stage"),
+        ("services.profiler.app", "distillery.run_stage"),
+        ("services.worker.checker", "distillery.check_dataset"),
+    ],
+)
+def test_worker_parent_process_never_imports_torch(module, task):
+    """The prefork parent must not touch CUDA: its app and task modules import no torch (the
+    checker's neither: only each check's child process imports the data code)."""
     code = (
         f"import sys, {module} as m; m.app.loader.import_default_modules(); "
-        "assert 'distillery.run_stage' in m.app.tasks; "
+        f"assert {task!r} in m.app.tasks; "
         "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))"
     )
     out = subprocess.run(

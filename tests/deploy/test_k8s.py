@@ -159,6 +159,34 @@ def test_workers_get_a_gpu_probe_and_the_right_queue(rendered, overlay, name):
     assert f"celery -A {module} inspect ping -d {node}@$HOSTNAME" in probe
 
 
+@pytest.mark.parametrize("overlay", [p.name for p in OVERLAYS])
+def test_the_cpu_worker_checks_datasets_without_a_gpu(rendered, overlay):
+    """The dataset checker: the worker image, the checker's app on the `cpu` queue, one check
+    at a time, no GPU, a memory limit above the check's own, /work where settings point."""
+    docs = rendered[overlay]
+    config = _by_kind(docs, "ConfigMap")["distillery-config"]["data"]
+    settings = settings_from_env(config)
+    pod = _pod(_by_kind(docs, "Deployment")["cpu-worker"])
+    (c,) = pod["containers"]
+    argv = as_argv(c["command"])
+    assert celery_app_module(argv) == "services.worker.checker"
+    assert option(argv, "-Q", "--queues") == settings.cpu_queue == DEFAULTS.cpu_queue
+    assert option(argv, "-c", "--concurrency") == "1"
+    assert c["image"].split(":")[0].endswith("distillery/worker")
+    assert "nodeSelector" not in pod and "nvidia.com/gpu" not in c["resources"]["limits"]
+    limit = c["resources"]["limits"]["memory"]
+    limit_mb = int(limit.removesuffix("Gi")) * 1024 if limit.endswith("Gi") else int(limit[:-2])
+    assert limit_mb > settings.check_memory_mb
+    assert settings.work_dir.as_posix() in {m["mountPath"] for m in c["volumeMounts"]}
+    probe = " ".join(c["livenessProbe"]["exec"]["command"])
+    assert "celery -A services.worker.checker inspect ping -d checker@$HOSTNAME" in probe
+
+
+def test_the_gateway_keeps_no_dataset_cache(rendered):
+    (c,) = _pod(_by_kind(rendered["dev"], "Deployment")["gateway"])["containers"]
+    assert [m["mountPath"] for m in c["volumeMounts"]] == ["/work"]
+
+
 def test_gpu_worker_mounts_the_dataset_cache_where_settings_point(rendered):
     docs = rendered["dev"]
     config = _by_kind(docs, "ConfigMap")["distillery-config"]["data"]

@@ -1,5 +1,6 @@
-"""The platform end to end, with real processes: the gateway under uvicorn, a `gpu` and a
-`profiler` Celery worker and the reconciler, against real Postgres, Redis and an S3 server.
+"""The platform end to end, with real processes: the gateway under uvicorn, a `gpu`, a
+`profiler` and a `cpu` (dataset checker) Celery worker and the reconciler, against real
+Postgres, Redis and an S3 server.
 
 A user uploads a generated data set over HTTP, submits tiny specs and watches them pass through
 their stages; two users submitting at once are served in queue order by the single GPU worker;
@@ -18,6 +19,7 @@ import pytest
 
 from distillery.data.synthetic import generate_synthetic
 from distillery.s3 import make_storage
+from tests.support.datasets import wait_checked
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -41,11 +43,13 @@ class Client:
 
 
 @pytest.fixture
-def platform(gateway_url, make_user, start_worker, start_reconciler, tmp_path):
-    """The gateway plus one gpu worker, one profiler worker and the reconciler; users alice and
-    bob; a synthetic Cityscapes-layout data set uploaded through POST /datasets."""
+def platform(gateway_url, make_user, start_worker, start_checker, start_reconciler, tmp_path):
+    """The gateway plus one gpu worker, one profiler worker, one dataset checker and the
+    reconciler; users alice and bob; a synthetic Cityscapes-layout data set uploaded through
+    POST /datasets (202, then checked on the cpu queue)."""
     start_worker("gpu")
     start_worker("profiler")
+    start_checker()
     start_reconciler(interval_s=2, stale_after_s=60)
     alice = Client(gateway_url, make_user("alice"))
     bob = Client(gateway_url, make_user("bob"))
@@ -63,6 +67,8 @@ def platform(gateway_url, make_user, start_worker, start_reconciler, tmp_path):
             data={"name": "synthetic", "format": "cityscapes"},
             files={"file": ("cityscapes.tar.gz", f, "application/gzip")},
         )
+    assert dataset["status"] == "checking", dataset
+    dataset = wait_checked(alice.http.get, dataset["id"])
     assert dataset["status"] == "ready", dataset
     return alice, bob, dataset["id"]
 

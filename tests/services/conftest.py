@@ -10,7 +10,8 @@ Fixtures (all reusable by the worker and end-to-end tests):
 - `db_schema`: a fresh schema, migrated to head, dropped afterwards.
 - `engine`, `session_factory`: bound to `db_schema`.
 - `redis_url` (session, `DISTILLERY_TEST_REDIS_URL`), `redis_client`.
-- `queues`: unique `gpu-<hex>` / `profiler-<hex>` queue names; their Redis keys are deleted after.
+- `queues`: unique `gpu-<hex>` / `profiler-<hex>` / `cpu-<hex>` queue names; their Redis keys are
+  deleted after.
 - `celery_messages`: `celery_messages(queue) -> [(task name, args)]`, read without consuming.
 - `s3_server` (session): a `weed mini` S3 server on free loopback ports (or
   `DISTILLERY_TEST_S3_ENDPOINT` with `..._ACCESS_KEY`/`..._SECRET_KEY` if set).
@@ -22,6 +23,9 @@ Fixtures (all reusable by the worker and end-to-end tests):
 - `gateway_url`: the gateway under real uvicorn (`python -m uvicorn
   services.gateway.main:app`) with `settings` as DISTILLERY_* environment; its log is printed
   if the test fails.
+- `processes`: the processes a test started, stopped (their logs printed) at teardown.
+- `start_checker(**setting_overrides)`: a real dataset checker (`celery -A
+  services.worker.checker worker -Q <cpu queue> -c 1`); `checker`: one, started for the test.
 
 The S3 server, the gateway and the worker processes are started by `tests.support.devstack`, as the
 benchmarks start theirs. If a server is unreachable the tests are skipped, except under CI (`CI`
@@ -46,7 +50,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from distillery.db import make_engine, make_session_factory
 from distillery.settings import Settings
 from tests.support import devstack
-from tests.support.devstack import S3Server, delete_queue_keys
+from tests.support.devstack import Process, Processes, S3Server, delete_queue_keys
 
 DEFAULT_DB_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -129,15 +133,16 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 class Queues:
     gpu: str
     profiler: str
+    cpu: str
 
 
 @pytest.fixture
 def queues(redis_client: redis.Redis) -> Iterator[Queues]:
     """Unique queue names for this test; their Redis keys are removed afterwards."""
     tag = uuid.uuid4().hex[:12]
-    q = Queues(gpu=f"gpu-{tag}", profiler=f"profiler-{tag}")
+    q = Queues(gpu=f"gpu-{tag}", profiler=f"profiler-{tag}", cpu=f"cpu-{tag}")
     yield q
-    for name in (q.gpu, q.profiler):
+    for name in (q.gpu, q.profiler, q.cpu):
         delete_queue_keys(redis_client, name)
 
 
@@ -230,6 +235,7 @@ def settings(
         broker_url=redis_url,
         gpu_queue=queues.gpu,
         profiler_queue=queues.profiler,
+        cpu_queue=queues.cpu,
         s3_endpoint=s3_server.endpoint,
         s3_access_key=s3_server.access_key,
         s3_secret_key=s3_server.secret_key,
@@ -273,6 +279,39 @@ def gateway_url(settings: Settings, tmp_path: Path) -> Iterator[str]:
         text_log = log_path.read_text(errors="replace") if log_path.exists() else ""
         if text_log.strip():
             print(f"--- gateway log ---\n{text_log[-5000:]}")
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    yield procs
+    procs.close()
+
+
+@pytest.fixture
+def start_checker(settings: Settings, processes: Processes) -> Callable[..., Process]:
+    """`start_checker(wait=True, **setting_overrides) -> Process`: a real dataset checker
+    consuming the test's cpu queue with concurrency 1, returned once it is ready."""
+
+    def start(wait: bool = True, **overrides: object) -> Process:
+        proc = devstack.start_checker(
+            devstack.process_env(settings, **overrides),
+            settings.cpu_queue,
+            log_path=processes.log_path("checker"),
+            wait=wait,
+        )
+        return processes.add(proc)
+
+    return start
+
+
+@pytest.fixture
+def checker(start_checker: Callable[..., Process]) -> Process:
+    """One dataset checker for this test (uploads and registrations end ready or invalid)."""
+    return start_checker()
 
 
 # ------------------------------------------------------------------------------------ datasets

@@ -154,6 +154,29 @@ class Process:
         self.stop()
 
 
+class Processes:
+    """The processes one test started: stopped, and their logs printed, at teardown."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.started: list[Process] = []
+
+    def log_path(self, name: str) -> Path:
+        return self.folder / f"{name}-{len(self.started)}.log"
+
+    def add(self, proc: Process) -> Process:
+        self.started.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+        for proc in self.started:
+            text = proc.log()
+            if text.strip():
+                print(f"--- {proc.name} log ({proc.log_path}) ---\n{text[-6000:]}")
+
+
 def spawn(
     argv: Sequence[str], env: dict[str, str], log_path: Path, name: str | None = None
 ) -> Process:
@@ -337,9 +360,9 @@ def start_worker(
     timeout_s: float = START_TIMEOUT_S,
 ) -> Process:
     """A Celery worker of `app` (`services.worker.app` for the gpu queue, `services.profiler.app`
-    for the profiler queue) consuming `queues` with `concurrency` pool processes, without gossip
-    or mingle, named `node` (default: a unique `worker-<hex>@%h`). With `wait`, returns once it
-    logs that it is ready."""
+    for the profiler queue, `services.worker.checker` for the cpu queue) consuming `queues` with
+    `concurrency` pool processes, without gossip or mingle, named `node` (default: a unique
+    `worker-<hex>@%h`). With `wait`, returns once it logs that it is ready."""
     if not isinstance(queues, str):
         queues = ",".join(queues)
     argv = [
@@ -364,6 +387,29 @@ def start_worker(
     if wait:
         proc.wait_ready(lambda p: " ready." in p.log(), timeout_s)
     return proc
+
+
+def start_checker(
+    env: dict[str, str],
+    queue: str,
+    *,
+    log_path: Path,
+    node: str | None = None,
+    wait: bool = True,
+    timeout_s: float = START_TIMEOUT_S,
+) -> Process:
+    """The dataset checker (`services.worker.checker`) consuming the cpu `queue` with one pool
+    process, as docker-compose's `checker` service runs it."""
+    return start_worker(
+        env,
+        queue,
+        1,
+        log_path=log_path,
+        app="services.worker.checker",
+        node=node or f"checker-{uuid.uuid4().hex[:6]}@%h",
+        wait=wait,
+        timeout_s=timeout_s,
+    )
 
 
 # ----------------------------------------------------------------------------- Postgres, Redis

@@ -71,6 +71,7 @@ def local_platform(prefix: str = "bench", **settings: object) -> Iterator[Platfo
             broker_url=redis_url,
             gpu_queue=f"gpu-{tag}",
             profiler_queue=f"profiler-{tag}",
+            cpu_queue=f"cpu-{tag}",
             s3_endpoint=s3.endpoint,
             s3_access_key=s3.access_key,
             s3_secret_key=s3.secret_key,

@@ -1,4 +1,13 @@
-"""`/datasets`: register a dataset already in the bucket, or upload one as an archive."""
+"""`/datasets`: register a dataset already in the bucket, or upload one as an archive.
+
+Only what is cheap and bounded happens in the request: the upload is streamed to a temporary
+file (`BodySizeLimit`: 413 over `max_upload_bytes`), the archive's directory is read under the
+archive limits (a bad name, link, count, size, ratio or a truncated archive is a 422 and nothing
+is stored), the archive is stored as one object at its staging key, the row is inserted as
+`checking` and the check is sent to the `cpu` queue: 202. The check itself (unpacking, decoding
+every image, validation, statistics) is a job (`distillery.checking`); poll
+`GET /datasets/{id}` until `ready` or `invalid`.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +21,24 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from distillery.archive_safety import ArchiveError, extract_archive
+from distillery.archive_safety import ArchiveError, verify_archive
+from distillery.checking.keys import dataset_prefix, staged_archive_key
 from distillery.db import Dataset
 from distillery.db.models import new_id
+from distillery.settings import Settings
 from distillery.spec import short
-from distillery.storage import put_dir
-from services.gateway.checking import check_dataset
+from distillery.storage import Storage
+from services.dispatch import enqueue_check
 from services.gateway.deps import (
     CurrentUser,
-    DatasetCacheDep,
     DatasetStorageDep,
+    DispatcherDep,
     ReadDep,
     SessionDep,
     SettingsDep,
 )
 from services.gateway.schemas import DatasetOut, DatasetPage
-from services.gateway.uploads import UPLOADS, removed_on_error, upload_limits
+from services.gateway.uploads import UPLOADS, is_upload_prefix, removed_on_error, upload_limits
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -47,19 +58,17 @@ def dataset_out(ds: Dataset) -> DatasetOut:
     )
 
 
-def _invalid(field: str, msg: str, **extra: str) -> RequestValidationError:
-    return RequestValidationError(
-        [{"loc": ["body", field], "msg": msg, "type": "dataset_invalid", **extra}]
-    )
+def _invalid(field: str, msg: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ["body", field], "msg": msg, "type": "dataset_invalid"}])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=DatasetOut)
 def create_dataset(
     session: SessionDep,
     user: CurrentUser,
     settings: SettingsDep,
     storage: DatasetStorageDep,
-    cache: DatasetCacheDep,
+    dispatcher: DispatcherDep,
     name: Annotated[str, Form(min_length=1, max_length=200)],
     format: Annotated[Literal["cityscapes", "bdd100k"], Form()],
     prefix: Annotated[
@@ -74,55 +83,59 @@ def create_dataset(
     """Register a dataset in its native layout (Cityscapes or BDD100K), as a multipart form.
 
     Give either `prefix` (the dataset already sits in the datasets bucket there) or `file` (an
-    archive, unpacked and uploaded under `datasets/<id>/`). It is checked (layout, image/mask
-    pairs, label values of every image) before it is accepted and its class statistics are
-    stored; a bad dataset is a 422 naming the file, and stays listed as `invalid`.
+    archive, unpacked by the check under `datasets/<id>/`). The answer is 202 with the dataset
+    `checking`: a check on the `cpu` queue validates it (layout, image/mask pairs, label values
+    of every image) and stores its class statistics; poll `GET /datasets/{id}` until it is
+    `ready`, or `invalid` with an error naming the file or the limit. An archive that cannot be
+    unpacked safely (bad names, links, too many or too large entries, a zip of zeros, truncated)
+    is a 422 naming the file and the entry, and nothing is stored.
     """
     if (prefix is None) == (file is None):
         raise _invalid("prefix", "give exactly one of prefix (registered data) or file (upload)")
     dataset_id = new_id()
+    archive_key = None
     if file is not None:
-        key_prefix = f"datasets/{dataset_id}"
-        with tempfile.TemporaryDirectory(dir=_tmp_dir(settings.work_dir)) as tmp:
-            archive = Path(tmp) / "upload"
-            with open(archive, "wb") as f:
-                shutil.copyfileobj(file.file, f, 1 << 20)
-            try:
-                root = extract_archive(archive, Path(tmp) / "data", upload_limits(settings))
-            except ArchiveError as e:
-                raise _invalid("file", f"{short(file.filename)}: {e}") from None
-            with removed_on_error(storage, key_prefix):
-                put_dir(storage, key_prefix, root)
-        field = "file"
+        key_prefix, archive_key = dataset_prefix(dataset_id), staged_archive_key(dataset_id)
+        _stage_archive(storage, file, archive_key, settings)
     else:
         key_prefix = prefix.strip().strip("/")
         if not key_prefix or ".." in key_prefix.split("/") or len(key_prefix) > 500:
             raise _invalid("prefix", f"bad prefix {short(prefix)}")
-        if key_prefix == UPLOADS or key_prefix.startswith(UPLOADS + "/"):
+        if is_upload_prefix(key_prefix):
             raise _invalid("prefix", f"{UPLOADS}/ holds uploads; register your own prefix")
         if not storage.list(key_prefix + "/"):
             raise _invalid("prefix", f"no objects under {key_prefix!r} in the datasets bucket")
-        field = "prefix"
-    dataset = Dataset(
-        id=dataset_id,
-        name=name,
-        format=format,
-        prefix=key_prefix,
-        status="checking",
-        owner_id=user.id,
-    )
-    try:
-        with removed_on_error(storage, key_prefix if file is not None else None):
-            session.add(dataset)
-            session.commit()
-            dataset = check_dataset(session, dataset_id, storage, cache)
-    finally:
-        cache.evict(storage, key_prefix)  # the gateway keeps no copy; workers cache their own
-    if dataset.status != "ready":
-        if file is not None:
-            storage.delete_prefix(key_prefix + "/")
-        raise _invalid(field, dataset.error or "invalid dataset", dataset_id=dataset_id)
+    with removed_on_error(storage, archive_key):
+        session.add(
+            Dataset(
+                id=dataset_id,
+                name=name,
+                format=format,
+                prefix=key_prefix,
+                status="checking",
+                owner_id=user.id,
+                archive_key=archive_key,
+            )
+        )
+        session.commit()
+    enqueue_check(session, dispatcher, dataset_id, settings.cpu_queue)
     return dataset_out(_load(session, dataset_id))
+
+
+def _stage_archive(storage: Storage, file: UploadFile, key: str, settings: Settings) -> None:
+    """Copy the upload to a temporary file, read its directory under the archive limits and
+    stream its data through the checksums (422 naming the file and the entry), and store it as
+    one object at `key`."""
+    with tempfile.TemporaryDirectory(dir=_tmp_dir(settings.work_dir)) as tmp:
+        archive = Path(tmp) / "upload"
+        with open(archive, "wb") as f:
+            shutil.copyfileobj(file.file, f, 1 << 20)
+        try:
+            verify_archive(archive, upload_limits(settings))
+        except ArchiveError as e:
+            raise _invalid("file", f"{short(file.filename)}: {e}") from None
+        with removed_on_error(storage, key):
+            storage.put_file(key, archive)
 
 
 def _tmp_dir(work_dir: Path) -> str | None:
@@ -166,6 +179,7 @@ def list_datasets(
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(dataset_id: str, read: ReadDep, user: CurrentUser) -> DatasetOut:
-    """One dataset with its check summary and class statistics."""
+    """One dataset with its check summary and class statistics (`status`: checking, then ready
+    or invalid)."""
     with read() as session:
         return dataset_out(_load(session, dataset_id))

@@ -424,10 +424,13 @@ def queue(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
 
 
 def _splits(ds: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(split, images) with train and val first (JSONB does not keep key order)."""
-    summary = ds.get("summary") or {}
+    """(split, images) with train and val first (JSONB does not keep key order); the summary's
+    other entries (`check`: the check's peak memory and time) are not splits."""
+    summary = {
+        k: v for k, v in (ds.get("summary") or {}).items() if isinstance(v, dict) and "images" in v
+    }
     order = sorted(summary, key=lambda k: (k != "train", k != "val", k))
-    return [(k, (summary[k] or {}).get("images")) for k in order]
+    return [(k, summary[k]["images"]) for k in order]
 
 
 def _dataset_line(ds: dict[str, Any]) -> str:
@@ -437,6 +440,29 @@ def _dataset_line(ds: dict[str, Any]) -> str:
     )
 
 
+NoWaitOpt = Annotated[
+    bool, typer.Option("--no-wait", help="return once accepted (status checking); do not wait")
+]
+IntervalOpt = Annotated[float, typer.Option(help="seconds between polls while it is checked")]
+
+
+def _settle(gw: Gateway, ds: dict[str, Any], wait: bool, interval: float) -> None:
+    """Print the dataset; unless `wait` is off, poll `GET /datasets/{id}` (a progress line)
+    until its check ends: exit 1 with the whole error if it is invalid."""
+    if wait and ds["status"] == "checking":
+        with console.status(f"checking {ds['id']} {ds['name']} …") as line:
+            t0 = time.monotonic()
+            while ds["status"] == "checking":
+                time.sleep(interval)
+                ds = _call(gw.get_fresh, f"/datasets/{ds['id']}")
+                line.update(f"checking {ds['id']} {ds['name']} … {time.monotonic() - t0:.0f} s")
+    console.print(_dataset_line(ds), highlight=False)
+    if ds["status"] == "invalid":
+        err_console.print("[bold red]invalid:[/]", markup=True, end=" ")
+        err_console.print(ds.get("error") or "", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
 @datasets_app.command("upload")
 def datasets_upload(
     path: Annotated[Path, typer.Argument(help="folder in the native layout")],
@@ -444,8 +470,11 @@ def datasets_upload(
     format: Annotated[str, typer.Option("--format", help="cityscapes or bdd100k")],
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
+    no_wait: NoWaitOpt = False,
+    interval: IntervalOpt = 1.0,
 ) -> None:
-    """Pack a local dataset folder as .tar.gz and upload it; it is checked before it is accepted."""
+    """Pack a local dataset folder as .tar.gz and upload it; wait while a checker on the
+    platform checks it (ready, or invalid with the error: exit 1)."""
     if not path.is_dir():
         _fail(f"{path}: not a folder")
     gw = _gateway(url, token)
@@ -462,7 +491,7 @@ def datasets_upload(
                 data={"name": name, "format": format},
                 files={"file": (archive.name, f, "application/gzip")},
             )
-    console.print(_dataset_line(ds), highlight=False)
+    _settle(gw, ds, not no_wait, interval)
 
 
 @datasets_app.command("register")
@@ -472,14 +501,14 @@ def datasets_register(
     format: Annotated[str, typer.Option("--format", help="cityscapes or bdd100k")],
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
+    no_wait: NoWaitOpt = False,
+    interval: IntervalOpt = 1.0,
 ) -> None:
-    """Register a dataset that already sits in the datasets bucket under PREFIX."""
-    ds = _call(
-        _gateway(url, token).post,
-        "/datasets",
-        data={"name": name, "format": format, "prefix": prefix},
-    )
-    console.print(_dataset_line(ds), highlight=False)
+    """Register a dataset that already sits in the datasets bucket under PREFIX; wait while it
+    is checked (ready, or invalid with the error: exit 1)."""
+    gw = _gateway(url, token)
+    ds = _call(gw.post, "/datasets", data={"name": name, "format": format, "prefix": prefix})
+    _settle(gw, ds, not no_wait, interval)
 
 
 @datasets_app.command("list")

@@ -103,6 +103,14 @@ class Dataset(Base):
     stats: Mapped[dict[str, Any] | None] = mapped_column()  # DatasetStats of the train split
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow)
+    #: The check job (`distillery.checking`, migration 0005): the uploaded archive waiting at
+    #: its staging key (None for a registered prefix, and once the check has ended), when its
+    #: message was sent, the process holding the check and until when, and how often it began.
+    archive_key: Mapped[str | None] = mapped_column(String(500))
+    check_enqueued_at: Mapped[datetime | None] = mapped_column(_ts)
+    check_holder: Mapped[str | None] = mapped_column(String(200))
+    check_lease_until: Mapped[datetime | None] = mapped_column(_ts)
+    check_attempts: Mapped[int] = mapped_column(default=0)
 
     owner: Mapped[User | None] = relationship()
 

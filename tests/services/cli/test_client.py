@@ -201,7 +201,9 @@ OOM = (
 )
 
 
-def test_cli_datasets_upload_and_list(gateway_url, make_user, cityscapes_dir):
+def test_cli_datasets_upload_waits_for_the_check_and_list(
+    gateway_url, make_user, cityscapes_dir, checker
+):
     token = make_user("frank")
     opts = ["--url", gateway_url, "--token", token]
     r = cli(
@@ -230,7 +232,22 @@ def test_cli_datasets_upload_and_list(gateway_url, make_user, cityscapes_dir):
         "cityscapes",
         *opts,
     )
-    assert r.exit_code == 1 and "HTTP 422" in r.output and "file:" in r.output
+    assert r.exit_code == 1, r.output
+    assert "broken (cityscapes) invalid" in r.output
+    assert "invalid: " in r.output and "leftImg8bit/train" in r.output  # the whole error
+
+    r = cli(
+        "datasets",
+        "upload",
+        str(cityscapes_dir),
+        "--name",
+        "later",
+        "--format",
+        "cityscapes",
+        "--no-wait",
+        *opts,
+    )
+    assert r.exit_code == 0 and "later (cityscapes) checking" in r.output, r.output
 
 
 def test_polling_sends_the_etag_and_reuses_the_answer_on_304(

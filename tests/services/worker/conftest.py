@@ -8,14 +8,13 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from distillery.settings import Settings
 from tests.support import devstack
-from tests.support.devstack import Process
+from tests.support.devstack import Process, Processes
 
 
 def _poll(check: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2):
@@ -39,36 +38,6 @@ def poll() -> Callable[..., object]:
 def env_for(settings: Settings, **overrides: object) -> dict[str, str]:
     """The environment of a platform process: `settings` (plus overrides) as DISTILLERY_*."""
     return devstack.process_env(settings, **overrides)
-
-
-class Processes:
-    """The processes one test started: stopped, and their logs printed, at teardown."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.started: list[Process] = []
-
-    def log_path(self, name: str) -> Path:
-        return self.folder / f"{name}-{len(self.started)}.log"
-
-    def add(self, proc: Process) -> Process:
-        self.started.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for proc in reversed(self.started):
-            proc.stop()
-        for proc in self.started:
-            text = proc.log()
-            if text.strip():
-                print(f"--- {proc.name} log ({proc.log_path}) ---\n{text[-6000:]}")
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    yield procs
-    procs.close()
 
 
 @pytest.fixture
