@@ -20,7 +20,7 @@ from services.gateway.deps import (
     DispatcherDep,
     ReadDep,
     SessionDep,
-    SettingsDep,
+    StateDep,
     ensure_owner_or_admin,
 )
 from services.gateway.limits import MAX_OFFSET, check_submission_allowed
@@ -101,10 +101,8 @@ def sweep_not_queued(spec: ExperimentSpec) -> dict[str, Any]:
 )
 def submit_experiment(
     spec: ExperimentSpec,
-    session: SessionDep,
+    state: StateDep,
     user: CurrentUser,
-    settings: SettingsDep,
-    dispatcher: DispatcherDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -123,17 +121,24 @@ def submit_experiment(
     """
     if spec.sweep is not None:  # children on the queue: not yet; say so rather than ignore it
         raise RequestValidationError([sweep_not_queued(spec)])
-    if idempotency_key is None or planning.find_submission(session, user, idempotency_key) is None:
-        check_submission_allowed(session, user, settings)  # a replay is never refused
-    try:
-        experiment, created = planning.create_experiment(
-            session, spec, user, settings, dispatcher, idempotency_key=idempotency_key
-        )
-    except planning.PlanError as e:
-        raise RequestValidationError(e.errors) from None
-    if not created:
-        return model_response(summary(load_experiment(session, experiment.id)))
-    return model_response(summary(experiment, owner=user), status.HTTP_201_CREATED)
+    settings = state.settings
+    with state.session_factory() as session:
+        if idempotency_key is None or not planning.find_submission(session, user, idempotency_key):
+            check_submission_allowed(session, user, settings)  # a replay is never refused
+        try:
+            experiment_id, inserted = planning.create_experiment(
+                session, spec, user, settings, state.dispatcher, idempotency_key=idempotency_key
+            )
+        except planning.PlanError as e:
+            raise RequestValidationError(e.errors) from None
+        if inserted is None:
+            return model_response(summary(load_experiment(session, experiment_id)))
+    created = ExperimentSummary(
+        **{n: inserted.experiment[n] for n in queries.SUMMARY_COLUMNS},
+        owner=user.name,
+        stages=[StageBrief.model_validate(s) for s in inserted.stages],
+    )
+    return model_response(created, status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=ExperimentPage)
