@@ -8,9 +8,10 @@ FastAPI solves every dependency of a route on every request, recursively (each l
 takes the `Request` and nothing else, and `CurrentUser` is the bearer scheme itself (one
 dependency, still the `HTTPBearer` security scheme in the OpenAPI document). Dependencies that
 do no I/O are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a hand-off
-per dependency per request. Routes that only read take `ReadDep`: sessions on autocommit
-connections, so a read costs no BEGIN/ROLLBACK round trips (Postgres runs each statement in its
-own snapshot either way under READ COMMITTED) and is closed without I/O. Routes that write take
+per dependency per request. Routes that only read take `RowsDep` (Core statements: plain
+connections) or `ReadDep` (the ORM: sessions), both on autocommit connections, so a read costs
+no BEGIN/ROLLBACK round trips (Postgres runs each statement in its own snapshot either way under
+READ COMMITTED) and is closed without I/O. Routes that write take
 `SessionDep` (a transaction, committed by the route), or `StateDep` and open their session in
 the route (`POST /experiments`: no thread-pool hand-offs for entering and leaving a `yield`
 dependency).
@@ -18,14 +19,15 @@ dependency).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -43,7 +45,9 @@ class GatewayState:
     settings: Settings
     engine: Engine
     session_factory: sessionmaker[Session]
-    #: Sessions on autocommit connections (same pool), for routes that only read.
+    #: The engine on autocommit connections (same pool), for routes that only read.
+    read_engine: Engine
+    #: Sessions on `read_engine`, for reads through the ORM.
     read_session_factory: sessionmaker[Session]
     dispatcher: Dispatcher
     datasets_storage: Storage
@@ -86,6 +90,16 @@ async def get_reader(request: Request) -> sessionmaker[Session]:
 
 
 ReadDep = Annotated[sessionmaker[Session], Depends(get_reader)]
+
+
+async def get_row_reader(request: Request) -> Callable[[], AbstractContextManager[Connection]]:
+    """Autocommit connections: `with rows() as conn:` in a route whose statements are Core
+    (`services.gateway.queries`); no ORM session around them (a session's setup and close
+    cost about as much as a small query)."""
+    return state_of(request).read_engine.connect
+
+
+RowsDep = Annotated[Callable[[], AbstractContextManager[Connection]], Depends(get_row_reader)]
 
 
 async def get_dispatcher(request: Request) -> Dispatcher:
