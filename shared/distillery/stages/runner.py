@@ -65,11 +65,14 @@ class StageRunner:
         should_pause: Callable[[], bool] | None = None,
         retry_budget_s: float = DEFAULT_BUDGET_S,
         check_spec: Callable[[str, ExperimentSpec], None] | None = None,
+        teacher_cache_dir: Path | None = None,
     ) -> None:
         """`tracking_mode` caps what a spec may ask of wandb (`online` > `offline` > `disabled`);
         `should_pause()` True (the worker got SIGTERM) checkpoints the stage at its next step and
         gives it back to the queue; `check_spec(experiment_id, spec)` (the platform's
-        `distillery.access` rules) runs before the stage does, and what it raises fails it."""
+        `distillery.access` rules) runs before the stage does, and what it raises fails it;
+        `teacher_cache_dir` keeps the teacher caches of every experiment this runner runs
+        (default ``<work_dir>/teacher_cache``: keyed by content, so they share them)."""
         self.sessions = session_factory
         self.artifacts = artifacts
         self.work_dir = Path(work_dir)
@@ -81,6 +84,7 @@ class StageRunner:
         self.should_pause = should_pause
         self.retry_budget_s = retry_budget_s
         self.check_spec = check_spec
+        self.teacher_cache_dir = teacher_cache_dir or self.work_dir / "teacher_cache"
 
     # ------------------------------------------------------------------------------- retries
 
@@ -261,6 +265,7 @@ class StageRunner:
             should_stop=self._cancel_checker(stage_id),
             should_pause=self.should_pause,
             resolve_root=self.resolve_root,
+            teacher_cache_dir=self.teacher_cache_dir,
         )
 
     def _progress_writer(self, stage_id: int) -> Callable[[Any], None]:

@@ -3,7 +3,8 @@
 The platform's stage runner and `distillery run` fill it in; a plain call needs none of it.
 Under `accelerate launch` the parent process keeps the hooks: `resolve_root` is applied before
 the launch, progress and checkpoint events come back through the progress file, and
-`should_stop` / `should_pause` are polled by the parent, which signals the ranks.
+`should_stop` / `should_pause` are polled by the parent, which signals the ranks;
+`teacher_cache_dir` is passed on the command line.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class StageHooks:
     - `should_pause()`: polled every step; True (preemption: SIGTERM) writes a checkpoint at
       this step and stops (`StagePaused`), so the stage resumes exactly there.
     - `resolve_root(DatasetRef)`: the local folder of a platform dataset (`dataset_id`).
+    - `teacher_cache_dir`: where teacher caches are kept (`distillation.teacher_cache`; shared
+      by every stage that may reuse one); default ``<workdir>/teacher_cache``.
     """
 
     on_progress: Callable[[Progress], None] | None = None
@@ -35,6 +38,7 @@ class StageHooks:
     should_stop: Callable[[], bool] | None = None
     should_pause: Callable[[], bool] | None = None
     resolve_root: Callable[[DatasetRef], Path] | None = None
+    teacher_cache_dir: Path | None = None
 
     def stop_requested(self) -> bool:
         return self.should_stop is not None and self.should_stop()

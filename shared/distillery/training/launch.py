@@ -1,7 +1,7 @@
 """Entry point of one stage in the current process(es):
 
     python -m distillery.training.launch --spec SPEC.json --stage STAGE --workdir DIR \
-        [--teacher PATH]
+        [--teacher PATH] [--teacher-cache-dir DIR]
 
 Run it plainly for one process, or under ``accelerate launch`` for several (as `run_stage`
 does when ``train.num_processes > 1``). The main rank writes ``DIR/<stage>/result.json`` and
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher", type=Path, default=None, help="the teacher's exported model.pt")
     p.add_argument("--events", type=Path, default=None, help="JSON-lines progress file")
     p.add_argument("--tracker-group", default=None)
+    p.add_argument(
+        "--teacher-cache-dir", type=Path, default=None, help="where teacher caches are kept"
+    )
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     return p.parse_args(argv)
 
@@ -72,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             workdir,
             teacher_path=args.teacher,
             resume=not args.no_resume,
-            hooks=pause_flag_checker(workdir / args.stage / "launch" / PAUSE_FLAG),
+            hooks=replace(
+                pause_flag_checker(workdir / args.stage / "launch" / PAUSE_FLAG),
+                teacher_cache_dir=args.teacher_cache_dir,
+            ),
             tracker_group=args.tracker_group,
             events_path=args.events,
         )

@@ -72,6 +72,7 @@ from distillery.training.result import (
 )
 from distillery.training.runtime import apply_runtime
 from distillery.training.schedules import build_scheduler
+from distillery.training.teacher_cache import attach_teacher_cache, ensure_teacher_cache
 from distillery.training.visuals import fixed_batch, log_epoch_media
 
 # ------------------------------------------------------------------------------------- helpers
@@ -267,6 +268,24 @@ def train_stage(
         if sync_norms and plan.online:  # a frozen teacher stays in eval mode
             teacher = convert_sync_batchnorm(teacher, device)
         teacher.to(device)
+    if stage == "distill" and spec.distillation.teacher_cache.enabled:
+        teacher_file = _teacher_file(spec, teacher_path)  # offline only (the spec checks)
+        assert teacher is not None and teacher_file is not None and not plan.online
+        cache_root = hooks.teacher_cache_dir or Path(workdir) / "teacher_cache"
+        with accelerator.main_process_first():  # the main process computes, the others read
+            cache = ensure_teacher_cache(
+                teacher,
+                teacher_file,
+                train_set.datasets,
+                spec.data.image_size,
+                spec.distillation.teacher_cache.stride,
+                cache_root,
+                device=device,
+                autocast=accelerator.autocast,
+                batch_size=train.batch_size,
+            )
+        attach_teacher_cache(train_set.datasets, cache)
+        runtime["teacher_cache"] = cache.describe()
     all_terms = plan.losses + (plan.teacher_losses if plan.online else [])
     with accelerator.main_process_first():
         weights = class_weights_for(
@@ -464,7 +483,13 @@ def train_stage(
                 phase = phase_at(plan.alternate, roles, epoch=epoch, global_step=state.global_step)
                 with accelerator.accumulate(*[lr_.model for lr_ in learners]):
                     total, components = step_losses(
-                        phase, by_role, frozen_teacher, images, masks, accelerator
+                        phase,
+                        by_role,
+                        frozen_teacher,
+                        images,
+                        masks,
+                        accelerator,
+                        teacher_logits=batch.get("teacher_logits"),
                     )
                     accelerator.backward(total)
                     if accelerator.sync_gradients:
@@ -611,8 +636,12 @@ def step_losses(
     images: torch.Tensor,
     masks: torch.Tensor,
     accelerator: Accelerator,
+    teacher_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward every model this step needs and sum the objectives of the updated learners.
+
+    `teacher_logits` (from a teacher cache, cut like the batch's crops) stand in for the
+    frozen teacher's forward.
 
     Returns the total (one backward serves all learners: each objective sees the other model's
     output detached) and the components, keyed ``loss[/<term>]`` for the first learner and
@@ -623,7 +652,9 @@ def step_losses(
     outputs: dict[str, ModelOutput] = {}
     if frozen_teacher is not None:
         kinds = phase.kinds(STUDENT)
-        if kinds is None or kinds & DISTILL_KINDS:  # a supervised-only block needs no teacher
+        if teacher_logits is not None:
+            outputs[TEACHER] = ModelOutput(teacher_logits.float(), {})
+        elif kinds is None or kinds & DISTILL_KINDS:  # a supervised-only block needs no teacher
             taps = learners[STUDENT].objective.teacher_taps
             outputs[TEACHER] = forward_frozen(frozen_teacher, images, taps, accelerator)
     for role, lr_ in learners.items():
@@ -719,14 +750,19 @@ def _initial_model(spec: ModelSpec, role: str) -> nn.Module:
     return model.train()
 
 
+def _teacher_file(spec: ExperimentSpec, teacher_path: Path | None) -> Path | None:
+    """The teacher's exported model: `teacher_path`, else `teacher.model.checkpoint`."""
+    return teacher_path or (
+        Path(spec.teacher.model.checkpoint) if spec.teacher.model.checkpoint else None
+    )
+
+
 def _load_teacher(
     spec: ExperimentSpec, plan: StagePlan, teacher_path: Path | None
 ) -> tuple[nn.Module, ModelSpec]:
     """The distillation teacher: the teacher stage's exported model (`teacher_path`), else
     `teacher.model.checkpoint`; online distillation may also start a teacher from scratch."""
-    path = teacher_path or (
-        Path(spec.teacher.model.checkpoint) if spec.teacher.model.checkpoint else None
-    )
+    path = _teacher_file(spec, teacher_path)
     if path is None:
         if plan.online:
             return build_model(spec.teacher.model), spec.teacher.model
