@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -212,3 +213,26 @@ def test_a_distill_stage_trains_from_the_cache_and_a_second_run_reuses_it(
     a, b = (load_model_checkpoint(r.model_path)[0].state_dict() for r in (first, second))
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_cache(make_spec, teacher_model: Path, tmp_path: Path) -> None:
+    """Under `accelerate launch` the main rank computes the cache in the caller's folder, the
+    other reads it; both ranks train to the same weights."""
+    spec = make_spec(
+        distillation={
+            "losses": [{"kind": "logit_kd", "temperature": 2.0}],
+            "teacher_cache": {"enabled": True, "stride": 2},
+            "train": {"epochs": 1, "batch_size": 2, "num_processes": 2},
+        }
+    )
+    hooks = StageHooks(teacher_cache_dir=tmp_path / "cache")
+    result = run_stage(spec, "distill", tmp_path / "w", teacher_path=teacher_model, hooks=hooks)
+    cache = result.runtime["teacher_cache"]
+    assert cache["computed"] and [p.name for p in (tmp_path / "cache").iterdir()] == [cache["key"]]
+    ranks = [
+        json.loads((tmp_path / "w" / "distill" / "result" / f"rank-{r}.json").read_text())
+        for r in (0, 1)
+    ]
+    assert ranks[0]["world_size"] == 2 and ranks[0]["state_hash"] == ranks[1]["state_hash"]
+    assert math.isfinite(result.history[-1]["train"]["loss"])
