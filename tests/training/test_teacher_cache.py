@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from distillery.data import TrainTransform, build_datasets, normalize
+from distillery.data import DatasetError, TrainTransform, build_datasets, normalize
+from distillery.data.teacher_maps import TeacherMaps
 from distillery.inference import segment
 from distillery.models.checkpoint import load_model_checkpoint, save_model_checkpoint
 from distillery.spec import AugmentSpec, DataSpec
@@ -236,3 +237,19 @@ def test_two_processes_share_one_cache(make_spec, teacher_model: Path, tmp_path:
     ]
     assert ranks[0]["world_size"] == 2 and ranks[0]["state_hash"] == ranks[1]["state_hash"]
     assert math.isfinite(result.history[-1]["train"]["loss"])
+
+
+def test_a_damaged_cache_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    folder = tmp_path / "0"
+    folder.mkdir()
+    np.save(folder / "0.npy", np.zeros((2, 19, 4, 8), dtype=np.float16))
+    (folder / "1.npy").write_bytes(b"\x93NUMPY truncated")
+    np.save(folder / "2.npy", np.zeros((19, 4, 8), dtype=np.float32))
+    maps = TeacherMaps(folder, 3)
+    assert tuple(maps.load(0).shape) == (2, 19, 4, 8)
+    with pytest.raises(DatasetError, match=r"1\.npy: unreadable teacher cache file"):
+        maps.load(1)
+    with pytest.raises(DatasetError, match=r"2\.npy: expected fp16 \(2, C, h, w\)"):
+        maps.load(2)
+    with pytest.raises(IndexError, match="no image 3"):
+        maps.load(3)

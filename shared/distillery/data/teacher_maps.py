@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distillery.data.errors import DatasetError
+
 #: The array file of image `index` inside a data set's folder of a cache.
 MAP_SUFFIX = ".npy"
 
@@ -35,7 +37,16 @@ class TeacherMaps:
         """Image `index`'s maps, fp16 ``(2, C, h, w)`` (unflipped, flipped)."""
         if not 0 <= index < self.count:
             raise IndexError(f"teacher cache {self.folder}: no image {index} (has {self.count})")
-        return torch.from_numpy(np.load(map_path(self.folder, index)))
+        path = map_path(self.folder, index)
+        try:
+            maps = np.load(path)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{path}: unreadable teacher cache file ({e})") from None
+        if maps.ndim != 4 or maps.shape[0] != 2 or maps.dtype != np.float16:
+            raise DatasetError(
+                f"{path}: expected fp16 (2, C, h, w) teacher maps, got {maps.dtype} {maps.shape}"
+            )
+        return torch.from_numpy(maps)
 
     def __repr__(self) -> str:
         return f"TeacherMaps({str(self.folder)!r}, count={self.count})"
