@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -197,6 +198,25 @@ def ensure_teacher_cache(
         raise RuntimeError(f"teacher cache {root / key}: incomplete after it was written")
     log.info("teacher cache %s: %d images in %.1f s", found.folder, total, seconds)
     return TeacherCache(found.folder, key, counts, computed=True, seconds=seconds)
+
+
+class PrecomputeBar:
+    """A tqdm bar of a precompute's images (`on_image` of `ensure_teacher_cache`), opened at
+    its first report; `close` it after."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc="teacher cache", unit="img")
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def attach_teacher_cache(datasets: Sequence[SegmentationDataset], cache: TeacherCache) -> None:

@@ -72,7 +72,11 @@ from distillery.training.result import (
 )
 from distillery.training.runtime import apply_runtime
 from distillery.training.schedules import build_scheduler
-from distillery.training.teacher_cache import attach_teacher_cache, ensure_teacher_cache
+from distillery.training.teacher_cache import (
+    PrecomputeBar,
+    attach_teacher_cache,
+    ensure_teacher_cache,
+)
 from distillery.training.visuals import fixed_batch, log_epoch_media
 
 # ------------------------------------------------------------------------------------- helpers
@@ -272,6 +276,8 @@ def train_stage(
         teacher_file = _teacher_file(spec, teacher_path)  # offline only (the spec checks)
         assert teacher is not None and teacher_file is not None and not plan.online
         cache_root = hooks.teacher_cache_dir or Path(workdir) / "teacher_cache"
+        show_bar = hooks.on_progress is None and events_path is None and interactive()
+        bar = PrecomputeBar() if show_bar and accelerator.is_main_process else None
         with accelerator.main_process_first():  # the main process computes, the others read
             cache = ensure_teacher_cache(
                 teacher,
@@ -283,7 +289,10 @@ def train_stage(
                 device=device,
                 autocast=accelerator.autocast,
                 batch_size=train.batch_size,
+                on_image=bar,
             )
+        if bar is not None:
+            bar.close()
         attach_teacher_cache(train_set.datasets, cache)
         runtime["teacher_cache"] = cache.describe()
     all_terms = plan.losses + (plan.teacher_losses if plan.online else [])
