@@ -74,6 +74,7 @@ from distillery.training.runtime import apply_runtime
 from distillery.training.schedules import build_scheduler
 from distillery.training.teacher_cache import (
     PrecomputeBar,
+    TeacherCache,
     attach_teacher_cache,
     ensure_teacher_cache,
 )
@@ -273,27 +274,11 @@ def train_stage(
             teacher = convert_sync_batchnorm(teacher, device)
         teacher.to(device)
     if stage == "distill" and spec.distillation.teacher_cache.enabled:
-        teacher_file = _teacher_file(spec, teacher_path)  # offline only (the spec checks)
-        assert teacher is not None and teacher_file is not None and not plan.online
-        cache_root = hooks.teacher_cache_dir or Path(workdir) / "teacher_cache"
+        assert teacher is not None and not plan.online  # offline only (the spec checks)
         show_bar = hooks.on_progress is None and events_path is None and interactive()
-        bar = PrecomputeBar() if show_bar and accelerator.is_main_process else None
-        with accelerator.main_process_first():  # the main process computes, the others read
-            cache = ensure_teacher_cache(
-                teacher,
-                teacher_file,
-                train_set.datasets,
-                spec.data.image_size,
-                spec.distillation.teacher_cache.stride,
-                cache_root,
-                device=device,
-                autocast=accelerator.autocast,
-                batch_size=train.batch_size,
-                on_image=bar,
-            )
-        if bar is not None:
-            bar.close()
-        attach_teacher_cache(train_set.datasets, cache)
+        cache = _teacher_cache(
+            spec, teacher, teacher_path, train_set, Path(workdir), hooks, accelerator, show_bar
+        )
         runtime["teacher_cache"] = cache.describe()
     all_terms = plan.losses + (plan.teacher_losses if plan.online else [])
     with accelerator.main_process_first():
@@ -757,6 +742,40 @@ def _initial_model(spec: ModelSpec, role: str) -> nn.Module:
         raise FileNotFoundError(f"{role}.model.checkpoint {spec.checkpoint}: no such file")
     model, _ = load_model_checkpoint(path)
     return model.train()
+
+
+def _teacher_cache(
+    spec: ExperimentSpec,
+    teacher: nn.Module,
+    teacher_path: Path | None,
+    train_set: Any,
+    workdir: Path,
+    hooks: StageHooks,
+    accelerator: Accelerator,
+    show_bar: bool,
+) -> TeacherCache:
+    """The teacher cache of this distill stage (computed by the main process if it is not
+    there yet, read by the others), attached to the training sets."""
+    teacher_file = _teacher_file(spec, teacher_path)
+    assert teacher_file is not None  # a frozen teacher was loaded from it
+    bar = PrecomputeBar() if show_bar and accelerator.is_main_process else None
+    with accelerator.main_process_first():  # the main process computes, the others read
+        cache = ensure_teacher_cache(
+            teacher,
+            teacher_file,
+            train_set.datasets,
+            spec.data.image_size,
+            spec.distillation.teacher_cache.stride,
+            hooks.teacher_cache_dir or workdir / "teacher_cache",
+            device=accelerator.device,
+            autocast=accelerator.autocast,
+            batch_size=spec.distill_train.batch_size,
+            on_image=bar,
+        )
+    if bar is not None:
+        bar.close()
+    attach_teacher_cache(train_set.datasets, cache)
+    return cache
 
 
 def _teacher_file(spec: ExperimentSpec, teacher_path: Path | None) -> Path | None:
