@@ -10,6 +10,11 @@ student). The steps are the trainer's own (`step_losses`, `accelerator.backward`
 step); the sizes are the spec's (quickstart: teacher UNet width 16 / student width 4, depth 4,
 batch 8, 64x128). Configurations: the spec's distillation losses, logit_kd alone, and logit_kd
 plus a feature term (feature_mse on the bottleneck, through a learned 1x1 adapter).
+
+With a teacher cache (`distillation.teacher_cache`) the step reads the cut teacher logits from
+the batch instead of running the teacher: its row gives ratio = t(distill step with the cache) /
+t(student step) (goal <= 1.15), and the loader's extra work per image (load the cached fp16
+maps, cut them with the crop's geometry) is timed apart, per image, in the same units.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pathlib import Path
 import torch
 from pydantic import TypeAdapter
 
+from distillery.data import TrainTransform
+from distillery.data.transforms import CropGeometry
 from distillery.losses import build_objective
 from distillery.models import build_model
 from distillery.spec import LossTerm, TrainSpec, load_spec
@@ -87,9 +94,17 @@ def main() -> None:
         opt = make_optimizer(train, [*model.parameters(), *objective.parameters()])
         return Learner(STUDENT, model, objective, opt, None, list(objective.student_taps))
 
-    def train_step(lr: Learner, frozen: torch.nn.Module | None) -> None:
+    def train_step(
+        lr: Learner, frozen: torch.nn.Module | None, cached: torch.Tensor | None = None
+    ) -> None:
         total, _ = step_losses(
-            Phase(update=frozenset({STUDENT})), {STUDENT: lr}, frozen, images, masks, accelerator
+            Phase(update=frozenset({STUDENT})),
+            {STUDENT: lr},
+            frozen,
+            images,
+            masks,
+            accelerator,
+            teacher_logits=cached,
         )
         accelerator.backward(total)
         lr.optimizer.step()
@@ -123,6 +138,16 @@ def main() -> None:
     }
     for name, lr in distills.items():
         jobs[name] = lambda lr=lr: train_step(lr, teacher)
+    # the cache's batch: fp16 logits at the crop size, as the loader hands them over
+    cached_logits = torch.randn(n, spec.teacher.model.num_classes, h, w).half().to(device)
+    cache_name = next(iter(configs)) + " + teacher cache"
+    cached_learner = learner(parse(spec_terms), with_teacher=True)
+    jobs[cache_name] = lambda: train_step(cached_learner, teacher, cached_logits)
+    stride = spec.distillation.teacher_cache.stride
+    tf = TrainTransform((h, w), spec.data.augment)
+    maps = torch.randn(2, spec.teacher.model.num_classes, -(-h // stride), -(-w // stride)).half()
+    geometry = CropGeometry((round(h * 1.25), round(w * 1.25)), (h // 8, w // 8), True)
+    jobs["cut"] = lambda: tf.cut(maps[1], geometry).half()
     names = list(jobs)
     for _ in range(args.warmup):
         for fn in jobs.values():
@@ -148,6 +173,20 @@ def main() -> None:
         d = used[name]
         ratio_wall = wall[name] / (wall["student"] + wall["teacher"])
         print(f"| {name} | {s:.1f} | {t:.1f} | {d:.1f} | {d / (s + t):.3f} | {ratio_wall:.3f} |")
+    print()
+    print(
+        f"with a teacher cache (stride {stride}); "
+        "ratio = distill step / student step (goal <= 1.15)"
+    )
+    print()
+    print(
+        "| configuration | student step | distill step | ratio | ratio (wall) "
+        "| loader cut per image |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    d, cut = used[cache_name], used["cut"]
+    ratio_wall = wall[cache_name] / wall["student"]
+    print(f"| {cache_name} | {s:.1f} | {d:.1f} | {d / s:.3f} | {ratio_wall:.3f} | {cut:.2f} |")
 
 
 if __name__ == "__main__":

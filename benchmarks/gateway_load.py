@@ -2,6 +2,7 @@
 reads and submits.
 
     python benchmarks/gateway_load.py [--clients 1,10,50,100] [--duration 10] [--workers 2]
+                                      [--mix submit=1]  # one kind of request: its own cost
 
 Starts its own uvicorn (`--workers`, with `tests.support.devstack`; its log is printed if the run
 fails), in a throwaway Postgres schema, with the Celery dispatcher
@@ -55,6 +56,26 @@ SPEC = {
 #: Seconds one answer may take before the request counts as an error (TimeoutError).
 TIMEOUT_S = 60.0
 MIX = [("submit", 0.2), ("list", 0.4), ("detail", 0.3), ("queue", 0.1)]
+
+
+def request_mix(text: str) -> list[tuple[str, float]]:
+    """`"submit=1"` or `"list=0.5,detail=0.5"` -> [(kind, weight), ...] in `MIX`'s order."""
+    known = dict(MIX)
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, weight = part.partition("=")
+        if kind not in known:
+            raise argparse.ArgumentTypeError(f"--mix: unknown kind {kind!r} (one of {list(known)})")
+        try:
+            weights[kind] = float(weight or 1)
+        except ValueError:
+            msg = f"--mix: {part!r}: the weight is not a number"
+            raise argparse.ArgumentTypeError(msg) from None
+        if not weights[kind] >= 0:
+            raise argparse.ArgumentTypeError(f"--mix: {part!r}: a weight must be >= 0")
+    if not any(weights.values()):
+        raise argparse.ArgumentTypeError(f"--mix: {text!r} gives no kind a positive weight")
+    return [(kind, weights[kind]) for kind, _ in MIX if kind in weights]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -133,9 +154,14 @@ class KeepAlive:
 
 
 async def client_loop(
-    http: KeepAlive, deadline: float, ids: list[str], results: dict, rng: random.Random
+    http: KeepAlive,
+    deadline: float,
+    ids: list[str],
+    results: dict,
+    rng: random.Random,
+    mix: list[tuple[str, float]],
 ) -> None:
-    kinds, weights = zip(*MIX, strict=True)
+    kinds, weights = zip(*mix, strict=True)
     n = 0
     while time.monotonic() < deadline:
         kind = rng.choices(kinds, weights)[0]
@@ -161,16 +187,25 @@ async def client_loop(
         results[kind].append((time.perf_counter() - t0, status))
 
 
-async def run_load(url: str, token: str, clients: int, duration: float, seed: int) -> dict:
-    """`clients` closed loops, each on its own keep-alive connection, for `duration` s."""
+async def run_load(
+    url: str,
+    token: str,
+    clients: int,
+    duration: float,
+    seed: int,
+    mix: list[tuple[str, float]] = MIX,
+    ids: list[str] | None = None,
+) -> dict:
+    """`clients` closed loops, each on its own keep-alive connection, for `duration` s; `ids`
+    collects the experiments submitted (details read from them)."""
     results: dict[str, list] = defaultdict(list)
-    ids: list[str] = []
+    ids = [] if ids is None else ids
     connections = [KeepAlive(url, token) for _ in range(clients)]
     deadline = time.monotonic() + duration
     try:
         await asyncio.gather(
             *(
-                client_loop(http, deadline, ids, results, random.Random(seed + i))
+                client_loop(http, deadline, ids, results, random.Random(seed + i), mix)
                 for i, http in enumerate(connections)
             )
         )
@@ -312,6 +347,14 @@ def main() -> int:
     )
     p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     p.add_argument(
+        "--mix",
+        type=request_mix,
+        default=MIX,
+        help="kinds of request and their weights, e.g. `list=1` (default "
+        + ",".join(f"{k}={w}" for k, w in MIX)
+        + "); the warm-up always runs the default mix, so details have experiments to read",
+    )
+    p.add_argument(
         "--gateway-concurrency",
         type=int,
         default=None,
@@ -388,8 +431,9 @@ def main() -> int:
             f"{','.join(map(str, args.clients))}, {args.duration:.0f} s each; "
             f"CPUs: {os.cpu_count()}"
         )
+        ids: list[str] = []
         if args.warmup > 0:
-            asyncio.run(run_load(url, token, 8, args.warmup, args.seed + 1000))
+            asyncio.run(run_load(url, token, 8, args.warmup, args.seed + 1000, MIX, ids))
         levels = []
         for clients in args.clients:
             print(f"\n== {clients} clients, {args.duration:.0f} s ==")
@@ -399,7 +443,9 @@ def main() -> int:
                 time.process_time(),
             )
             t0 = time.monotonic()
-            results = asyncio.run(run_load(url, token, clients, args.duration, args.seed))
+            results = asyncio.run(
+                run_load(url, token, clients, args.duration, args.seed, args.mix, ids)
+            )
             elapsed = time.monotonic() - t0
             cpu = tree_cpu_s(gateway.popen.pid) - cpu0
             client_cpu = time.process_time() - client0

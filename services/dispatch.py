@@ -34,10 +34,10 @@ _PRIORITIES = (3, 6, 9)
 
 
 class Dispatcher(Protocol):
-    """Sends one stage to the workers listening on `stage.queue`, or one dataset check to the
+    """Sends one stage to the workers listening on its queue, or one dataset check to the
     cpu queue; drops waiting messages."""
 
-    def enqueue(self, stage: Stage) -> None: ...
+    def enqueue(self, stage_id: int, queue: str) -> None: ...
 
     def enqueue_check(self, dataset_id: str, queue: str) -> None: ...
 
@@ -45,13 +45,13 @@ class Dispatcher(Protocol):
 
 
 class CeleryDispatcher:
-    """Sends `distillery.run_stage(stage.id)` by name to `stage.queue` (no worker import)."""
+    """Sends `distillery.run_stage(stage_id)` by name to `queue` (no worker import)."""
 
     def __init__(self, celery: Celery) -> None:
         self.celery = celery
 
-    def enqueue(self, stage: Stage) -> None:
-        self.celery.send_task(RUN_STAGE_TASK, args=[stage.id], queue=stage.queue)
+    def enqueue(self, stage_id: int, queue: str) -> None:
+        self.celery.send_task(RUN_STAGE_TASK, args=[stage_id], queue=queue)
 
     def enqueue_check(self, dataset_id: str, queue: str) -> None:
         self.celery.send_task(CHECK_DATASET_TASK, args=[dataset_id], queue=queue)
@@ -145,7 +145,7 @@ def enqueue_stage(session: Session, dispatcher: Dispatcher, stage: Stage) -> boo
     what a reconciler looks for to send it again.
     """
     try:
-        dispatcher.enqueue(stage)
+        dispatcher.enqueue(stage.id, stage.queue)
     except Exception:  # noqa: BLE001 - any broker failure leaves the stage for the reconciler
         log.exception("could not enqueue stage %s (%s); it stays queued", stage.id, stage.name)
         return False
@@ -165,4 +165,22 @@ def enqueue_check(session: Session, dispatcher: Dispatcher, dataset_id: str, que
         return False
     checks.mark_enqueued(session, dataset_id)
     session.commit()
+    return True
+
+
+def send_inserted(session: Session, dispatcher: Dispatcher, stage_id: int, queue: str) -> bool:
+    """Send a stage committed as already sent (`distillery.stages.plan.insert_experiment`: one
+    transaction for a submission); returns False if the broker failed.
+
+    If the broker is down, `enqueued_at` is cleared again (committed) and the stage waits for
+    the reconciler, as after `enqueue_stage`. Should this process die between the commit and the
+    send, the reconciler sends the stage once its `enqueued_at` is older than its staleness
+    limit."""
+    try:
+        dispatcher.enqueue(stage_id, queue)
+    except Exception:  # noqa: BLE001 - any broker failure leaves the stage for the reconciler
+        log.exception("could not enqueue stage %s; it stays queued", stage_id)
+        lifecycle.mark_unsent(session, stage_id)
+        session.commit()
+        return False
     return True

@@ -132,3 +132,72 @@ def test_union_errors_read_as_one_message_per_field(override, field, message) ->
 def test_a_missing_field_inside_a_union_is_named() -> None:
     text = errors({"name": "x", "data": {"train": [{"format": "cityscapes"}], "val": []}})
     assert "data." in text and "constrained" not in text
+
+
+CACHE = {"enabled": True, "stride": 2}
+KD = {"kind": "logit_kd"}
+
+
+@pytest.mark.parametrize(
+    ("distillation", "expected"),
+    [
+        (
+            {"mode": "online", "teacher_cache": CACHE},
+            "distillation: Value error, teacher_cache.enabled: a teacher cache needs mode offline",
+        ),
+        (
+            {
+                "teacher_cache": CACHE,
+                "losses": [
+                    KD,
+                    {
+                        "kind": "feature_mse",
+                        "student_tap": "bottleneck",
+                        "teacher_tap": "bottleneck",
+                    },
+                ],
+            },
+            "teacher_cache.enabled: losses.1 (feature_mse) reads the teacher's features at "
+            "'bottleneck'",
+        ),
+        (
+            {
+                "teacher_cache": CACHE,
+                "losses": [
+                    {
+                        "kind": "attention_transfer",
+                        "student_tap": "encoder.1",
+                        "teacher_tap": "encoder.1",
+                    }
+                ],
+            },
+            "losses.0 (attention_transfer) reads the teacher's features",
+        ),
+        (
+            {"teacher_cache": CACHE, "losses": [{"kind": "channel_wise_kd", "tap": "bottleneck"}]},
+            "losses.0 (channel_wise_kd) reads the teacher's features",
+        ),
+        ({"teacher_cache": {"enabled": True, "stride": 0}}, "distillation.teacher_cache.stride"),
+        ({"teacher_cache": {"enabled": True, "stride": 9}}, "distillation.teacher_cache.stride"),
+        ({"teacher_cache": {"enabled": "yes"}}, "distillation.teacher_cache.enabled"),
+        ({"teacher_cache": {"enabled": True, "dir": "/tmp"}}, "distillation.teacher_cache.dir"),
+    ],
+)
+def test_teacher_cache_errors_name_the_field(distillation: dict, expected: str) -> None:
+    assert expected in errors({"name": "x", "data": DATA, "distillation": distillation})
+
+
+def test_teacher_cache_is_off_by_default_and_takes_logit_terms() -> None:
+    spec = ExperimentSpec.model_validate({"name": "x", "data": DATA})
+    assert not spec.distillation.teacher_cache.enabled
+    cached = {
+        "teacher_cache": CACHE,
+        "losses": [
+            {"kind": "cross_entropy"},
+            KD,
+            {"kind": "dist"},
+            {"kind": "channel_wise_kd"},  # on the logits
+        ],
+    }
+    spec = ExperimentSpec.model_validate({"name": "x", "data": DATA, "distillation": cached})
+    assert spec.distillation.teacher_cache.stride == 2

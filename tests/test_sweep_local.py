@@ -162,3 +162,29 @@ def test_the_sweep_table_and_report_go_to_wandb(tmp_path: Path) -> None:
         update={"tracking": spec.tracking.model_copy(update={"mode": "disabled"})}
     )
     assert log_sweep(off, results, report.parent, tmp_path / "off") is None
+
+
+def test_children_share_one_teacher_cache(tmp_path: Path) -> None:
+    raw = json.loads(json.dumps(TINY).replace("CS", str(tmp_path / "cs")))
+    raw["name"] = "cached-sweep"
+    raw["stages"] = ["teacher", "student", "distill"]
+    raw["distillation"] = {
+        "losses": [{"kind": "cross_entropy"}, {"kind": "logit_kd"}],
+        "teacher_cache": {"enabled": True, "stride": 2},
+    }
+    raw["sweep"] = {"seeds": [0, 1]}
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(spec), "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    caches = {
+        int(p.parts[-5].removeprefix("seed-")): json.loads(p.read_text())["runtime"][
+            "teacher_cache"
+        ]
+        for p in (run_dir / "children").glob("base/seed-*/work/*/distill/result.json")
+    }
+    assert sorted(caches) == [0, 1]
+    assert caches[0]["computed"] and not caches[1]["computed"]  # the first child computed it
+    assert caches[0]["folder"] == caches[1]["folder"]
+    assert [p.name for p in (run_dir / "teacher_cache").iterdir()] == [caches[0]["key"]]

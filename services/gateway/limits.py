@@ -86,37 +86,37 @@ async def _too_large(send: Send, limit: int) -> None:
 
 
 def check_submission_allowed(session: Session, user: User, settings: Settings) -> None:
-    """429 if `user` is at the cap of active experiments or of submissions per minute."""
+    """429 if `user` is at the cap of active experiments or of submissions per minute.
+
+    With both caps off (0) there is nothing to count and no lock is taken: the lock on the
+    user's row serializes that user's submissions, which only the caps need."""
+    cap, rate = settings.max_active_experiments, settings.max_submissions_per_minute
+    if not cap and not rate:
+        return
+    # Lock first, count after: under READ COMMITTED the count is a new statement, so it sees
+    # every submission committed by whoever held the lock before.
     session.scalar(select(User.id).where(User.id == user.id).with_for_update())
-    active = session.scalar(
-        select(func.count())
+    active, recent = session.execute(
+        select(
+            func.count().filter(Experiment.status.in_(ACTIVE)),
+            func.count().filter(Experiment.created_at > utcnow() - timedelta(minutes=1)),
+        )
         .select_from(Experiment)
-        .where(Experiment.owner_id == user.id, Experiment.status.in_(ACTIVE))
-    )
-    cap = settings.max_active_experiments
+        .where(Experiment.owner_id == user.id)
+    ).one()
     if cap and (active or 0) >= cap:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"you have {active} experiments queued or running; the cap is {cap} per user "
             "(DISTILLERY_MAX_ACTIVE_EXPERIMENTS): wait for one to finish or cancel one",
         )
-    rate = settings.max_submissions_per_minute
-    if rate:
-        recent = session.scalar(
-            select(func.count())
-            .select_from(Experiment)
-            .where(
-                Experiment.owner_id == user.id,
-                Experiment.created_at > utcnow() - timedelta(minutes=1),
-            )
+    if rate and (recent or 0) >= rate:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"at most {rate} submissions per minute per user "
+            "(DISTILLERY_MAX_SUBMISSIONS_PER_MINUTE): try again in a minute",
+            headers={"Retry-After": "60"},
         )
-        if (recent or 0) >= rate:
-            raise HTTPException(
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                f"at most {rate} submissions per minute per user "
-                "(DISTILLERY_MAX_SUBMISSIONS_PER_MINUTE): try again in a minute",
-                headers={"Retry-After": "60"},
-            )
 
 
 def limit_responses() -> dict[int | str, dict[str, Any]]:

@@ -109,13 +109,13 @@ def create_app(
     """Build the gateway. Nothing connects until the first request (or the startup migration)."""
     settings = settings or get_settings()
     engine = engine_for(settings, pool_size=settings.gateway_concurrency)
+    read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
     state = GatewayState(
         settings=settings,
         engine=engine,
         session_factory=make_session_factory(engine),
-        read_session_factory=make_session_factory(
-            engine.execution_options(isolation_level="AUTOCOMMIT")
-        ),
+        read_engine=read_engine,
+        read_session_factory=make_session_factory(read_engine),
         dispatcher=dispatcher or CeleryDispatcher(make_celery(settings)),
         datasets_storage=datasets_storage or make_storage(settings, settings.datasets_bucket),
         artifacts_storage=artifacts_storage or make_storage(settings, settings.artifacts_bucket),

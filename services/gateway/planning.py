@@ -19,9 +19,8 @@ from distillery.db import Dataset, Experiment, StageStatus, User
 from distillery.settings import Settings
 from distillery.spec import ExperimentSpec
 from distillery.stages import keys, lifecycle
-from distillery.stages.plan import create_experiment as plan_experiment
-from distillery.stages.plan import planned_kinds
-from services.dispatch import Dispatcher, enqueue_stage
+from distillery.stages.plan import InsertedExperiment, insert_experiment, planned_kinds
+from services.dispatch import Dispatcher, enqueue_stage, send_inserted
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +85,17 @@ def create_experiment(
     settings: Settings,
     dispatcher: Dispatcher,
     idempotency_key: str | None = None,
-) -> tuple[Experiment, bool]:
+) -> tuple[str, InsertedExperiment | None]:
     """Check dataset references, store the spec and its planned stages (the same planning as
-    `distillery run`: `distillery.stages.plan`), commit, then enqueue the first stage.
+    `distillery run`: `distillery.stages.plan`) with the first stage marked as sent, commit
+    (one transaction), then send the first stage.
 
-    With an `idempotency_key` the owner already used, nothing is created: returns
-    (that experiment, False); else (the new experiment, True)."""
+    Returns (experiment id, what was inserted); with an `idempotency_key` the owner already
+    used, nothing is created: (that experiment's id, None)."""
     if idempotency_key is not None:
         existing = find_submission(session, owner, idempotency_key)
         if existing is not None:
-            return existing, False
+            return existing.id, None
     errors = dataset_errors(session, spec) + [
         _err(["body", *e.loc], e.msg, "access_denied")
         for e in spec_access_errors(session, spec, owner, settings.allowed_data_roots)
@@ -109,23 +109,24 @@ def create_experiment(
         )
     if errors:
         raise PlanError(errors)
-    experiment = plan_experiment(
-        session,
-        spec,
-        owner_id=owner.id,
-        queues={"gpu": settings.gpu_queue, "profiler": settings.profiler_queue},
-        idempotency_key=idempotency_key,
-    )
     try:
+        inserted = insert_experiment(
+            session,
+            spec,
+            owner_id=owner.id,
+            queues={"gpu": settings.gpu_queue, "profiler": settings.profiler_queue},
+            idempotency_key=idempotency_key,
+        )
         session.commit()
     except IntegrityError:  # the same key, submitted concurrently: the other request won
         session.rollback()
         existing = find_submission(session, owner, idempotency_key) if idempotency_key else None
         if existing is None:
             raise
-        return existing, False
-    enqueue_stage(session, dispatcher, experiment.stages[0])
-    return experiment, True
+        return existing.id, None
+    first = inserted.stages[0]
+    send_inserted(session, dispatcher, first["id"], first["queue"])
+    return inserted.experiment["id"], inserted
 
 
 def cancel_experiment(session: Session, experiment_id: str, dispatcher: Dispatcher) -> Experiment:

@@ -9,12 +9,23 @@ models. Writes stay on the ORM.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    Column,
+    Enum,
+    Row,
+    Select,
+    String,
+    bindparam,
+    func,
+    select,
+    type_coerce,
+)
+from sqlalchemy.sql.elements import ColumnElement
 
 from distillery.db import Artifact, Experiment, Metric, Stage, StageStatus, User
 
@@ -30,19 +41,24 @@ STAGE_COLUMNS = tuple(c.key for c in S.columns)
 SUMMARY_COLUMNS = ("id", "name", "status", "cancel_requested", "created_at", "updated_at")
 
 
+def plain(column: Column[Any], name: str | None = None) -> ColumnElement[Any]:
+    """`column` (labelled `name`) as the database gives it: an enum column (a status) as its
+    string, not turned into a `StageStatus` per row (the response models validate it anyway)."""
+    name = name or column.key
+    if isinstance(column.type, Enum):
+        return type_coerce(column, String(column.type.length)).label(name)
+    return column.label(name)
+
+
 def _stage_cols(*names: str) -> list[Any]:
-    return [S.c[n].label(f"s_{n}") for n in names]
+    return [plain(S.c[n], f"s_{n}") for n in names]
 
 
-@cache
-def _stage_labels(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    return tuple((n, f"s_{n}") for n in names)
-
-
-def stage_fields(row: Row[Any], names: tuple[str, ...]) -> dict[str, Any]:
-    """The `s_<name>` columns of a row as `{name: value}`."""
-    mapping = row._mapping
-    return {n: mapping[label] for n, label in _stage_labels(names)}
+def stage_reader(keys: Sequence[str], names: tuple[str, ...]) -> Callable[[Row[Any]], dict]:
+    """A function from a row of a result with these `keys` to its `s_<name>` columns as
+    `{name: value}` (positions looked up once per result, not per row)."""
+    get = itemgetter(*(list(keys).index(f"s_{n}") for n in names))
+    return lambda row: dict(zip(names, get(row), strict=True))
 
 
 @cache
@@ -50,7 +66,7 @@ def page_query(*, by_status: bool, by_owner: bool, with_spec: bool) -> Select[An
     """One page of experiments (newest first) with owner names and the total, joined to their
     stages in order: one row per stage (a stage-less experiment gives one row of NULLs).
     Parameters: `status`, `owner` (as asked for), `limit`, `offset`."""
-    cols = [E.c[n] for n in SUMMARY_COLUMNS]
+    cols = [plain(E.c[n]) for n in SUMMARY_COLUMNS]
     if with_spec:
         cols.append(E.c.spec)
     page = (
@@ -101,7 +117,7 @@ def detail_query() -> Select[Any]:
     ]
     return (
         select(
-            *(E.c[n] for n in SUMMARY_COLUMNS),
+            *(plain(E.c[n]) for n in SUMMARY_COLUMNS),
             E.c.spec,
             E.c.results,
             U.c.name.label("owner"),
@@ -145,7 +161,7 @@ def queue_query() -> Select[Any]:
             U.c.name.label("owner"),
             S.c.name.label("stage"),
             S.c.queue,
-            S.c.status,
+            plain(S.c.status),
             S.c.worker_id,
             S.c.enqueued_at,
             S.c.started_at,
@@ -163,11 +179,6 @@ def queue_query() -> Select[Any]:
         )
         .order_by(S.c.enqueued_at.asc().nulls_last(), S.c.id)
     )
-
-
-def detail_rows(session: Session, experiment_id: str) -> list[Row[Any]]:
-    """The rows of `detail_query` (empty: no such experiment)."""
-    return list(session.connection().execute(detail_query(), {"experiment_id": experiment_id}))
 
 
 def rows_etag(rows: Sequence[Row[Any]], salt: str = "") -> str:

@@ -35,11 +35,14 @@ def run_local(
     fresh: bool = False,
     on_progress: Callable[[str, Any], None] | None = None,
     on_stage: Callable[[str, str], None] | None = None,
+    teacher_cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run every planned stage of `spec` in this process; returns the results table.
 
     `on_stage(name, status)` is called as stages start and end; `on_progress(stage, Progress)`
-    with training progress. Writes `results.json` and `results.md` into `run_dir`.
+    with training progress. Writes `results.json` and `results.md` into `run_dir`. Teacher
+    caches (`distillation.teacher_cache`) go to `teacher_cache_dir` (default
+    ``<run_dir>/teacher_cache``).
     """
     from distillery.data import ensure_synthetic
 
@@ -76,6 +79,7 @@ def run_local(
         LocalStorage(run_dir),
         run_dir / "work",
         worker_id="local",
+        teacher_cache_dir=teacher_cache_dir or run_dir / "teacher_cache",
         on_progress=(lambda sid, p: on_progress(names[sid], p)) if on_progress else None,
     )
     for stage_id, name in stages:

@@ -381,6 +381,21 @@ class AlternateSpec(_Strict):
     unit: Literal["steps", "epochs"] = "epochs"
 
 
+class TeacherCacheSpec(_Strict):
+    """Offline distillation: the frozen teacher's logits computed once per training image (and
+    its mirror image) and cut with each crop's geometric transform, instead of a teacher forward
+    every step (see `distillery.training.teacher_cache`). Off by default: an approximation (the
+    teacher sees the whole image at the base scale, without photometric jitter)."""
+
+    enabled: Bool = False
+    #: The cached map's downsampling (stored fp16): 1 keeps the teacher's full resolution.
+    stride: Annotated[int, Strict(), Field(ge=1, le=8)] = 4
+
+
+#: The tap name of a model's logits (the only teacher output a teacher cache holds).
+LOGIT_ONLY_TAP = "logits"
+
+
 class DistillationSpec(_Strict):
     mode: Literal["offline", "online"] = "offline"
     #: Weighted sum of supervised and distillation terms for the student.
@@ -395,6 +410,7 @@ class DistillationSpec(_Strict):
     #: Training settings; default: the student's.
     train: TrainSpec | None = None
     alternate: AlternateSpec | None = None
+    teacher_cache: TeacherCacheSpec = TeacherCacheSpec()
 
     @model_validator(mode="after")
     def _checks(self) -> DistillationSpec:
@@ -406,7 +422,25 @@ class DistillationSpec(_Strict):
             )
         if self.alternate and self.alternate.between == "models" and self.mode != "online":
             raise ValueError("alternate.between=models needs mode=online")
+        if self.teacher_cache.enabled:
+            self._check_cacheable()
         return self
+
+    def _check_cacheable(self) -> None:
+        """A teacher cache holds a frozen teacher's logits only: no online mode, no term that
+        reads teacher features."""
+        if self.mode != "offline":
+            raise ValueError(
+                "teacher_cache.enabled: a teacher cache needs mode offline (a frozen teacher), "
+                f"got mode {self.mode}"
+            )
+        for i, term in enumerate(self.losses):
+            tap = getattr(term, "teacher_tap", None) or getattr(term, "tap", LOGIT_ONLY_TAP)
+            if tap != LOGIT_ONLY_TAP:
+                raise ValueError(
+                    f"teacher_cache.enabled: losses.{i} ({term.kind}) reads the teacher's "
+                    f"features at {short(tap)}; the teacher cache holds only its logits"
+                )
 
 
 # ----------------------------------------------------------------------------------- profiling

@@ -6,7 +6,8 @@ The plan comes from `distillery.sweeps.plan_sweep`. Each shared teacher and each
 then runs only its distillation stage (plus the profile stage for the first child of each distinct
 student architecture, `profile_key`: latency does not depend on the weights) under
 ``<run_dir>/children/<configuration>/seed-<seed>``, reading the shared teacher's exported model
-through ``teacher.model.checkpoint``. A failed stage fails only the children that need it; the
+through ``teacher.model.checkpoint``; children with `distillation.teacher_cache` share
+``<run_dir>/teacher_cache``. A failed stage fails only the children that need it; the
 others run. Running the same sweep again resumes every part where it stopped.
 
 The parent's ``results.json``/``results.md`` hold the comparison table of
@@ -78,12 +79,19 @@ def _run(
     run_dir: Path,
     fresh: bool,
     on_progress: Callable[[str, Any], None] | None,
+    teacher_cache_dir: Path | None = None,
 ) -> Outcome:
     from distillery.pipeline import run_local
 
     start = time.perf_counter()
     try:
-        results = run_local(spec, run_dir, fresh=fresh, on_progress=on_progress)
+        results = run_local(
+            spec,
+            run_dir,
+            fresh=fresh,
+            on_progress=on_progress,
+            teacher_cache_dir=teacher_cache_dir,
+        )
         return Outcome(run_dir, results, None, time.perf_counter() - start)
     except Exception as e:  # a failed part must not sink the sweep
         return Outcome(run_dir, None, f"{type(e).__name__}: {e}", time.perf_counter() - start)
@@ -153,7 +161,8 @@ def run_sweep(
             )
             folder = run_dir / "children" / child.configuration / f"seed-{child.seed}"
             say(f"child {name}")
-            outcome = _run(child_spec, folder, fresh, on_progress)
+            # one teacher cache folder for all children (a cache is keyed by its content)
+            outcome = _run(child_spec, folder, fresh, on_progress, run_dir / "teacher_cache")
         children[(child.configuration, child.seed)] = outcome
         step(f"child {name}", outcome)
 

@@ -19,8 +19,9 @@ from services.gateway.deps import (
     CurrentUser,
     DispatcherDep,
     ReadDep,
+    RowsDep,
     SessionDep,
-    SettingsDep,
+    StateDep,
     ensure_owner_or_admin,
 )
 from services.gateway.limits import MAX_OFFSET, check_submission_allowed
@@ -101,10 +102,8 @@ def sweep_not_queued(spec: ExperimentSpec) -> dict[str, Any]:
 )
 def submit_experiment(
     spec: ExperimentSpec,
-    session: SessionDep,
+    state: StateDep,
     user: CurrentUser,
-    settings: SettingsDep,
-    dispatcher: DispatcherDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -123,22 +122,29 @@ def submit_experiment(
     """
     if spec.sweep is not None:  # children on the queue: not yet; say so rather than ignore it
         raise RequestValidationError([sweep_not_queued(spec)])
-    if idempotency_key is None or planning.find_submission(session, user, idempotency_key) is None:
-        check_submission_allowed(session, user, settings)  # a replay is never refused
-    try:
-        experiment, created = planning.create_experiment(
-            session, spec, user, settings, dispatcher, idempotency_key=idempotency_key
-        )
-    except planning.PlanError as e:
-        raise RequestValidationError(e.errors) from None
-    if not created:
-        return model_response(summary(load_experiment(session, experiment.id)))
-    return model_response(summary(experiment, owner=user), status.HTTP_201_CREATED)
+    settings = state.settings
+    with state.session_factory() as session:
+        if idempotency_key is None or not planning.find_submission(session, user, idempotency_key):
+            check_submission_allowed(session, user, settings)  # a replay is never refused
+        try:
+            experiment_id, inserted = planning.create_experiment(
+                session, spec, user, settings, state.dispatcher, idempotency_key=idempotency_key
+            )
+        except planning.PlanError as e:
+            raise RequestValidationError(e.errors) from None
+        if inserted is None:
+            return model_response(summary(load_experiment(session, experiment_id)))
+    created = ExperimentSummary(
+        **{n: inserted.experiment[n] for n in queries.SUMMARY_COLUMNS},
+        owner=user.name,
+        stages=[StageBrief.model_validate(s) for s in inserted.stages],
+    )
+    return model_response(created, status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=ExperimentPage)
 def list_experiments(
-    read: ReadDep,
+    rows: RowsDep,
     user: CurrentUser,
     status_: Annotated[StageStatus | None, Query(alias="status")] = None,
     owner: Annotated[str | None, Query(description="owner's user name")] = None,
@@ -150,16 +156,14 @@ def list_experiments(
 
     Items are summaries (stages and their progress); `with_spec=true` adds each full spec (the
     detail route always has it). One query: the page, its owners and stages, and the total."""
-    with read() as session:
+    with rows() as conn:
         filters = {"by_status": status_ is not None, "by_owner": owner is not None}
         params = {"status": status_, "owner": owner, "limit": limit, "offset": offset}
-        rows = (
-            session.connection()
-            .execute(queries.page_query(**filters, with_spec=with_spec), params)
-            .all()
-        )
+        result = conn.execute(queries.page_query(**filters, with_spec=with_spec), params)
+        brief = queries.stage_reader(list(result.keys()), queries.BRIEF_COLUMNS)
+        found = result.all()
         items: dict[str, dict[str, Any]] = {}
-        for row in rows:
+        for row in found:
             item = items.get(row.id)
             if item is None:
                 item = items[row.id] = {n: getattr(row, n) for n in queries.SUMMARY_COLUMNS}
@@ -167,13 +171,9 @@ def list_experiments(
                 if with_spec:
                     item["spec"] = row.spec
             if row.s_name is not None:
-                item["stages"].append(queries.stage_fields(row, queries.BRIEF_COLUMNS))
+                item["stages"].append(brief(row))
         # Past the last page no row carries the count.
-        total = (
-            rows[0].total
-            if rows
-            else session.connection().scalar(queries.count_query(**filters), params)
-        )
+        total = found[0].total if found else conn.scalar(queries.count_query(**filters), params)
     adapter = WITH_SPEC_ITEMS if with_spec else SUMMARY_ITEMS
     page = ExperimentPage(
         items=adapter.validate_python(list(items.values())),
@@ -191,7 +191,7 @@ def list_experiments(
 )
 def get_experiment(
     experiment_id: str,
-    read: ReadDep,
+    rows: RowsDep,
     user: CurrentUser,
     storage: ArtifactStorageDep,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -204,21 +204,21 @@ def get_experiment(
     tag covers the experiment, every stage column and its metrics and artifacts, and changes
     every `URL_EPOCH_S` so a kept body's presigned links stay valid.
     """
-    with read() as session:
-        rows = queries.detail_rows(session, experiment_id)
-        if not rows:
+    with rows() as conn:
+        result = conn.execute(queries.detail_query(), {"experiment_id": experiment_id})
+        stage_of = queries.stage_reader(list(result.keys()), queries.STAGE_COLUMNS)
+        found = result.all()
+        if not found:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment {experiment_id!r}")
-        etag = queries.rows_etag(rows, salt=str(int(time.time() // URL_EPOCH_S)))
+        etag = queries.rows_etag(found, salt=str(int(time.time() // URL_EPOCH_S)))
         if etag_matches(if_none_match, etag):
             return not_modified(etag)
-        stage_rows = [
-            queries.stage_fields(r, queries.STAGE_COLUMNS) for r in rows if r.s_id is not None
-        ]
-        head = rows[0]  # its counts say whether there are metrics and artifacts to read
+        stage_rows = [stage_of(r) for r in found if r.s_id is not None]
+        head = found[0]  # its counts say whether there are metrics and artifacts to read
         latest = {}
         if stage_rows and head.n_metrics:
             params = {"stage_ids": [s["id"] for s in stage_rows]}
-            metric_rows = session.connection().execute(queries.latest_metrics_query(), params)
+            metric_rows = conn.execute(queries.latest_metrics_query(), params)
             latest = {m.stage_id: m for m in metric_rows}
         stages = []
         for s in stage_rows:
@@ -226,10 +226,10 @@ def get_experiment(
             if s["id"] in latest:
                 out.latest_metrics = MetricPoint.model_validate(latest[s["id"]])
             stages.append(out)
-        found = []
+        stored = []
         if head.n_artifacts:
             params = {"experiment_id": experiment_id}
-            found = session.connection().execute(queries.artifacts_query(), params).all()
+            stored = conn.execute(queries.artifacts_query(), params).all()
         artifacts = [
             ArtifactOut(
                 stage=a.stage,
@@ -239,7 +239,7 @@ def get_experiment(
                 created_at=a.created_at,
                 url=storage.url(a.key),
             )
-            for a in sorted(found, key=lambda a: (a.stage or "", a.key))
+            for a in sorted(stored, key=lambda a: (a.stage or "", a.key))
         ]
     detail = ExperimentDetail(
         **{n: getattr(head, n) for n in queries.SUMMARY_COLUMNS},

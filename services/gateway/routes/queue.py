@@ -7,7 +7,7 @@ from pydantic import TypeAdapter
 
 from distillery.db import StageStatus
 from services.gateway import queries
-from services.gateway.deps import CurrentUser, ReadDep
+from services.gateway.deps import CurrentUser, RowsDep
 from services.gateway.responses import model_response
 from services.gateway.schemas import QueueEntry, QueueOut
 
@@ -18,13 +18,13 @@ ENTRIES = TypeAdapter(list[QueueEntry])
 
 
 @router.get("", response_model=QueueOut)
-def get_queue(read: ReadDep, user: CurrentUser) -> Response:
+def get_queue(rows: RowsDep, user: CurrentUser) -> Response:
     """Running stages and stages waiting on a queue, by enqueue time: whose, on which worker,
     since when, how far. (A later stage of an experiment waits in Postgres, not on a queue,
     until the stage before it finishes.)"""
-    with read() as session:
-        rows = session.connection().execute(queries.queue_query()).all()
-    entries = ENTRIES.validate_python(rows, from_attributes=True)
+    with rows() as conn:
+        found = conn.execute(queries.queue_query()).all()
+    entries = ENTRIES.validate_python(found, from_attributes=True)
     out = QueueOut(
         running=sum(e.status == StageStatus.running for e in entries),
         queued=sum(e.status == StageStatus.queued for e in entries),

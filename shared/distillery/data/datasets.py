@@ -39,6 +39,7 @@ from distillery.data.labels import (
     NUM_CLASSES,
 )
 from distillery.data.seeding import derive_seed
+from distillery.data.teacher_maps import TeacherMaps
 from distillery.data.transforms import Normalize, SegTransform
 from distillery.registry import Registry
 
@@ -141,6 +142,8 @@ class SegmentationDataset(Dataset):
         self.epoch = 0
         self.samples: list[Sample] = self._find_samples()
         self._visits = np.zeros(len(self.samples), dtype=np.int64)
+        #: A teacher cache's maps of this data set: items then carry ``teacher_logits``.
+        self.teacher_maps: TeacherMaps | None = None
 
     # -- layout ------------------------------------------------------------------------------
 
@@ -222,14 +225,33 @@ class SegmentationDataset(Dataset):
         seed = derive_seed(self.seed, self.epoch, index, stream, visit)
         return torch.Generator().manual_seed(seed)
 
+    def use_teacher_maps(self, maps: TeacherMaps | None) -> None:
+        """Give every item ``teacher_logits`` (fp16 CxHxW, cut like its crop) from `maps`
+        (None: stop). The transform must tell its crop geometry (`TrainTransform`)."""
+        if maps is not None:
+            if not (hasattr(self.transform, "apply") and hasattr(self.transform, "cut")):
+                raise TypeError(
+                    f"{self!r}: a teacher cache needs the training transform (crop geometry), "
+                    f"got {type(self.transform).__name__}"
+                )
+            if maps.count != len(self):
+                raise ValueError(f"{maps!r} does not match {self!r}")
+        self.teacher_maps = maps
+
     def __getitem__(self, index: int) -> dict:
         index = self._index(index)
         image, mask = self.load(index)
         g = self.generator(index) if getattr(self.transform, "random", True) else None
         img_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         mask_t = torch.from_numpy(mask.astype(np.int64))
-        img_t, mask_t = self.transform(img_t, mask_t, g)
-        return {"image": img_t, "mask": mask_t, "name": self.samples[index].name}
+        item: dict = {"name": self.samples[index].name}
+        if self.teacher_maps is None:
+            img_t, mask_t = self.transform(img_t, mask_t, g)
+        else:
+            img_t, mask_t, geometry = self.transform.apply(img_t, mask_t, g)  # type: ignore[union-attr]
+            maps = self.teacher_maps.load(index)[int(geometry.flip)]
+            item["teacher_logits"] = self.transform.cut(maps, geometry).half()  # type: ignore[union-attr]
+        return {"image": img_t, "mask": mask_t, **item}
 
     def __repr__(self) -> str:
         name = type(self).__name__

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -109,6 +110,18 @@ class ValTransform:
         return normalize(img), mask.long()
 
 
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where a training crop came from: the image scaled to `scaled_hw`, the crop window's
+    top-left `offset` in that scaled image (negative: the image sits inside a padded crop), and
+    whether the crop was mirrored. Enough to cut any map of the same image the same way
+    (`TrainTransform.cut`)."""
+
+    scaled_hw: tuple[int, int]
+    offset: tuple[int, int]
+    flip: bool
+
+
 class TrainTransform:
     """Training augmentation. The crop window is chosen first and only the part of the image
     under it is resized, jittered and normalised (not the whole rescaled image, up to 1536x3072
@@ -176,36 +189,57 @@ class TrainTransform:
         """The part of the crop window at `offset` (top-left, in the image scaled to
         `scaled_hw`) that lies inside the scaled image: a [0, 1] float image and its mask,
         resized from only the source pixels under it (plus a margin for the filter)."""
-        h, w = mask.shape
-        sh, sw = int(scaled_hw[0]), int(scaled_hw[1])
-        (sy0, sy1), (ty0, ty1), (y0, y1) = _source_span(h, sh, int(offset[0]), self.size[0])
-        (sx0, sx1), (tx0, tx1), (x0, x1) = _source_span(w, sw, int(offset[1]), self.size[1])
-        src = image[:, sy0:sy1, sx0:sx1]
-        img = src.float().div(255.0) if src.dtype == torch.uint8 else src.float()
-        img = resize_image(img, (ty1 - ty0, tx1 - tx0))
-        m = resize_mask(mask[sy0:sy1, sx0:sx1], (ty1 - ty0, tx1 - tx0))
-        rows, cols = slice(y0 - ty0, y1 - ty0), slice(x0 - tx0, x1 - tx0)
-        return img[:, rows, cols], m[rows, cols]
+        src, extent, visible = self._spans(mask.shape, scaled_hw, offset)
+        image = image[:, src[0], src[1]]
+        img = image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
+        img = resize_image(img, extent)[:, visible[0], visible[1]]
+        m = resize_mask(mask[src[0], src[1]], extent)[visible[0], visible[1]]
+        return img, m
+
+    def scaled_map_window(
+        self, values: torch.Tensor, scaled_hw: Sequence[int], offset: Sequence[int]
+    ) -> torch.Tensor:
+        """`scaled_window` for a float CxHxW map of the image at any resolution (a teacher's
+        logits): bilinear from only the map's cells under the window."""
+        src, extent, visible = self._spans(values.shape[-2:], scaled_hw, offset)
+        out = resize_image(values[:, src[0], src[1]].float(), extent)
+        return out[:, visible[0], visible[1]]
+
+    def _spans(
+        self, source_hw: Sequence[int], scaled_hw: Sequence[int], offset: Sequence[int]
+    ) -> tuple[tuple[slice, slice], tuple[int, int], tuple[slice, slice]]:
+        """(the source rows/cols under the window, the size they are resized to, the visible
+        crop's rows/cols in the resized part) for a source of `source_hw` pixels."""
+        spans = [
+            _source_span(int(n), int(sn), int(o), c)
+            for n, sn, o, c in zip(source_hw, scaled_hw, offset, self.size, strict=True)
+        ]
+        src = (slice(*spans[0][0]), slice(*spans[1][0]))
+        extent = (spans[0][1][1] - spans[0][1][0], spans[1][1][1] - spans[1][1][0])
+        visible = tuple(slice(lo - ta, hi - ta) for (_, (ta, _), (lo, hi)) in spans)
+        return src, extent, (visible[0], visible[1])
 
     def place(
         self, image: torch.Tensor, mask: torch.Tensor, offset: Sequence[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Put the visible part of the crop at its place in a `size` crop: the image padded
         with 0, the mask with 255 (ignore)."""
-        ch, cw = self.size
-        if tuple(mask.shape) == (ch, cw):
-            return image, mask
-        dy, dx = max(-int(offset[0]), 0), max(-int(offset[1]), 0)
-        nh, nw = mask.shape
-        out_img = image.new_zeros((image.shape[0], ch, cw))
-        out_mask = mask.new_full((ch, cw), IGNORE_INDEX)
-        out_img[:, dy : dy + nh, dx : dx + nw] = image
-        out_mask[dy : dy + nh, dx : dx + nw] = mask
-        return out_img, out_mask
+        out_mask = _pad_into(mask, self.size, offset, IGNORE_INDEX)
+        return _pad_into(image, self.size, offset, 0), out_mask
 
-    def __call__(
+    def cut(self, values: torch.Tensor, geometry: CropGeometry) -> torch.Tensor:
+        """A float CxHxW map of the whole image (at any resolution, e.g. a teacher's logits at
+        the base framing) cut like the crop of `geometry`: resampled under the window, padded
+        with 0, mirrored with it. The map of a mirrored crop must already be the mirror
+        image's own map, mirrored back (so that only the geometry is applied here)."""
+        out = self.scaled_map_window(values, geometry.scaled_hw, geometry.offset)
+        out = _pad_into(out, self.size, geometry.offset, 0)
+        return (out.flip(-1) if geometry.flip else out).contiguous()
+
+    def apply(
         self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, CropGeometry]:
+        """The augmented (image, mask) and the geometry of the crop (see `cut`)."""
         mask = mask.long()
         h, w = mask.shape
         s = self.scale_factor((h, w), generator)
@@ -217,10 +251,31 @@ class TrainTransform:
         img, mask = self.scaled_window(image, mask, scaled, offset)
         img = normalize(self.jitter(img, generator))
         img, mask = self.place(img, mask, offset)
-        flip = bool(torch.rand((), generator=generator) < 0.5)
-        if self.augment.hflip and flip:
+        flip = bool(torch.rand((), generator=generator) < 0.5) and self.augment.hflip
+        if flip:
             img, mask = img.flip(-1), mask.flip(-1)
-        return img.contiguous(), mask.contiguous()
+        return img.contiguous(), mask.contiguous(), CropGeometry(scaled, offset, flip)
+
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        img, mask, _ = self.apply(image, mask, generator)
+        return img, mask
+
+
+def _pad_into(
+    values: torch.Tensor, size: Sequence[int], offset: Sequence[int], fill: float
+) -> torch.Tensor:
+    """Put the visible part of a crop (...xhxw) at its place in a crop of `size`, the rest
+    `fill`."""
+    ch, cw = int(size[0]), int(size[1])
+    if tuple(values.shape[-2:]) == (ch, cw):
+        return values
+    dy, dx = max(-int(offset[0]), 0), max(-int(offset[1]), 0)
+    nh, nw = values.shape[-2:]
+    out = values.new_full((*values.shape[:-2], ch, cw), fill)
+    out[..., dy : dy + nh, dx : dx + nw] = values
+    return out
 
 
 def _source_span(

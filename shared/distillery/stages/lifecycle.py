@@ -347,6 +347,33 @@ def retry(s: Session, experiment: Experiment) -> Stage | None:
     return next((st for st in experiment.stages if st.status == StageStatus.queued), None)
 
 
+def new_stage(*, sent: bool) -> dict[str, Any]:
+    """The lifecycle columns of a stage being inserted (`plan.insert_experiment`): queued, no
+    attempts or progress yet, and `enqueued_at` now if its message is sent right after the
+    insert commits (then `mark_unsent` if the broker refuses it)."""
+    return {
+        "status": StageStatus.queued,
+        "attempts": 0,
+        "epoch": 0,
+        "epochs": 0,
+        "step": 0,
+        "steps": 0,
+        "enqueued_at": now() if sent else None,
+    }
+
+
+def mark_unsent(s: Session, stage_id: int) -> bool:
+    """Its message could not be sent after all: a queued stage goes back to no `enqueued_at`,
+    which is what the reconciler sends again. Returns whether the stage was changed."""
+    r = s.execute(
+        update(Stage)
+        .where(Stage.id == stage_id, Stage.status == StageStatus.queued)
+        .values(enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(r.rowcount)
+
+
 def mark_enqueued(s: Session, stage: Stage) -> None:
     """Its message was sent (the reconciler looks for queued stages without a recent one)."""
     if stage.status == StageStatus.queued:

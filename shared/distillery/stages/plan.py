@@ -1,13 +1,23 @@
 """A spec becomes an experiment and its ordered stages, read from the stage registry (for the
-gateway and `distillery run` alike)."""
+gateway and `distillery run` alike).
+
+`create_experiment` adds ORM objects (`distillery run`, tests); `insert_experiment` writes the
+same rows with two Core INSERTs and no ORM objects, the first stage already marked as sent (the
+gateway's submission: one transaction, then the message).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from distillery.db.models import Experiment, Stage
+from distillery.db.models import Experiment, Stage, StageStatus, new_id, utcnow
 from distillery.registry import STAGES
 from distillery.spec import ExperimentSpec
+from distillery.stages import lifecycle
 from distillery.stages.kinds import StageKind
 
 
@@ -22,6 +32,16 @@ def planned_kinds(spec: ExperimentSpec) -> list[StageKind]:
     return [k for k in kinds if k.planned(spec)]
 
 
+def planned_stages(spec: ExperimentSpec, queues: dict[str, str] | None) -> list[dict[str, Any]]:
+    """`{name, position, queue}` of each planned stage, in order (`queues` maps a kind's queue,
+    `gpu` or `profiler`, to the platform's queue name)."""
+    queues = queues or {}
+    return [
+        {"name": kind.name, "position": position, "queue": queues.get(kind.queue, kind.queue)}
+        for position, kind in enumerate(planned_kinds(spec))
+    ]
+
+
 def create_experiment(
     session: Session,
     spec: ExperimentSpec,
@@ -31,17 +51,68 @@ def create_experiment(
     idempotency_key: str | None = None,
 ) -> Experiment:
     """Add an experiment with one queued stage per planned kind, each on its kind's queue
-    (`queues` maps a kind's queue, `gpu` or `profiler`, to the platform's queue name)."""
-    queues = queues or {}
+    (`planned_stages`)."""
     exp = Experiment(
         name=spec.name,
         spec=spec.model_dump(mode="json"),
         owner_id=owner_id,
         idempotency_key=idempotency_key,
     )
-    for position, kind in enumerate(planned_kinds(spec)):
-        queue = queues.get(kind.queue, kind.queue)
-        exp.stages.append(Stage(name=kind.name, position=position, queue=queue))
+    for stage in planned_stages(spec, queues):
+        exp.stages.append(Stage(**stage))
     session.add(exp)
     session.flush()
     return exp
+
+
+@dataclass(frozen=True)
+class InsertedExperiment:
+    """What `insert_experiment` wrote: the experiment's columns and each stage's (with its id)."""
+
+    experiment: dict[str, Any]
+    stages: list[dict[str, Any]]
+
+
+E, S = Experiment.__table__, Stage.__table__
+
+
+def insert_experiment(
+    session: Session,
+    spec: ExperimentSpec,
+    *,
+    owner_id: int | None = None,
+    queues: dict[str, str] | None = None,
+    idempotency_key: str | None = None,
+) -> InsertedExperiment:
+    """`create_experiment` as two Core INSERTs in the session's transaction (no ORM objects):
+    the experiment, then its stages in one statement returning their ids. The first stage
+    starts as sent (`lifecycle.new_stage(sent=True)`): commit, then send its message, and
+    `lifecycle.mark_unsent` it if the broker refuses. Every column is given here, so the rows
+    returned are what is stored. An `Idempotency-Key` the owner already used raises
+    `IntegrityError` (the caller rolls back)."""
+    t = utcnow()
+    experiment = {
+        "id": new_id(),
+        "name": spec.name,
+        "spec": spec.model_dump(mode="json"),
+        "status": StageStatus.queued,
+        "owner_id": owner_id,
+        "cancel_requested": False,
+        "idempotency_key": idempotency_key,
+        "results": None,
+        "created_at": t,
+        "updated_at": t,
+    }
+    stages = [
+        {**stage, **lifecycle.new_stage(sent=i == 0), "experiment_id": experiment["id"]}
+        for i, stage in enumerate(planned_stages(spec, queues))
+    ]
+    connection = session.connection()
+    connection.execute(insert(E), experiment)
+    if stages:
+        ids = connection.execute(
+            insert(S).returning(S.c.id, sort_by_parameter_order=True), stages
+        ).scalars()
+        for stage, stage_id in zip(stages, ids, strict=True):
+            stage["id"] = stage_id
+    return InsertedExperiment(experiment, stages)

@@ -70,6 +70,7 @@ class StageRunner:
         check_spec: Callable[[str, ExperimentSpec], None] | None = None,
         launch_nodes: Callable[[NodeLaunch], Ranks] | None = None,
         shared_work_dir: Path | None = None,
+        teacher_cache_dir: Path | None = None,
     ) -> None:
         """`tracking_mode` caps what a spec may ask of wandb (`online` > `offline` > `disabled`);
         `should_pause()` True (the worker got SIGTERM) checkpoints the stage at its next step and
@@ -77,7 +78,9 @@ class StageRunner:
         `distillery.access` rules) runs before the stage does, and what it raises fails it.
         `launch_nodes` starts a stage with `train.num_nodes > 1` on its machines (the GPU
         worker's Kubernetes Job; see `StageHooks`); such a stage works in `shared_work_dir` (a
-        volume every machine mounts) instead of `work_dir`."""
+        volume every machine mounts) instead of `work_dir`. `teacher_cache_dir` keeps the
+        teacher caches of every experiment this runner runs (default
+        ``<work_dir>/teacher_cache``: keyed by content, so they share them)."""
         self.sessions = session_factory
         self.artifacts = artifacts
         self.work_dir = Path(work_dir)
@@ -91,6 +94,7 @@ class StageRunner:
         self.check_spec = check_spec
         self.launch_nodes = launch_nodes
         self.shared_work_dir = Path(shared_work_dir) if shared_work_dir is not None else None
+        self.teacher_cache_dir = teacher_cache_dir or self.work_dir / "teacher_cache"
 
     # ------------------------------------------------------------------------------- retries
 
@@ -284,6 +288,7 @@ class StageRunner:
             should_pause=self.should_pause,
             resolve_root=self.resolve_root,
             launch_nodes=self.launch_nodes,
+            teacher_cache_dir=self.teacher_cache_dir,
         )
 
     def _progress_writer(self, stage_id: int) -> Callable[[Any], None]:

@@ -5,7 +5,7 @@ Under `accelerate launch` the parent process keeps the hooks: `resolve_root` is 
 the launch, progress and checkpoint events come back through the progress file, and
 `should_stop` / `should_pause` are polled by the parent, which signals the ranks. On several
 machines (`train.num_nodes > 1`) `launch_nodes` starts the ranks and the parent follows them the
-same way.
+same way. `teacher_cache_dir` is passed on the command line.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ class StageHooks:
     - `resolve_root(DatasetRef)`: the local folder of a platform dataset (`dataset_id`).
     - `launch_nodes(NodeLaunch) -> Ranks`: start a stage on `train.num_nodes` machines (the
       platform's GPU worker: a Kubernetes Job); without it such a stage is refused.
+    - `teacher_cache_dir`: where teacher caches are kept (`distillation.teacher_cache`; shared
+      by every stage that may reuse one); default ``<workdir>/teacher_cache``.
     """
 
     on_progress: Callable[[Progress], None] | None = None
@@ -41,6 +43,7 @@ class StageHooks:
     should_pause: Callable[[], bool] | None = None
     resolve_root: Callable[[DatasetRef], Path] | None = None
     launch_nodes: Callable[[NodeLaunch], Ranks] | None = None
+    teacher_cache_dir: Path | None = None
 
     def stop_requested(self) -> bool:
         return self.should_stop is not None and self.should_stop()

@@ -1,7 +1,7 @@
 """Entry point of one stage in the current process(es):
 
     python -m distillery.training.launch --spec SPEC.json --stage STAGE --workdir DIR \
-        [--teacher PATH]
+        [--teacher PATH] [--teacher-cache-dir DIR]
 
 Run it plainly for one process, or under ``accelerate launch`` for several (as `run_stage`
 does when ``train.num_processes > 1``). The main rank writes ``DIR/<stage>/result.json`` and
@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -54,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher", type=Path, default=None, help="the teacher's exported model.pt")
     p.add_argument("--events", type=Path, default=None, help="JSON-lines progress file")
     p.add_argument("--tracker-group", default=None)
+    p.add_argument(
+        "--teacher-cache-dir", type=Path, default=None, help="where teacher caches are kept"
+    )
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     return p.parse_args(argv)
 
@@ -101,7 +105,10 @@ def run(args: argparse.Namespace, launch_dir: Path) -> int:
             workdir,
             teacher_path=args.teacher,
             resume=not args.no_resume,
-            hooks=pause_flag_checker(launch_dir / PAUSE_FLAG),
+            hooks=replace(
+                pause_flag_checker(launch_dir / PAUSE_FLAG),
+                teacher_cache_dir=args.teacher_cache_dir,
+            ),
             tracker_group=args.tracker_group,
             events_path=args.events,
         )

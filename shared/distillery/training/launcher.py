@@ -96,6 +96,7 @@ def launch_command(
     events_path: Path,
     teacher_path: Path | None = None,
     tracker_group: str | None = None,
+    teacher_cache_dir: Path | None = None,
     num_machines: int = 1,
     machine_rank: int | str = 0,
     main_process_ip: str | None = None,
@@ -124,6 +125,8 @@ def launch_command(
         cmd += ["--teacher", str(Path(teacher_path).resolve())]
     if tracker_group is not None:
         cmd += ["--tracker-group", tracker_group]
+    if teacher_cache_dir is not None:
+        cmd += ["--teacher-cache-dir", str(Path(teacher_cache_dir).resolve())]
     return cmd
 
 
@@ -233,6 +236,7 @@ def launch_stage(
         events_path=files.events,
         teacher_path=teacher_path,
         tracker_group=tracker_group,
+        teacher_cache_dir=hooks.teacher_cache_dir,
     )
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     from distillery.training.plan import plan_stage

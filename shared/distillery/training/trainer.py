@@ -72,6 +72,12 @@ from distillery.training.result import (
 )
 from distillery.training.runtime import apply_runtime
 from distillery.training.schedules import build_scheduler
+from distillery.training.teacher_cache import (
+    PrecomputeBar,
+    TeacherCache,
+    attach_teacher_cache,
+    ensure_teacher_cache,
+)
 from distillery.training.visuals import fixed_batch, log_epoch_media
 
 # ------------------------------------------------------------------------------------- helpers
@@ -267,6 +273,13 @@ def train_stage(
         if sync_norms and plan.online:  # a frozen teacher stays in eval mode
             teacher = convert_sync_batchnorm(teacher, device)
         teacher.to(device)
+    if stage == "distill" and spec.distillation.teacher_cache.enabled:
+        assert teacher is not None and not plan.online  # offline only (the spec checks)
+        show_bar = hooks.on_progress is None and events_path is None and interactive()
+        cache = _teacher_cache(
+            spec, teacher, teacher_path, train_set, Path(workdir), hooks, accelerator, show_bar
+        )
+        runtime["teacher_cache"] = cache.describe()
     all_terms = plan.losses + (plan.teacher_losses if plan.online else [])
     with accelerator.main_process_first():
         weights = class_weights_for(
@@ -464,7 +477,13 @@ def train_stage(
                 phase = phase_at(plan.alternate, roles, epoch=epoch, global_step=state.global_step)
                 with accelerator.accumulate(*[lr_.model for lr_ in learners]):
                     total, components = step_losses(
-                        phase, by_role, frozen_teacher, images, masks, accelerator
+                        phase,
+                        by_role,
+                        frozen_teacher,
+                        images,
+                        masks,
+                        accelerator,
+                        teacher_logits=batch.get("teacher_logits"),
                     )
                     accelerator.backward(total)
                     if accelerator.sync_gradients:
@@ -611,8 +630,12 @@ def step_losses(
     images: torch.Tensor,
     masks: torch.Tensor,
     accelerator: Accelerator,
+    teacher_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward every model this step needs and sum the objectives of the updated learners.
+
+    `teacher_logits` (from a teacher cache, cut like the batch's crops) stand in for the
+    frozen teacher's forward.
 
     Returns the total (one backward serves all learners: each objective sees the other model's
     output detached) and the components, keyed ``loss[/<term>]`` for the first learner and
@@ -623,7 +646,9 @@ def step_losses(
     outputs: dict[str, ModelOutput] = {}
     if frozen_teacher is not None:
         kinds = phase.kinds(STUDENT)
-        if kinds is None or kinds & DISTILL_KINDS:  # a supervised-only block needs no teacher
+        if teacher_logits is not None:
+            outputs[TEACHER] = ModelOutput(teacher_logits.float(), {})
+        elif kinds is None or kinds & DISTILL_KINDS:  # a supervised-only block needs no teacher
             taps = learners[STUDENT].objective.teacher_taps
             outputs[TEACHER] = forward_frozen(frozen_teacher, images, taps, accelerator)
     for role, lr_ in learners.items():
@@ -719,14 +744,53 @@ def _initial_model(spec: ModelSpec, role: str) -> nn.Module:
     return model.train()
 
 
+def _teacher_cache(
+    spec: ExperimentSpec,
+    teacher: nn.Module,
+    teacher_path: Path | None,
+    train_set: Any,
+    workdir: Path,
+    hooks: StageHooks,
+    accelerator: Accelerator,
+    show_bar: bool,
+) -> TeacherCache:
+    """The teacher cache of this distill stage (computed by the main process if it is not
+    there yet, read by the others), attached to the training sets."""
+    teacher_file = _teacher_file(spec, teacher_path)
+    assert teacher_file is not None  # a frozen teacher was loaded from it
+    bar = PrecomputeBar() if show_bar and accelerator.is_main_process else None
+    with accelerator.main_process_first():  # the main process computes, the others read
+        cache = ensure_teacher_cache(
+            teacher,
+            teacher_file,
+            train_set.datasets,
+            spec.data.image_size,
+            spec.distillation.teacher_cache.stride,
+            hooks.teacher_cache_dir or workdir / "teacher_cache",
+            device=accelerator.device,
+            autocast=accelerator.autocast,
+            batch_size=spec.distill_train.batch_size,
+            on_image=bar,
+        )
+    if bar is not None:
+        bar.close()
+    attach_teacher_cache(train_set.datasets, cache)
+    return cache
+
+
+def _teacher_file(spec: ExperimentSpec, teacher_path: Path | None) -> Path | None:
+    """The teacher's exported model: `teacher_path`, else `teacher.model.checkpoint`."""
+    return teacher_path or (
+        Path(spec.teacher.model.checkpoint) if spec.teacher.model.checkpoint else None
+    )
+
+
 def _load_teacher(
     spec: ExperimentSpec, plan: StagePlan, teacher_path: Path | None
 ) -> tuple[nn.Module, ModelSpec]:
     """The distillation teacher: the teacher stage's exported model (`teacher_path`), else
     `teacher.model.checkpoint`; online distillation may also start a teacher from scratch."""
-    path = teacher_path or (
-        Path(spec.teacher.model.checkpoint) if spec.teacher.model.checkpoint else None
-    )
+    path = _teacher_file(spec, teacher_path)
     if path is None:
         if plan.online:
             return build_model(spec.teacher.model), spec.teacher.model

@@ -55,6 +55,26 @@ def test_submit_plans_stages_and_enqueues_only_the_first(
         assert exp.spec["name"] == "exp-a" and exp.spec["student"]["model"]["width"] == 4
 
 
+def test_the_submit_answer_is_what_was_stored(as_user):
+    """`POST /experiments` answers from the values it inserted (no read back): the list and
+    the detail, read from Postgres, show the same experiment and stages."""
+    from datetime import datetime
+
+    def parsed(item: dict) -> dict:
+        times = ("created_at", "updated_at")
+        return {k: datetime.fromisoformat(v) if k in times else v for k, v in item.items()}
+
+    alice = as_user("alice")
+    created = alice.post("/experiments", json=spec_dict("stored")).json()
+    listed = alice.get("/experiments").json()["items"]
+    assert [parsed(i) for i in listed if i["id"] == created["id"]] == [parsed(created)]
+    detail = alice.get(f"/experiments/{created['id']}").json()
+    assert parsed({k: detail[k] for k in created if k != "stages"}) == parsed(
+        {k: v for k, v in created.items() if k != "stages"}
+    )
+    assert [{k: s[k] for k in created["stages"][0]} for s in detail["stages"]] == created["stages"]
+
+
 def own_teacher_model(session_factory, owner: str = "alice") -> str:
     """The key of a teacher model that an earlier experiment of `owner` produced."""
     from distillery.db import User

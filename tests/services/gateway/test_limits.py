@@ -137,3 +137,33 @@ def test_concurrent_submissions_cannot_overshoot_the_cap(settings, make_user, tm
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(submit, range(12)))
     assert sorted(codes) == [201] * 3 + [429] * 9, codes
+
+
+def test_with_the_caps_off_a_submission_takes_no_lock_on_its_user(
+    client_with, tokens, session_factory
+):
+    """The lock on the user's row only serves the caps: with both off, a submission goes
+    through while another transaction holds that row for an update (which the caps' lock would
+    wait for; the experiment's foreign key only needs the row's key to stay)."""
+    import threading
+
+    from distillery.db import User
+
+    client = client_with(max_active_experiments=0, max_submissions_per_minute=0)
+    answers: list = []
+    with session_factory() as holder:
+        # FOR NO KEY UPDATE: what an UPDATE of the user takes; the caps' FOR UPDATE waits on it
+        holder.scalar(select(User).where(User.name == "alice").with_for_update(key_share=True))
+        submit = threading.Thread(
+            target=lambda: answers.append(
+                client.post("/experiments", json=spec_dict("free"), headers=auth(tokens["alice"]))
+            )
+        )
+        submit.start()
+        submit.join(timeout=60)
+        done_while_held = not submit.is_alive()
+        holder.rollback()  # releases the row; a blocked submission finishes now
+    submit.join(timeout=60)
+    assert done_while_held, "the submission waited for the lock on its user's row"
+    assert answers[0].status_code == 201, answers[0].text
+    assert count(session_factory) == 1
