@@ -20,3 +20,14 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         roots[fmt] = base / fmt
         generate_synthetic(roots[fmt], fmt, num_train=16, num_val=8, image_size=(64, 128), seed=0)
     return roots
+
+
+@pytest.fixture
+def sessions(tmp_path: Path):
+    """A session factory on a fresh, migrated SQLite database (`distillery run`'s kind)."""
+    from distillery.db import make_engine, make_session_factory, migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    yield make_session_factory(engine)
+    engine.dispose()

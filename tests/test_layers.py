@@ -29,20 +29,11 @@ def test_spec_validates_without_torch() -> None:
     assert r.stdout.strip() == "[]"
 
 
-def test_gateway_imports_no_torch() -> None:
-    r = _run(
-        "import sys\n"
-        "import services.gateway.main, services.worker.app, services.profiler.app\n"
-        "print('torch' in sys.modules)\n"
-    )
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "False"
-
-
-def test_nothing_under_the_gateway_nor_the_checker_parent_loads_torch() -> None:
+def test_nothing_under_the_gateway_nor_the_worker_parents_loads_torch() -> None:
     # The gateway image installs no torch: every module of services.gateway, and a built app,
-    # must import without it; so must the checker's Celery app and task (only the check's child
-    # process imports the data code).
+    # must import without it; so must the workers' Celery parents (the GPU worker's and the
+    # profiler's pool processes import the engine) and the checker's app and task (only the
+    # check's child process imports the data code).
     r = _run(
         "import importlib, pkgutil, sys\n"
         "import services.gateway\n"
@@ -50,6 +41,7 @@ def test_nothing_under_the_gateway_nor_the_checker_parent_loads_torch() -> None:
         "    importlib.import_module(m.name)\n"
         "from services.gateway.main import create_app\n"
         "create_app(migrate_on_start=False)\n"
+        "import services.worker.app, services.profiler.app\n"
         "import services.worker.checker, services.worker.checks, services.worker.reconcile\n"
         "import distillery.checking.job\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"

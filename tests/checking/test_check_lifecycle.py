@@ -7,24 +7,15 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from distillery.checking import lifecycle
-from distillery.db import Dataset, make_engine, make_session_factory, migrate
+from distillery.db import Dataset
 from distillery.stages.lifecycle import process_identity
 
 LEASE = timedelta(seconds=30)
 NONE = lifecycle.Lost([], [])
-
-
-@pytest.fixture
-def sessions(tmp_path: Path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    migrate(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _dataset(sessions, archive_key: str | None = "datasets/d1.archive", age_s: float = 0) -> str:

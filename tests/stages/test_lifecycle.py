@@ -7,11 +7,10 @@ import os
 import subprocess
 import sys
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
-from distillery.db import Experiment, Stage, StageStatus, make_engine, make_session_factory, migrate
+from distillery.db import Experiment, Stage, StageStatus
 from distillery.spec import ExperimentSpec
 from distillery.stages import lifecycle
 from distillery.stages.lifecycle import StageLost
@@ -26,14 +25,6 @@ SPEC = {
     },
     "stages": ["teacher", "student"],
 }
-
-
-@pytest.fixture
-def sessions(tmp_path: Path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    migrate(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture
