@@ -102,7 +102,8 @@ def check_submission_allowed(session: Session, user: User, settings: Settings) -
             func.count().filter(Experiment.created_at > utcnow() - timedelta(minutes=1)),
         )
         .select_from(Experiment)
-        .where(Experiment.owner_id == user.id)
+        # a sweep counts once: its members (parent_id set) are not submissions of their own
+        .where(Experiment.owner_id == user.id, Experiment.parent_id.is_(None))
     ).one()
     if cap and (active or 0) >= cap:
         raise HTTPException(

@@ -15,11 +15,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from distillery.access import spec_access_errors
-from distillery.db import Dataset, Experiment, StageStatus, User
+from distillery.db import Dataset, Experiment, Stage, StageStatus, User
 from distillery.settings import Settings
 from distillery.spec import ExperimentSpec
 from distillery.stages import keys, lifecycle
 from distillery.stages.plan import InsertedExperiment, insert_experiment, planned_kinds
+from distillery.stages.sweep_plan import InsertedSweep, insert_sweep
 from services.dispatch import Dispatcher, enqueue_stage, send_inserted
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def create_experiment(
     settings: Settings,
     dispatcher: Dispatcher,
     idempotency_key: str | None = None,
-) -> tuple[str, InsertedExperiment | None]:
+) -> tuple[str, InsertedExperiment | InsertedSweep | None]:
     """Check dataset references, store the spec and its planned stages (the same planning as
     `distillery run`: `distillery.stages.plan`) with the first stage marked as sent, commit
     (one transaction), then send the first stage.
@@ -100,6 +101,8 @@ def create_experiment(
         _err(["body", *e.loc], e.msg, "access_denied")
         for e in spec_access_errors(session, spec, owner, settings.allowed_data_roots)
     ]
+    if spec.sweep is not None:
+        return _create_sweep(session, spec, owner, settings, dispatcher, idempotency_key, errors)
     if not planned_kinds(spec):
         errors.append(
             _err(
@@ -129,10 +132,55 @@ def create_experiment(
     return inserted.experiment["id"], inserted
 
 
+def _create_sweep(
+    session: Session,
+    spec: ExperimentSpec,
+    owner: User,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    idempotency_key: str | None,
+    errors: list[dict[str, Any]],
+) -> tuple[str, InsertedSweep | None]:
+    """`create_experiment` of a sweep: every child's spec is checked too (an override may name
+    other data or checkpoints), then the parent and its members are inserted in one
+    transaction (`distillery.stages.sweep_plan`) and the members that wait for nothing are
+    sent."""
+    from distillery.sweeps import plan_sweep
+
+    for child in plan_sweep(spec).children:
+        loc = ["body", "sweep", child.configuration]
+        errors += [
+            _err([*loc, *e.loc], e.msg, "access_denied")
+            for e in spec_access_errors(session, child.spec, owner, settings.allowed_data_roots)
+        ]
+        errors += [{**e, "loc": [*loc, *e["loc"][1:]]} for e in dataset_errors(session, child.spec)]
+    unique = {repr(e): e for e in errors}
+    if unique:
+        raise PlanError(list(unique.values()))
+    try:
+        inserted = insert_sweep(
+            session,
+            spec,
+            owner_id=owner.id,
+            queues={"gpu": settings.gpu_queue, "profiler": settings.profiler_queue},
+            idempotency_key=idempotency_key,
+        )
+        session.commit()
+    except IntegrityError:  # the same key, submitted concurrently: the other request won
+        session.rollback()
+        existing = find_submission(session, owner, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing.id, None
+    for stage_id, queue in inserted.to_send:
+        send_inserted(session, dispatcher, stage_id, queue)
+    return inserted.parent.experiment["id"], inserted
+
+
 def cancel_experiment(session: Session, experiment_id: str, dispatcher: Dispatcher) -> Experiment:
     """Request cancellation: queued stages are cancelled now and their waiting messages dropped;
     a running stage stops at its next step (the worker reads `cancel_requested`) and the worker
-    then marks the experiment."""
+    then marks the experiment. A sweep's members are cancelled with it."""
     experiment = session.get(
         Experiment, experiment_id, with_for_update=True, populate_existing=True
     )
@@ -140,8 +188,9 @@ def cancel_experiment(session: Session, experiment_id: str, dispatcher: Dispatch
         raise LookupError(experiment_id)
     if experiment.status.finished:
         raise Conflict(f"experiment {experiment_id} already {experiment.status.value}")
-    queues = {st.id: st.queue for st in experiment.stages}
-    cancelled = lifecycle.request_cancel(session, experiment)
+    cancelled = lifecycle.request_cancel(session, experiment)  # a sweep's members too
+    rows = session.execute(select(Stage.id, Stage.queue).where(Stage.id.in_(cancelled)))
+    queues = {stage_id: queue for stage_id, queue in rows}
     session.commit()
     session.refresh(experiment)
     for queue in {queues[i] for i in cancelled}:
@@ -165,23 +214,34 @@ def retry_experiment(session: Session, experiment_id: str, dispatcher: Dispatche
             f"experiment {experiment_id} is {experiment.status.value}: only a failed or "
             "cancelled experiment can be retried"
         )
-    first = lifecycle.retry(session, experiment)
+    if lifecycle.is_sweep(experiment):  # its failed members, then its comparison
+        to_send = lifecycle.retry_sweep(session, experiment)
+    else:
+        first = lifecycle.retry(session, experiment)
+        to_send = [first] if first is not None else []
     session.commit()
-    if first is not None:
-        enqueue_stage(session, dispatcher, first)
+    for stage in to_send:
+        enqueue_stage(session, dispatcher, stage)
     session.refresh(experiment)
     return experiment
 
 
-def ensure_deletable(experiment: Experiment) -> None:
-    """Only a finished or cancelled experiment with nothing running may be deleted."""
-    if not experiment.status.finished or any(
-        s.status == StageStatus.running for s in experiment.stages
+def ensure_deletable(session: Session, experiment: Experiment) -> list[str]:
+    """Only a finished or cancelled experiment with nothing running may be deleted; a sweep's
+    members go with it (and must have ended too). Returns the ids of the experiments deleted
+    with it (their artifacts are deleted too)."""
+    members = lifecycle.members(session, experiment.id)
+    running = [st for e in (experiment, *members) for st in e.stages]
+    if (
+        not experiment.status.finished
+        or any(not m.status.finished for m in members)
+        or any(st.status == StageStatus.running for st in running)
     ):
         raise Conflict(
             f"experiment {experiment.id} is {experiment.status.value}: cancel it and wait until "
             "nothing runs before deleting it"
         )
+    return [m.id for m in members]
 
 
 def artifacts_prefix(experiment_id: str) -> str:

@@ -38,7 +38,15 @@ BRIEF_COLUMNS = ("name", "position", "status", "queue", "epoch", "epochs", "step
 #: Every stage column: the detail shows most of them and its ETag covers all of them.
 STAGE_COLUMNS = tuple(c.key for c in S.columns)
 #: What a summary shows of an experiment.
-SUMMARY_COLUMNS = ("id", "name", "status", "cancel_requested", "created_at", "updated_at")
+SUMMARY_COLUMNS = (
+    "id",
+    "name",
+    "status",
+    "cancel_requested",
+    "parent_id",
+    "created_at",
+    "updated_at",
+)
 
 
 def plain(column: Column[Any], name: str | None = None) -> ColumnElement[Any]:
@@ -120,6 +128,7 @@ def detail_query() -> Select[Any]:
             *(plain(E.c[n]) for n in SUMMARY_COLUMNS),
             E.c.spec,
             E.c.results,
+            E.c.sweep,
             U.c.name.label("owner"),
             *(a for a in aggregates),
             *_stage_cols(*STAGE_COLUMNS),
@@ -128,6 +137,25 @@ def detail_query() -> Select[Any]:
         .outerjoin(S, S.c.experiment_id == E.c.id)
         .where(E.c.id == exp_id)
         .order_by(S.c.position)
+    )
+
+
+@cache
+def members_query() -> Select[Any]:
+    """A sweep's members (oldest first) with their part and each stage's status and progress
+    (one row per stage). Parameter: `parent_id`."""
+    return (
+        select(
+            E.c.id,
+            E.c.name,
+            plain(E.c.status),
+            E.c.sweep,
+            E.c.updated_at,
+            *_stage_cols(*BRIEF_COLUMNS),
+        )
+        .outerjoin(S, S.c.experiment_id == E.c.id)
+        .where(E.c.parent_id == bindparam("parent_id"))
+        .order_by(E.c.created_at, E.c.id, S.c.position)
     )
 
 

@@ -65,15 +65,49 @@ class ArtifactOut(_Out):
     url: str
 
 
+class SweepMember(BaseModel):
+    """One member of a sweep: its experiment, part and stages."""
+
+    id: str
+    name: str
+    status: StageStatus
+    role: str
+    configuration: str | None = None
+    seed: int | None = None
+    key: str | None = None
+    stages: list[StageBrief]
+
+
+class SweepOut(BaseModel):
+    """A sweep's part of an experiment (see `ExperimentSummary.sweep`)."""
+
+    role: Literal["sweep", "teacher", "baseline", "child"]
+    #: The parent's: the expansion and the stages shared (as `distillery submit --dry-run`).
+    plan: dict[str, Any] | None = None
+    #: The parent's: how many members are in each status.
+    counts: dict[str, int] | None = None
+    members: list[SweepMember] | None = None
+    #: A member's: its configuration and seed (a child), its content key (a shared stage).
+    configuration: str | None = None
+    seed: int | None = None
+    key: str | None = None
+
+
 class ExperimentSummary(_Out):
     id: str
     name: str
     owner: str | None
+    #: A sweep's parent ends `partial` when some of its children failed.
     status: StageStatus
     cancel_requested: bool
+    #: The sweep this experiment is a member of (a shared teacher, a baseline, a child).
+    parent_id: str | None = None
     created_at: datetime
     updated_at: datetime
     stages: list[StageBrief]
+    #: A sweep: its part (`role`: sweep, teacher, baseline, child); for the parent also the
+    #: expansion and sharing `plan`, its members' status `counts` and the `members`.
+    sweep: SweepOut | None = None
 
 
 class ExperimentWithSpec(ExperimentSummary):

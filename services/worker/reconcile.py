@@ -28,10 +28,9 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from distillery.checking import lifecycle as checks
-from distillery.db import Stage, make_engine, make_session_factory
+from distillery.db import make_engine, make_session_factory
 from distillery.settings import Settings, get_settings
 from distillery.stages import lifecycle
-from distillery.stages.lifecycle import aware as _aware
 from services.celery_app import make_celery
 from services.dispatch import (
     CeleryDispatcher,
@@ -44,21 +43,13 @@ from services.dispatch import (
 log = logging.getLogger("distillery.reconcile")
 
 
-def _eligible_since(stage: Stage) -> datetime | None:
-    """When a never-sent stage became runnable: its experiment's submission for the first
-    stage, else the end of the stage before it."""
-    if stage.position == 0:
-        return _aware(stage.experiment.created_at)
-    before = [x for x in stage.experiment.stages if x.position < stage.position]
-    return _aware(max(before, key=lambda x: x.position).finished_at) if before else None
-
-
 def reconcile_once(app: Celery, sessions: sessionmaker[Session], stale_after_s: float) -> list[int]:
     """One pass; returns the ids of the stages sent again.
 
     - A stage whose worker died (reset by `stages_to_enqueue`, it has run before) is sent now.
     - A stage that was never sent (the gateway or the finishing worker could not reach the
-      broker) is sent once it has been runnable for `stale_after_s`; sooner, its sender may
+      broker) is sent once it has been runnable (`lifecycle.runnable_since`: also after the
+      stages of other experiments it needs) for `stale_after_s`; sooner, its sender may
       just be about to send it.
     - A stage sent over `stale_after_s` ago is sent again unless its message is still alive in
       Redis (waiting in its queue, or just delivered).
@@ -74,7 +65,7 @@ def reconcile_once(app: Celery, sessions: sessionmaker[Session], stale_after_s: 
         )
         for stage in candidates:
             if stage.enqueued_at is None and stage.attempts == 0:
-                since = _eligible_since(stage)
+                since = lifecycle.runnable_since(s, stage)
                 if since is not None and (at - since).total_seconds() < stale_after_s:
                     continue  # its sender is probably sending it right now
             elif stage.enqueued_at is not None and stage.id in pending:

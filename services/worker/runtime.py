@@ -103,7 +103,8 @@ def heartbeat(
 
 def execute_stage(app: Celery, settings: Settings, stage_id: int, worker: str) -> int | None:
     """Run stage `stage_id` with a `StageRunner`; enqueue what it says comes next (the next
-    stage, on its own queue, or this stage again after a preemption pause)."""
+    stage, on its own queue, or this stage again after a preemption pause) and the stages of
+    other experiments that waited for it (`lifecycle.ready_after`)."""
     engine = make_engine(settings.database_url, settings.database_schema or None)
     sessions = make_session_factory(engine)
     runner = StageRunner(
@@ -124,9 +125,14 @@ def execute_stage(app: Celery, settings: Settings, stage_id: int, worker: str) -
             # The runner records the stage's own failures; a database that stays away
             # propagates, and the message is redelivered or re-sent by the reconciler.
             next_id = runner.run(stage_id)
-        if next_id is None:
-            return None
         with sessions() as s:
+            # stages of other experiments waiting for this one (a sweep's children, its
+            # comparison) may run now, whatever its outcome
+            for stage in lifecycle.ready_after(s, stage_id):
+                enqueue_stage(s, CeleryDispatcher(app), stage)
+                log.info("stage %s (needs %s) enqueued on %s", stage.id, stage_id, stage.queue)
+            if next_id is None:
+                return None
             stage = s.get(Stage, next_id)
             if stage is not None and stage.status == StageStatus.queued:
                 enqueue_stage(s, CeleryDispatcher(app), stage)

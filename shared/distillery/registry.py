@@ -79,5 +79,6 @@ STAGES: Registry = Registry(
         "distill": "distillery.stages.train:DISTILL",
         "profile": "distillery.stages.profile:PROFILE",
         "report": "distillery.stages.report:REPORT",
+        "compare": "distillery.stages.compare:COMPARE",
     },
 )

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from distillery.db import Experiment, Metric, Stage, StageStatus, User
 from distillery.spec import ExperimentSpec
+from distillery.stages.sweep_plan import InsertedSweep
 from services.gateway import planning, queries
 from services.gateway.deps import (
     ArtifactStorageDep,
@@ -37,6 +38,8 @@ from services.gateway.schemas import (
     StageBrief,
     StageMetrics,
     StageOut,
+    SweepMember,
+    SweepOut,
 )
 
 #: A page's items become models in one pydantic call each.
@@ -58,6 +61,8 @@ def summary(experiment: Experiment, owner: User | None = None) -> ExperimentSumm
         owner=owner.name if owner else None,
         status=experiment.status,
         cancel_requested=experiment.cancel_requested,
+        parent_id=experiment.parent_id,
+        sweep=sweep_part(experiment.sweep),
         created_at=experiment.created_at,
         updated_at=experiment.updated_at,
         stages=[StageBrief.model_validate(s) for s in experiment.stages],
@@ -75,17 +80,47 @@ def load_experiment(session: Session, experiment_id: str) -> Experiment:
     return experiment
 
 
-def sweep_not_queued(spec: ExperimentSpec) -> dict[str, Any]:
-    """The 422 error of a sweep spec, with its expansion and sharing plan (`ctx.plan`)."""
-    from distillery.sweeps import plan_sweep
+def sweep_part(
+    info: dict[str, Any] | None,
+    members: list[SweepMember] | None = None,
+) -> SweepOut | None:
+    """An experiment's part in a sweep (`Experiment.sweep`); for the parent with its plan, its
+    members and their counts by status."""
+    if not info:
+        return None
+    if info.get("role") != "sweep":
+        return SweepOut(
+            role=info["role"],
+            configuration=info.get("configuration"),
+            seed=info.get("seed"),
+            key=info.get("key"),
+        )
+    members = members or []
+    counts: dict[str, int] = {}
+    for m in members:
+        counts[m.status.value] = counts.get(m.status.value, 0) + 1
+    return SweepOut(role="sweep", plan=info.get("plan"), counts=counts, members=members)
 
-    return {
-        "type": "sweep_not_queued",
-        "loc": ("body", "sweep"),
-        "msg": "sweeps run with `distillery run` for now (the queue takes one experiment per "
-        "spec); `distillery submit --dry-run` prints the expansion",
-        "ctx": {"plan": plan_sweep(spec).as_dict()},
-    }
+
+def sweep_member(experiment: dict[str, Any], stages: list[StageBrief]) -> SweepMember:
+    info = experiment["sweep"] or {}
+    return SweepMember(
+        id=experiment["id"],
+        name=experiment["name"],
+        status=experiment["status"],
+        role=info.get("role", "?"),
+        configuration=info.get("configuration"),
+        seed=info.get("seed"),
+        key=info.get("key"),
+        stages=stages,
+    )
+
+
+def submitted_sweep(inserted: InsertedSweep) -> list[SweepMember]:
+    return [
+        sweep_member(m.experiment, [StageBrief.model_validate(s) for s in m.stages])
+        for m in inserted.members
+    ]
 
 
 @router.post(
@@ -119,9 +154,15 @@ def submit_experiment(
     student (baseline) -> distill -> profile, minus those the spec leaves out; a teacher given
     as `teacher.model.checkpoint` is not trained. Training stages go to the GPU queue, sizing
     and profiling to the profiler queue.
+
+    A spec with a `sweep:` section becomes a parent (the sweep, answered here with its
+    `sweep.plan`: the expansion and the stages shared, and its `sweep.members`) and members
+    in one transaction: each shared teacher and each student baseline (one per seed) once,
+    and one child per configuration and seed, whose `distill` waits for its shared teacher.
+    Once every member has ended, the parent's `compare` stage (profiler queue) stores the
+    comparison (`results`); the parent ends succeeded, `partial` or failed. A grid or
+    override path that does not exist is a 422 naming it.
     """
-    if spec.sweep is not None:  # children on the queue: not yet; say so rather than ignore it
-        raise RequestValidationError([sweep_not_queued(spec)])
     settings = state.settings
     with state.session_factory() as session:
         if idempotency_key is None or not planning.find_submission(session, user, idempotency_key):
@@ -134,10 +175,16 @@ def submit_experiment(
             raise RequestValidationError(e.errors) from None
         if inserted is None:
             return model_response(summary(load_experiment(session, experiment_id)))
+    if isinstance(inserted, InsertedSweep):
+        parent = inserted.parent
+        sweep = sweep_part(parent.experiment["sweep"], submitted_sweep(inserted))
+    else:
+        parent, sweep = inserted, None
     created = ExperimentSummary(
-        **{n: inserted.experiment[n] for n in queries.SUMMARY_COLUMNS},
+        **{n: parent.experiment[n] for n in queries.SUMMARY_COLUMNS},
         owner=user.name,
-        stages=[StageBrief.model_validate(s) for s in inserted.stages],
+        stages=[StageBrief.model_validate(s) for s in parent.stages],
+        sweep=sweep,
     )
     return model_response(created, status.HTTP_201_CREATED)
 
@@ -210,11 +257,16 @@ def get_experiment(
         found = result.all()
         if not found:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment {experiment_id!r}")
-        etag = queries.rows_etag(found, salt=str(int(time.time() // URL_EPOCH_S)))
+        head = found[0]  # its counts say whether there are metrics and artifacts to read
+        member_rows = []
+        if (head.sweep or {}).get("role") == "sweep":
+            member_rows = conn.execute(queries.members_query(), {"parent_id": experiment_id}).all()
+        salt = str(int(time.time() // URL_EPOCH_S))
+        etag = queries.rows_etag([*found, *member_rows], salt=salt)
         if etag_matches(if_none_match, etag):
             return not_modified(etag)
         stage_rows = [stage_of(r) for r in found if r.s_id is not None]
-        head = found[0]  # its counts say whether there are metrics and artifacts to read
+        members = _members(member_rows)
         latest = {}
         if stage_rows and head.n_metrics:
             params = {"stage_ids": [s["id"] for s in stage_rows]}
@@ -248,8 +300,22 @@ def get_experiment(
         stages=stages,
         results=head.results,
         artifacts=artifacts,
+        sweep=sweep_part(head.sweep, members),
     )
     return model_response(detail, headers={"ETag": etag})
+
+
+def _members(rows: list[Any]) -> list[SweepMember]:
+    """The members of a sweep from `queries.members_query` rows (one per stage)."""
+    if not rows:
+        return []
+    brief = queries.stage_reader(list(rows[0]._fields), queries.BRIEF_COLUMNS)
+    by_id: dict[str, tuple[dict[str, Any], list[StageBrief]]] = {}
+    for row in rows:
+        entry = by_id.setdefault(row.id, (row._asdict(), []))
+        if row.s_name is not None:
+            entry[1].append(StageBrief.model_validate(brief(row)))
+    return [sweep_member(e, stages) for e, stages in by_id.values()]
 
 
 @router.get("/{experiment_id}/metrics", response_model=ExperimentMetrics)
@@ -311,13 +377,15 @@ def delete_experiment(
     experiment_id: str, session: SessionDep, user: CurrentUser, storage: ArtifactStorageDep
 ) -> Response:
     """Owner or admin, once finished or cancelled (409 otherwise): removes the experiment, its
-    stages, metrics and every object under `artifacts/<id>/`."""
+    stages, metrics and every object under `artifacts/<id>/`; a sweep's members with it."""
     experiment = load_experiment(session, experiment_id)
     ensure_owner_or_admin(user, experiment.owner_id, f"experiment {experiment_id}")
     try:
-        planning.ensure_deletable(experiment)
+        members = planning.ensure_deletable(session, experiment)
     except planning.Conflict as e:
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
+    for member_id in members:  # the members' rows go with the parent's (ON DELETE CASCADE)
+        storage.delete_prefix(planning.artifacts_prefix(member_id))
     storage.delete_prefix(planning.artifacts_prefix(experiment_id))
     session.delete(experiment)
     session.commit()

@@ -24,7 +24,7 @@ from distillery.cli.dataset import datasets_app
 from distillery.cli.tables import results_table
 
 DEFAULT_URL = "http://localhost:8000"
-FINISHED = ("succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled", "partial")
 
 console = make_console()
 err_console = make_console(stderr=True)
@@ -182,9 +182,32 @@ def print_errors(errors: dict[str, str | None]) -> None:
 
 
 def print_experiment(exp: dict[str, Any]) -> None:
-    """The stages table, then each failed stage's error in full."""
+    """The stages table, then each failed stage's error in full; a sweep's members after."""
     console.print(stages_table(exp))
     print_errors({s["name"]: s.get("error") for s in exp["stages"]})
+    sweep = exp.get("sweep") or {}
+    if sweep.get("role") == "sweep":
+        console.print(members_table(sweep))
+    elif sweep:
+        console.print(f"part of sweep {exp.get('parent_id')} ({_part_text(sweep)})")
+
+
+def _part_text(part: dict[str, Any]) -> str:
+    if part.get("role") == "child":
+        return f"child {part.get('configuration')} seed {part.get('seed')}"
+    return f"shared {part.get('role')} {part.get('key') or ''}".strip()
+
+
+def members_table(sweep: dict[str, Any]) -> Table:
+    """A sweep's members: part, status and stages, under the counts by status."""
+    counts = ", ".join(f"{n} {status}" for status, n in sorted((sweep.get("counts") or {}).items()))
+    table = Table(title=f"members: {counts or 'none'}", title_justify="left")
+    for col in ("member", "id", "status", "stages"):
+        table.add_column(col)
+    for m in sweep.get("members") or []:
+        stages = ", ".join(f"{s['name']} {s['status']}" for s in m["stages"])
+        table.add_row(_part_text(m), m["id"], m["status"], stages)
+    return table
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -220,6 +243,16 @@ def submit(
     exp = _call(_gateway(url, token).post, "/experiments", json=raw)
     if quiet:
         print(exp["id"])
+        return
+    sweep = exp.get("sweep") or {}
+    if sweep.get("role") == "sweep":
+        counts = (sweep.get("plan") or {}).get("stage_counts") or {}
+        shared = ", ".join(f"{kind} {n} (of {m})" for kind, (n, m) in counts.items())
+        console.print(
+            f"submitted sweep [bold]{exp['id']}[/] ({exp['name']}): "
+            f"{len(sweep.get('members') or [])} member experiments; stages to train: {shared}",
+            highlight=False,
+        )
         return
     stages = " → ".join(s["name"] for s in exp["stages"])
     console.print(f"submitted [bold]{exp['id']}[/] ({exp['name']}): {stages}", highlight=False)

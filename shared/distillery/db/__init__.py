@@ -9,6 +9,7 @@ from distillery.db.models import (
     ExperimentShare,
     Metric,
     Stage,
+    StageNeed,
     StageStatus,
     User,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "ExperimentShare",
     "Metric",
     "Stage",
+    "StageNeed",
     "StageStatus",
     "User",
     "engine_for",

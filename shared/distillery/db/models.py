@@ -1,5 +1,5 @@
-"""Tables: users, api_tokens, datasets, experiments, experiment_shares, stages, metrics,
-artifacts.
+"""Tables: users, api_tokens, datasets, experiments, experiment_shares, stages, stage_needs,
+metrics, artifacts.
 
 Postgres is the source of truth for what exists and in what state. A stage lives
 `queued -> running -> succeeded | failed | cancelled`, with progress, a lease while running and
@@ -49,10 +49,17 @@ class StageStatus(enum.StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    #: A sweep's parent only: its children ended, some succeeded and some did not.
+    partial = "partial"
 
     @property
     def finished(self) -> bool:
-        return self in (StageStatus.succeeded, StageStatus.failed, StageStatus.cancelled)
+        return self in (
+            StageStatus.succeeded,
+            StageStatus.failed,
+            StageStatus.cancelled,
+            StageStatus.partial,
+        )
 
 
 _status = Enum(StageStatus, name="stage_status", native_enum=False, length=16)
@@ -136,6 +143,13 @@ class Experiment(Base):
     #: The submitter's `Idempotency-Key`: a retried submission returns this experiment.
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     results: Mapped[dict[str, Any] | None] = mapped_column()  # the comparison table
+    #: A sweep (migration 0007): its members point at the parent; `sweep` says the part each
+    #: plays (`distillery.stages.sweep_plan`): the parent's plan, or a member's role, key,
+    #: configuration and seed. None for a plain experiment.
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    sweep: Mapped[dict[str, Any] | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(_ts, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(_ts, default=utcnow, onupdate=utcnow)
 
@@ -201,6 +215,21 @@ class Stage(Base):
     experiment: Mapped[Experiment] = relationship(back_populates="stages")
     metrics: Mapped[list[Metric]] = relationship(
         back_populates="stage", order_by="Metric.id", cascade="all, delete-orphan"
+    )
+
+
+class StageNeed(Base):
+    """Stage `stage_id` waits for stage `needs_id` of another experiment (a sweep's shared
+    teacher, or a sweep's members for its comparison) to end before it runs
+    (`distillery.stages.lifecycle`; migration 0007)."""
+
+    __tablename__ = "stage_needs"
+
+    stage_id: Mapped[int] = mapped_column(
+        ForeignKey("stages.id", ondelete="CASCADE"), primary_key=True
+    )
+    needs_id: Mapped[int] = mapped_column(
+        ForeignKey("stages.id", ondelete="CASCADE"), primary_key=True, index=True
     )
 
 

@@ -31,6 +31,9 @@ class StageInputs:
     student_width: int | None = None
     #: Exported models by stage name (artifact keys): `teacher`, `student`, `distill`.
     models: dict[str, str] = field(default_factory=dict)
+    #: The stages of other experiments this one waited for (`lifecycle.Part`): a sweep's shared
+    #: teacher for a child's `distill`, every member's stages for the sweep's `compare`.
+    parts: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -84,6 +87,12 @@ class StageKind:
     reads: ClassVar[tuple[str, ...]] = ()
     #: The row label in the comparison table, if the kind has a row.
     table_label: ClassVar[str | None] = None
+    #: `experiment`: planned for an experiment of a spec (`plan.planned_kinds`); `sweep`:
+    #: planned once for a sweep's parent, after its members (`plan.sweep_kinds`).
+    level: ClassVar[Literal["experiment", "sweep"]] = "experiment"
+    #: Whether the stage runs when a stage it needs (`lifecycle.needed`) did not succeed (a
+    #: sweep's comparison does; a child's `distill` fails with its shared teacher).
+    after_failures: ClassVar[bool] = False
 
     def planned(self, spec: ExperimentSpec) -> bool:
         """Whether an experiment of `spec` runs this stage (default: listed in `spec.stages`)."""

@@ -10,6 +10,12 @@ queued ──claim──► running ──succeed──► succeeded
   └──────────────────────────────────────────────┘
 ```
 
+A stage may also need stages of other experiments (`stage_needs`: a sweep's child `distill`
+needs the shared teacher; the sweep's `compare` needs every member's stages): it is not
+claimed before they have ended, and fails (with the stages after it) when one of them did not
+succeed, unless its kind runs `after_failures`. A sweep member's ending rolls up its parent:
+running while members run, then succeeded, `partial` or failed once its comparison has run.
+
 Every function is a guarded update in the caller's transaction: a stage is changed only from
 the status (and, while running, by the lease holder) the transition expects, so a worker that
 lost its lease, a duplicate message or a racing cancel can never overwrite another's write.
@@ -29,10 +35,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session, object_session
 
-from distillery.db.models import Experiment, Metric, Stage, StageStatus
+from distillery.db.models import Experiment, Metric, Stage, StageNeed, StageStatus
+from distillery.registry import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,22 @@ def finite_json(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class Part:
+    """A stage of another experiment that a stage needed, as it ended (`Claimed.needed`)."""
+
+    experiment_id: str
+    #: The experiment's part in its sweep (`Experiment.sweep`), if any.
+    sweep: dict[str, Any] | None
+    name: str
+    status: str
+    result: dict[str, Any] | None
+    model_key: str | None
+    error: str | None
+    #: Seconds from the stage's first start to its end (None if it never started).
+    wall_time_s: float | None
+
+
+@dataclass(frozen=True)
 class Claimed:
     """A stage this worker now holds."""
 
@@ -114,11 +137,15 @@ class Claimed:
     attempts: int
     #: (name, result, model_key) of the experiment's succeeded earlier stages.
     earlier: tuple[tuple[str, dict[str, Any] | None, str | None], ...]
+    #: The stages of other experiments it needed (all ended; `needed`).
+    needed: tuple[Part, ...] = ()
 
 
 def claim(s: Session, stage_id: int, worker: str, lease: timedelta) -> Claimed | None:
     """Take the stage for `worker`, or None if it must not run now: finished, waiting for an
-    earlier stage, held by a live worker, or its experiment was cancelled."""
+    earlier stage or a stage it needs, held by a live worker, or its experiment was cancelled.
+    A stage whose needed stage did not succeed fails here (unless its kind runs
+    `after_failures`)."""
     stage = s.execute(
         select(Stage).where(Stage.id == stage_id).with_for_update()
     ).scalar_one_or_none()
@@ -147,6 +174,14 @@ def claim(s: Session, stage_id: int, worker: str, lease: timedelta) -> Claimed |
     if any(x.status != StageStatus.succeeded for x in earlier):
         log.info("stage %s waits for earlier stages", stage_id)
         return None
+    needed = needed_stages(s, stage.id)
+    if any(not x.status.finished for x in needed):
+        log.info("stage %s waits for the stages it needs", stage_id)
+        return None
+    bad = next((x for x in needed if x.status != StageStatus.succeeded), None)
+    if bad is not None and not _after_failures(stage):
+        _fail_needing(stage, bad)
+        return None
     stage.status = StageStatus.running
     stage.worker_id = worker
     stage.started_at = stage.started_at or t
@@ -163,7 +198,111 @@ def claim(s: Session, stage_id: int, worker: str, lease: timedelta) -> Claimed |
         checkpoint_key=stage.checkpoint_key,
         attempts=stage.attempts,
         earlier=tuple((x.name, x.result, x.model_key) for x in earlier),
+        needed=tuple(_part(x) for x in needed),
     )
+
+
+def _part(stage: Stage) -> Part:
+    start, end = aware(stage.started_at), aware(stage.finished_at)
+    return Part(
+        experiment_id=stage.experiment_id,
+        sweep=stage.experiment.sweep,
+        name=stage.name,
+        status=stage.status.value,
+        result=stage.result,
+        model_key=stage.model_key,
+        error=stage.error,
+        wall_time_s=(end - start).total_seconds() if start and end else None,
+    )
+
+
+# ------------------------------------------------------------------ stages of other experiments
+
+
+def needed_stages(s: Session, stage_id: int) -> list[Stage]:
+    """The stages of other experiments that stage `stage_id` waits for (`stage_needs`)."""
+    q = select(Stage).join(StageNeed, StageNeed.needs_id == Stage.id)
+    return list(s.scalars(q.where(StageNeed.stage_id == stage_id).order_by(Stage.id)))
+
+
+def needing_stages(s: Session, stage_id: int) -> list[Stage]:
+    """The stages that wait for stage `stage_id`."""
+    q = select(Stage).join(StageNeed, StageNeed.stage_id == Stage.id)
+    return list(s.scalars(q.where(StageNeed.needs_id == stage_id).order_by(Stage.id)))
+
+
+def add_needs(s: Session, stage_id: int, needs: list[int]) -> None:
+    """Record that stage `stage_id` waits for the stages `needs` (at planning)."""
+    for needed in needs:
+        s.add(StageNeed(stage_id=stage_id, needs_id=needed))
+
+
+def _after_failures(stage: Stage) -> bool:
+    return bool(STAGES.get(stage.name).after_failures)
+
+
+def _fail_needing(stage: Stage, bad: Stage) -> None:
+    """`stage` (queued) cannot run: `bad`, which it needs, did not succeed. It fails, the stages
+    after it are cancelled, and so on for the stages that need those."""
+    _end(
+        stage,
+        StageStatus.failed,
+        f"not run: it needs stage {bad.name} of experiment {bad.experiment_id}, "
+        f"which {bad.status.value}",
+    )
+    exp = stage.experiment
+    ended = [x for x in exp.stages if x.status == StageStatus.queued]
+    _cancel_queued(exp, f"not run: stage {stage.name} failed")
+    _roll_up(exp)
+    _end_needing([stage, *ended])
+
+
+def _end_needing(ended: list[Stage]) -> None:
+    """After `ended` stages failed or were cancelled: fail the queued stages that need them
+    (except kinds that run `after_failures`)."""
+    for stage in ended:
+        s = object_session(stage)
+        if s is None:
+            continue
+        for other in needing_stages(s, stage.id):
+            if other.status == StageStatus.queued and not _after_failures(other):
+                _fail_needing(other, stage)
+
+
+def ready_after(s: Session, stage_id: int) -> list[Stage]:
+    """The queued stages of other experiments that may run now that stage `stage_id` has ended
+    (whatever its status): each stage it needs has ended and its earlier stages succeeded.
+    The caller sends them (a duplicate message is harmless)."""
+    out = []
+    for other in needing_stages(s, stage_id):
+        if other.status != StageStatus.queued or other.experiment.cancel_requested:
+            continue
+        earlier = [x for x in other.experiment.stages if x.position < other.position]
+        if any(x.status != StageStatus.succeeded for x in earlier):
+            continue
+        if all(x.status.finished for x in needed_stages(s, other.id)):
+            out.append(other)
+    return out
+
+
+def waits_for_others(s: Session, stage: Stage) -> bool:
+    """Whether `stage` still waits for a stage of another experiment."""
+    return any(not x.status.finished for x in needed_stages(s, stage.id))
+
+
+def runnable_since(s: Session, stage: Stage) -> datetime | None:
+    """When `stage` became runnable: its experiment's submission for a first stage, else the
+    end of the stage before it; and not before the last of the stages it needs ended."""
+    exp = stage.experiment
+    before = [x for x in exp.stages if x.position < stage.position]
+    since = (
+        aware(max(before, key=lambda x: x.position).finished_at)
+        if before
+        else aware(exp.created_at)
+    )
+    ends = [aware(x.finished_at) for x in needed_stages(s, stage.id)]
+    times = [t for t in (since, *ends) if t is not None]
+    return max(times) if times else None
 
 
 # ---------------------------------------------------------------------------- while running
@@ -281,8 +420,10 @@ def fail(
         return False
     _end(stage, status, error)
     exp = stage.experiment
+    ended = [x for x in exp.stages if x.status == StageStatus.queued]
     _cancel_queued(exp, f"not run: stage {stage.name} {status.value}")
     _roll_up(exp)
+    _end_needing([stage, *ended])
     return True
 
 
@@ -311,9 +452,15 @@ def release(s: Session, stage_id: int, worker: str, reason: str) -> bool:
 def request_cancel(s: Session, experiment: Experiment) -> list[int]:
     """Cancel an experiment: queued stages now (a conditional update: a worker that has just
     claimed one wins), a running one at its next step (its worker reads `cancel_requested`).
-    Returns the ids of the stages cancelled here (their queued messages can be dropped)."""
+    Returns the ids of the stages cancelled here (their queued messages can be dropped). A
+    sweep's parent cancels its members too."""
+    ids: list[int] = []
+    if is_sweep(experiment):
+        for member in members(s, experiment.id):
+            if not member.status.finished:
+                ids += request_cancel(s, member)
     experiment.cancel_requested = True
-    ids = [st.id for st in experiment.stages if st.status == StageStatus.queued]
+    ids += [st.id for st in experiment.stages if st.status == StageStatus.queued]
     s.execute(
         update(Stage)
         .where(Stage.experiment_id == experiment.id, Stage.status == StageStatus.queued)
@@ -345,6 +492,35 @@ def retry(s: Session, experiment: Experiment) -> Stage | None:
             st.error = None
     _roll_up(experiment)
     return next((st for st in experiment.stages if st.status == StageStatus.queued), None)
+
+
+def retry_sweep(s: Session, parent: Experiment) -> list[Stage]:
+    """Retry a finished sweep that did not fully succeed: each failed or cancelled member
+    (`retry`; a child whose shared teacher is retried waits for it again) and the sweep's own
+    comparison. Returns the stages to enqueue (a waiting one is sent when what it needs ends)."""
+    if not parent.status.finished or parent.status == StageStatus.succeeded:
+        raise ValueError(f"experiment {parent.id} is {parent.status.value}")
+    out = []
+    for member in members(s, parent.id):
+        if member.status in (StageStatus.failed, StageStatus.cancelled):
+            first = retry(s, member)
+            if first is not None and not waits_for_others(s, first):
+                out.append(first)
+    parent.cancel_requested = False
+    for st in parent.stages:
+        if st.status.finished:
+            st.status = StageStatus.queued
+            st.finished_at = None
+            st.worker_id = None
+            st.lease_expires_at = None
+            st.enqueued_at = None
+            st.error = None
+    s.flush()
+    _roll_up(parent)
+    first = next((st for st in parent.stages if st.status == StageStatus.queued), None)
+    if first is not None and not waits_for_others(s, first):
+        out.append(first)
+    return out
 
 
 def new_stage(*, sent: bool) -> dict[str, Any]:
@@ -419,6 +595,8 @@ def requeue_lost(s: Session, at: datetime, stale_after_s: float) -> list[Stage]:
                 if r.rowcount:
                     log.warning("stage %s lost its worker %s; re-queued", stage.id, stage.worker_id)
                     out.append(stage)
+        elif waits_for_others(s, stage):
+            continue  # sent by the worker that ends the last stage it needs
         else:
             enq = aware(stage.enqueued_at)
             if enq is None or (at - enq).total_seconds() > stale_after_s:
@@ -442,8 +620,83 @@ def _cancel_queued(exp: Experiment, reason: str) -> None:
             _end(x, StageStatus.cancelled, reason)
 
 
+def is_sweep(exp: Experiment) -> bool:
+    """Whether `exp` is a sweep's parent (its members are experiments of their own)."""
+    return bool(exp.sweep) and exp.sweep.get("role") == "sweep"
+
+
+def members(s: Session, parent_id: str) -> list[Experiment]:
+    """A sweep's member experiments (teachers, baselines, children), oldest first."""
+    q = select(Experiment).where(Experiment.parent_id == parent_id)
+    return list(s.scalars(q.order_by(Experiment.created_at, Experiment.id)))
+
+
+def member_counts(s: Session, parent_id: str) -> dict[str, int]:
+    """How many of a sweep's members are in each status."""
+    q = (
+        select(Experiment.status, func.count())
+        .where(Experiment.parent_id == parent_id)
+        .group_by(Experiment.status)
+    )
+    return {StageStatus(status).value: n for status, n in s.execute(q)}
+
+
 def _roll_up(exp: Experiment) -> None:
-    """The experiment's status from its stages'."""
+    """The experiment's status from its stages' (a sweep's from its members' too); then its
+    sweep's, if it is a member."""
+    if is_sweep(exp):
+        _roll_up_sweep(exp)
+    else:
+        _roll_up_stages(exp)
+    s = object_session(exp)
+    if exp.parent_id is not None and s is not None:
+        parent = s.execute(
+            select(Experiment)
+            .where(Experiment.id == exp.parent_id)
+            .with_for_update()  # members ending at once roll the parent up one after another
+            .execution_options(populate_existing=True)
+        ).scalar_one_or_none()
+        if parent is not None:
+            _roll_up_sweep(parent)
+
+
+def _roll_up_sweep(parent: Experiment) -> None:
+    """A sweep's status: queued until a member starts, running until its own stage (the
+    comparison) has ended, then succeeded (every member did), failed (no child did, or the
+    comparison failed), cancelled, or `partial`."""
+    s = object_session(parent)
+    counts = member_counts(s, parent.id) if s is not None else {}
+    own = [x.status for x in parent.stages]
+    total = sum(counts.values())
+    unfinished = counts.get("queued", 0) + counts.get("running", 0)
+    if own and all(x.finished for x in own) and not unfinished:
+        if any(x == StageStatus.failed for x in own):
+            parent.status = StageStatus.failed
+        elif any(x == StageStatus.cancelled for x in own):
+            parent.status = StageStatus.cancelled
+        elif counts.get("succeeded", 0) == total:
+            parent.status = StageStatus.succeeded
+        elif _children_succeeded(s, parent.id) == 0:
+            parent.status = StageStatus.failed
+        else:
+            parent.status = StageStatus.partial
+    elif counts.get("queued", 0) == total and all(x == StageStatus.queued for x in own):
+        parent.status = StageStatus.queued
+    else:
+        parent.status = StageStatus.running
+
+
+def _children_succeeded(s: Session | None, parent_id: str) -> int:
+    if s is None:
+        return 0
+    q = select(Experiment.sweep).where(
+        Experiment.parent_id == parent_id, Experiment.status == StageStatus.succeeded
+    )
+    return sum(1 for sweep in s.scalars(q) if (sweep or {}).get("role") == "child")
+
+
+def _roll_up_stages(exp: Experiment) -> None:
+    """A plain experiment's status from its stages'."""
     statuses = [x.status for x in exp.stages]
     if any(x == StageStatus.running for x in statuses):
         exp.status = StageStatus.running

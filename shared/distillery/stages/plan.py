@@ -29,16 +29,25 @@ def planned_kinds(spec: ExperimentSpec) -> list[StageKind]:
     """The kinds an experiment of `spec` runs, in order; each kind decides if it is planned
     (a teacher given as a checkpoint is not trained again; `size` precedes an `auto` student)."""
     kinds = [kind_of(name) for name in STAGES.in_order()]
-    return [k for k in kinds if k.planned(spec)]
+    return [k for k in kinds if k.level == "experiment" and k.planned(spec)]
 
 
-def planned_stages(spec: ExperimentSpec, queues: dict[str, str] | None) -> list[dict[str, Any]]:
-    """`{name, position, queue}` of each planned stage, in order (`queues` maps a kind's queue,
-    `gpu` or `profiler`, to the platform's queue name)."""
+def sweep_kinds(spec: ExperimentSpec) -> list[StageKind]:
+    """The kinds a sweep's parent runs once its members have ended (e.g. `compare`)."""
+    kinds = [kind_of(name) for name in STAGES.in_order()]
+    return [k for k in kinds if k.level == "sweep" and k.planned(spec)]
+
+
+def planned_stages(
+    spec: ExperimentSpec, queues: dict[str, str] | None, kinds: list[StageKind] | None = None
+) -> list[dict[str, Any]]:
+    """`{name, position, queue}` of each planned stage (`kinds`, default `planned_kinds`), in
+    order (`queues` maps a kind's queue, `gpu` or `profiler`, to the platform's queue name)."""
     queues = queues or {}
+    kinds = planned_kinds(spec) if kinds is None else kinds
     return [
         {"name": kind.name, "position": position, "queue": queues.get(kind.queue, kind.queue)}
-        for position, kind in enumerate(planned_kinds(spec))
+        for position, kind in enumerate(kinds)
     ]
 
 
@@ -83,13 +92,21 @@ def insert_experiment(
     owner_id: int | None = None,
     queues: dict[str, str] | None = None,
     idempotency_key: str | None = None,
+    kinds: list[StageKind] | None = None,
+    parent_id: str | None = None,
+    sweep: dict[str, Any] | None = None,
+    send_first: bool = True,
 ) -> InsertedExperiment:
     """`create_experiment` as two Core INSERTs in the session's transaction (no ORM objects):
     the experiment, then its stages in one statement returning their ids. The first stage
     starts as sent (`lifecycle.new_stage(sent=True)`): commit, then send its message, and
     `lifecycle.mark_unsent` it if the broker refuses. Every column is given here, so the rows
     returned are what is stored. An `Idempotency-Key` the owner already used raises
-    `IntegrityError` (the caller rolls back)."""
+    `IntegrityError` (the caller rolls back).
+
+    A sweep (`distillery.stages.sweep_plan`) inserts its parent (`kinds`: the sweep-level
+    kinds) and members (`parent_id`, their part `sweep`) through here; a member whose first
+    stage waits for another experiment's is inserted with `send_first=False`."""
     t = utcnow()
     experiment = {
         "id": new_id(),
@@ -100,12 +117,18 @@ def insert_experiment(
         "cancel_requested": False,
         "idempotency_key": idempotency_key,
         "results": None,
+        "parent_id": parent_id,
+        "sweep": sweep,
         "created_at": t,
         "updated_at": t,
     }
     stages = [
-        {**stage, **lifecycle.new_stage(sent=i == 0), "experiment_id": experiment["id"]}
-        for i, stage in enumerate(planned_stages(spec, queues))
+        {
+            **stage,
+            **lifecycle.new_stage(sent=i == 0 and send_first),
+            "experiment_id": experiment["id"],
+        }
+        for i, stage in enumerate(planned_stages(spec, queues, kinds))
     ]
     connection = session.connection()
     connection.execute(insert(E), experiment)

@@ -123,6 +123,10 @@ class StageRunner:
             inputs = StageInputs()
             for name, result, model_key in claimed.earlier:
                 kind_of(name).provide(result, model_key, inputs)
+            for part in claimed.needed:  # stages of other experiments (a sweep's teacher)
+                if part.status == StageStatus.succeeded and part.name in kind.reads:
+                    kind_of(part.name).provide(part.result, part.model_key, inputs)
+            inputs.parts = list(claimed.needed)
             spec = kind.prepare(
                 _cap_tracking(ExperimentSpec.model_validate(claimed.spec), self.tracking_mode),
                 inputs,
@@ -222,7 +226,8 @@ class StageRunner:
     def _succeed(self, stage_id: int, out: StageOutput, ctx: StageContext) -> None:
         """Record the success; the stage that completes the experiment also publishes the
         results table (report, results.json, the wandb comparison) before it commits, so an
-        experiment is never `succeeded` without them."""
+        experiment is never `succeeded` without them. A sweep-level stage's result (the
+        sweep's comparison, stored by the stage itself) is its sweep's results."""
 
         def write(s: Session) -> None:
             exp = lifecycle.succeed(
@@ -234,7 +239,9 @@ class StageRunner:
                 wandb=out.wandb,
             )
             artifacts = [(ctx.stage, *a) for a in out.artifacts]
-            if exp.status == StageStatus.succeeded:
+            if kind_of(ctx.stage).level == "sweep":  # the sweep's comparison is its results
+                exp.results = lifecycle.finite_json(out.result)
+            elif exp.status == StageStatus.succeeded:
                 exp.results = lifecycle.finite_json(build_results(exp.stages))
                 artifacts += [(None, *a) for a in self._publish(exp.results, ctx)]
             for stage, kind, key, size in artifacts:

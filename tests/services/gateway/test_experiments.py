@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from distillery.db import Artifact, Dataset, Experiment, Metric, Stage, StageStatus
 from distillery.db.models import utcnow
+from distillery.stages import lifecycle
 from services.celery_app import RUN_STAGE_TASK
 
 from .helpers import spec_dict
@@ -127,18 +128,95 @@ def test_a_sweep_path_that_does_not_exist_is_422_naming_it(as_user, queues, cele
     assert r.status_code == 422
     (err,) = r.json()["detail"]
     assert err["field"] == "sweep" and "'distillation.losses.4.weight' does not exist" in err["msg"]
-    # a valid sweep is not queued (yet): a 422 on `sweep` carrying the expansion and sharing
-    spec["sweep"]["grid"] = {"distillation.losses.1.temperature": [1, 4]}
+    spec["sweep"] = {"configurations": [{"name": "x", "overrides": {"student.nope": 1}}]}
     r = as_user("alice").post("/experiments", json=spec)
     assert r.status_code == 422
     (err,) = r.json()["detail"]
-    assert err["field"] == "sweep" and "distillery run" in err["msg"]
-    assert err["ctx"]["plan"]["stage_counts"] == {
+    assert err["field"] == "sweep" and "'student.nope' does not exist" in err["msg"]
+    assert "configuration 'x'" in err["msg"]
+    assert celery_messages(queues.gpu) == []  # nothing was queued
+
+
+def _sweep_spec() -> dict:
+    """2 configurations x 2 seeds: one teacher, two baselines (one per seed), four children."""
+    return spec_dict(
+        "sw",
+        stages=["teacher", "student", "distill"],
+        sweep={"seeds": [0, 1], "grid": {"distillation.losses.1.temperature": [1, 4]}},
+    )
+
+
+def test_a_sweep_is_one_parent_and_its_members_with_shared_stages_planned_once(
+    as_user, session_factory, queues, celery_messages
+):
+    r = as_user("alice").post("/experiments", json=_sweep_spec())
+    assert r.status_code == 201, r.text
+    body = r.json()
+    sweep = body["sweep"]
+    assert body["status"] == "queued" and sweep["role"] == "sweep"
+    assert [s["name"] for s in body["stages"]] == ["compare"]
+    assert body["stages"][0]["queue"] == queues.profiler
+    assert sweep["plan"]["stage_counts"] == {
         "teacher": [1, 4],
         "student": [2, 4],
         "distill": [4, 4],
     }
-    assert celery_messages(queues.gpu) == []
+    roles = sorted((m["role"], m["configuration"], m["seed"]) for m in sweep["members"])
+    assert roles == [
+        ("baseline", None, 0),
+        ("baseline", None, 1),
+        ("child", "temperature-1", 0),
+        ("child", "temperature-1", 1),
+        ("child", "temperature-4", 0),
+        ("child", "temperature-4", 1),
+        ("teacher", None, 0),
+    ]
+    # the rows: one teacher stage, two student stages, four distill stages in all
+    with session_factory() as s:
+        members = s.scalars(select(Experiment).where(Experiment.parent_id == body["id"])).all()
+        names = [st.name for m in members for st in m.stages]
+        children = [m for m in members if m.sweep["role"] == "child"]
+        teacher = next(m for m in members if m.sweep["role"] == "teacher").stages[0]
+        needs = {
+            st.id: [n.id for n in lifecycle.needed_stages(s, st.id)]
+            for m in children
+            for st in m.stages
+        }
+        compare = s.get(Experiment, body["id"]).stages[0]
+        compare_needs = {n.id for n in lifecycle.needed_stages(s, compare.id)}
+    assert sorted(names) == ["distill"] * 4 + ["student"] * 2 + ["teacher"]
+    assert all(v == [teacher.id] for v in needs.values()) and len(needs) == 4
+    assert compare_needs == {st.id for m in members for st in m.stages}
+    # sent now: the teacher and the baselines; the children wait for the teacher
+    sent = sorted(args[0] for _task, args in celery_messages(queues.gpu))
+    expected = sorted(m.stages[0].id for m in members if m.sweep["role"] != "child")
+    assert sent == expected
+    assert celery_messages(queues.profiler) == []
+
+    # the parent's detail: its members and their counts; a member points at its parent
+    detail = as_user("alice").get(f"/experiments/{body['id']}").json()
+    assert detail["sweep"]["counts"] == {"queued": 7}
+    child = as_user("alice").get(f"/experiments/{children[0].id}").json()
+    assert child["parent_id"] == body["id"] and child["sweep"]["role"] == "child"
+
+
+def test_cancel_and_delete_of_a_sweep_apply_to_its_members(
+    as_user, session_factory, queues, celery_messages
+):
+    alice = as_user("alice")
+    parent = alice.post("/experiments", json=_sweep_spec()).json()
+    member_ids = [m["id"] for m in parent["sweep"]["members"]]
+    r = alice.post(f"/experiments/{parent['id']}/cancel")
+    assert r.status_code == 200, r.text
+    detail = alice.get(f"/experiments/{parent['id']}").json()
+    assert detail["status"] == "cancelled"
+    assert detail["sweep"]["counts"] == {"cancelled": 7}
+    assert celery_messages(queues.gpu) == []  # their waiting messages were dropped
+    assert alice.delete(f"/experiments/{parent['id']}").status_code == 204
+    with session_factory() as s:
+        left = s.scalars(select(Experiment.id).where(Experiment.id.in_(member_ids))).all()
+        stages = s.scalars(select(Stage.id).where(Stage.experiment_id.in_(member_ids))).all()
+    assert left == [] and stages == []
 
 
 def test_invalid_spec_is_422_naming_each_bad_field(as_user, queues, celery_messages):

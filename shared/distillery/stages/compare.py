@@ -1,0 +1,109 @@
+"""`compare`: a sweep's comparison table, once every member has ended (sweep level).
+
+Planned once for a sweep's parent (`distillery.stages.sweep_plan`), on the profiler queue; it
+needs every stage of every member (`stage_needs`) and runs `after_failures`: a failed child is
+a row with its error, not the end of the sweep. It downloads each member's stage results
+(metrics, history) and results table, builds the table of `distillery.stages.sweep_results`
+(the one `distillery run` writes for a local sweep) and stores ``results.json`` (with
+``configurations``, ``baseline``, ``plan``, ``parts``) and ``report.md`` as the parent's
+artifacts; the table is also the parent's `results`.
+
+Not done here (yet), unlike a local sweep: the analyses that need the models and the data
+(bias–variance over seeds, teacher entropy and calibration, sample predictions) and the
+compute-matched baselines.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, Literal
+
+from distillery.spec import ExperimentSpec
+from distillery.stages import keys
+from distillery.stages.kinds import Queue, StageContext, StageKind, StageOutput
+from distillery.stages.lifecycle import Part
+
+#: The stages whose stored results (metrics, history) the table reads.
+TRAINED = ("teacher", "student", "distill")
+
+
+class CompareStage(StageKind):
+    name: ClassVar[str] = "compare"
+    queue: ClassVar[Queue] = "profiler"
+    level: ClassVar[Literal["experiment", "sweep"]] = "sweep"
+    after_failures: ClassVar[bool] = True
+
+    def planned(self, spec: ExperimentSpec) -> bool:
+        """Every sweep compares its children."""
+        return spec.sweep is not None
+
+    def _download_json(self, ctx: StageContext, key: str) -> Any:
+        if not ctx.retrying(f"look up {key}", lambda: ctx.storage.exists(key)):
+            return None
+        return json.loads(ctx.retrying(f"download {key}", lambda: ctx.storage.get_bytes(key)))
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        from distillery.research.summary import sweep_markdown
+        from distillery.stages.sweep_results import Outcome, summarize
+        from distillery.sweeps import plan_sweep
+
+        plan = plan_sweep(ctx.spec)
+        by_member: dict[str, list[Part]] = {}
+        for part in ctx.inputs.parts:
+            by_member.setdefault(part.experiment_id, []).append(part)
+        teachers: dict[str, Outcome] = {}
+        baselines: dict[str, Outcome] = {}
+        children: dict[tuple[str, int], Outcome] = {}
+        for member, parts in by_member.items():
+            info = parts[0].sweep or {}
+            outcome = self._outcome(ctx, member, parts)
+            if info.get("role") == "teacher":
+                teachers[info["key"]] = outcome
+            elif info.get("role") == "baseline":
+                baselines[info["key"]] = outcome
+            elif info.get("role") == "child":
+                children[(info["configuration"], int(info["seed"]))] = outcome
+        for child in plan.children:  # a member that is gone (deleted) is a failed part
+            key = (child.configuration, child.seed)
+            if key not in children:
+                children[key] = Outcome(ctx.workdir, None, "its experiment is gone", 0.0)
+        results = summarize(ctx.spec, plan, teachers, baselines, children, analyses=False)
+        results["experiment_id"] = ctx.experiment_id
+        results["analyses"] = None  # bias-variance, entropy/ECE, samples: `distillery run` only
+        table = json.dumps(results, indent=2, default=str).encode()
+        report = sweep_markdown(results).encode()
+        jkey, rkey = keys.results_key(ctx.experiment_id), keys.report_key(ctx.experiment_id)
+        ctx.retrying(
+            f"upload {jkey}", lambda: ctx.storage.put_bytes(jkey, table, "application/json")
+        )
+        ctx.retrying(f"upload {rkey}", lambda: ctx.storage.put_bytes(rkey, report, "text/markdown"))
+        return StageOutput(
+            result=results,
+            artifacts=[("results", jkey, len(table)), ("report", rkey, len(report))],
+        )
+
+    def _outcome(self, ctx: StageContext, member: str, parts: list[Part]) -> Any:
+        """The member as an `Outcome`: its stage results downloaded into a folder laid out like
+        the artifacts store, its results table, the first error among its stages and the sum
+        of its stages' wall times."""
+        from distillery.stages.sweep_results import Outcome
+
+        folder = ctx.workdir / "parts"
+        for part in parts:
+            if part.status != "succeeded" or part.name not in TRAINED:
+                continue
+            key = keys.stage_results_key(member, part.name)
+            path = folder / key
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                ctx.retrying(f"download {key}", lambda k=key, p=path: ctx.storage.get_file(k, p))
+        table = self._download_json(ctx, keys.results_key(member)) or {}
+        error = next(
+            (f"{p.name} {p.status}: {p.error}" for p in parts if p.status != "succeeded"), None
+        )
+        wall = sum(p.wall_time_s or 0.0 for p in parts)
+        results = {"experiment_id": member, "rows": table.get("rows", [])}
+        return Outcome(folder, results, error, wall, experiment_id=member)
+
+
+COMPARE = CompareStage()
