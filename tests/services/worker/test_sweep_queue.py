@@ -1,0 +1,149 @@
+"""Sweeps on the shared queue, for real: specs submitted through the gateway (uvicorn), a gpu and
+a profiler Celery worker and the reconciler, Postgres, Redis and the S3 server.
+
+A 2-configuration x 2-seed sweep trains its teacher once and each seed's baseline once, and the
+parent ends with the comparison; a configuration whose own teacher diverges fails only its
+child (which never starts), the others finish and the parent ends `partial`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from distillery.db import Experiment, Stage
+from distillery.s3 import make_storage
+from tests.support.experiments import tiny_spec
+
+pytestmark = pytest.mark.slow
+
+FINISHED = {"succeeded", "failed", "cancelled", "partial"}
+
+
+def _sweep(name: str, data_root: Path, sweep: dict[str, Any]) -> dict[str, Any]:
+    spec = tiny_spec(
+        name, data_root, epochs=1, steps=2, stages=["teacher", "student", "distill"]
+    ).model_dump(mode="json")
+    spec["sweep"] = sweep
+    return spec
+
+
+def _client(url: str, token: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+
+def _wait(client: httpx.Client, exp_id: str, poll, timeout_s: float) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        body = client.get(f"/experiments/{exp_id}").json()
+        return body if body["status"] in FINISHED else None
+
+    return poll(done, timeout_s, f"sweep {exp_id}", interval_s=1.0)
+
+
+def _stages_by_name(session_factory, parent_id: str) -> dict[str, list[Stage]]:
+    with session_factory() as s:
+        ids = s.scalars(select(Experiment.id).where(Experiment.parent_id == parent_id)).all()
+        stages = s.scalars(select(Stage).where(Stage.experiment_id.in_(ids))).all()
+    out: dict[str, list[Stage]] = {}
+    for st in stages:
+        out.setdefault(st.name, []).append(st)
+    return out
+
+
+def test_a_sweep_trains_shared_stages_once_and_the_parent_ends_with_the_comparison(
+    settings, gateway_url, make_user, session_factory, start_worker, start_reconciler, tmp_path,
+    poll,
+):  # fmt: skip
+    alice = _client(gateway_url, make_user("alice"))
+    spec = _sweep(
+        "sweep-ok",
+        tmp_path / "data",
+        {"seeds": [0, 1], "grid": {"distillation.losses.1.temperature": [1, 4]}},
+    )
+    r = alice.post("/experiments", json=spec)
+    assert r.status_code == 201, r.text
+    parent_id = r.json()["id"]
+    start_worker("gpu")
+    start_worker("profiler")
+    start_reconciler(interval_s=2, stale_after_s=30)
+    parent = _wait(alice, parent_id, poll, 420)
+    assert parent["status"] == "succeeded", parent
+    assert parent["sweep"]["counts"] == {"succeeded": 7}
+
+    # one teacher, one baseline per seed, one distillation per child: each trained once
+    stages = _stages_by_name(session_factory, parent_id)
+    assert {k: len(v) for k, v in stages.items()} == {"teacher": 1, "student": 2, "distill": 4}
+    assert all(st.attempts == 1 for v in stages.values() for st in v)
+    (teacher,) = stages["teacher"]
+    assert all(d.started_at >= teacher.finished_at for d in stages["distill"])
+
+    # the comparison: both configurations at both seeds, gains over the seed's own baseline
+    results = parent["results"]
+    rows = {c["name"]: c for c in results["configurations"]}
+    assert set(rows) == {"temperature-1", "temperature-4"}
+    baseline = {r["seed"]: r["miou"] for r in results["baseline"]["per_seed"]}
+    assert sorted(baseline) == [0, 1]
+    for row in rows.values():
+        assert [r["seed"] for r in row["per_seed"]] == [0, 1]
+        for r in row["per_seed"]:
+            assert r["gain"] == pytest.approx(r["miou"] - baseline[r["seed"]])
+        assert row["gain_ci95"] is not None and len(row["gain_ci95"]) == 2
+    assert results["teacher_miou"] == pytest.approx(teacher.result["metrics"]["miou"])
+    assert results["status"] == "succeeded"
+    # stored with the parent's artifacts, as a local sweep writes it
+    storage = make_storage(settings, settings.artifacts_bucket)
+    stored = json.loads(storage.get_bytes(f"artifacts/{parent_id}/results.json"))
+    assert stored["configurations"] == results["configurations"]
+    kinds = {a["kind"] for a in parent["artifacts"]}
+    assert {"results", "report"} <= kinds
+
+
+def test_a_failed_shared_teacher_fails_only_its_children_and_the_parent_is_partial(
+    settings, gateway_url, make_user, session_factory, start_worker, start_reconciler, tmp_path,
+    poll,
+):  # fmt: skip
+    alice = _client(gateway_url, make_user("alice"))
+    # this configuration's teacher differs (its own, shared by no one) and diverges
+    diverging = {
+        "teacher.losses": [{"kind": "cross_entropy", "weight": 1000.0}],
+        "teacher.train": {
+            "epochs": 3, "batch_size": 2, "max_steps_per_epoch": 4, "optimizer": "sgd", "lr": 10.0,
+        },
+    }  # fmt: skip
+    spec = _sweep(
+        "sweep-partial",
+        tmp_path / "data",
+        {
+            "seeds": [0],
+            "configurations": [
+                {"name": "good", "overrides": {}},
+                {"name": "bad-teacher", "overrides": diverging},
+            ],
+        },
+    )
+    r = alice.post("/experiments", json=spec)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["sweep"]["plan"]["stage_counts"]["teacher"] == [2, 2]
+    start_worker("gpu")
+    start_worker("profiler")
+    start_reconciler(interval_s=2, stale_after_s=30)
+    parent = _wait(alice, body["id"], poll, 420)
+    assert parent["status"] == "partial", parent
+    members = {(m["role"], m["configuration"]): m for m in parent["sweep"]["members"]}
+    assert members[("child", "good")]["status"] == "succeeded"
+    bad = members[("child", "bad-teacher")]
+    assert bad["status"] == "failed"
+    assert parent["sweep"]["counts"] == {"succeeded": 3, "failed": 2}
+    with session_factory() as s:
+        (distill,) = s.scalars(select(Stage).where(Stage.experiment_id == bad["id"])).all()
+    assert distill.attempts == 0 and distill.error.startswith("not run: it needs stage teacher")
+    rows = {c["name"]: c for c in parent["results"]["configurations"]}
+    assert [r["seed"] for r in rows["good"]["per_seed"]] == [0]
+    assert rows["bad-teacher"]["per_seed"] == []
+    assert parent["results"]["status"] == "partial"

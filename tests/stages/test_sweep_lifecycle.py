@@ -1,0 +1,162 @@
+"""A sweep's stages on SQLite (the worker tests run the same code on Postgres with real
+workers): a child's `distill` waits for its shared teacher and fails with it, the comparison
+waits for every member whatever its outcome, and the parent's status sums up the members."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from distillery.db import Experiment, Stage, StageStatus
+from distillery.spec import ExperimentSpec
+from distillery.stages import lifecycle
+from distillery.stages.sweep_plan import insert_sweep
+
+LEASE = timedelta(seconds=30)
+
+
+def _spec(configurations: list[dict]) -> ExperimentSpec:
+    return ExperimentSpec.model_validate(
+        {
+            "name": "sw",
+            "data": {
+                "train": [{"format": "cityscapes", "root": "a"}],
+                "val": [{"format": "cityscapes", "root": "a"}],
+            },
+            "stages": ["teacher", "student", "distill"],
+            "sweep": {"seeds": [0], "configurations": configurations},
+        }
+    )
+
+
+#: Two configurations with a teacher each ("b" changes the teacher's width), one baseline.
+TWO_TEACHERS = [
+    {"name": "a", "overrides": {}},
+    {"name": "b", "overrides": {"teacher.model.width": 16}},
+]
+
+
+@pytest.fixture
+def sweep(sessions) -> dict[str, object]:
+    """Parent id, stage ids by (role, configuration or key), the ids sent at submission."""
+    with sessions.begin() as s:
+        inserted = insert_sweep(s, _spec(TWO_TEACHERS))
+        ids: dict[tuple[str, str], int] = {}
+        for m in inserted.members:
+            info = m.experiment["sweep"]
+            tag = info.get("configuration") or info["key"]
+            (stage,) = m.stages
+            ids[(info["role"], tag)] = stage["id"]
+        teachers = {
+            m.experiment["sweep"]["key"]: m.stages[0]["id"]
+            for m in inserted.members
+            if m.experiment["sweep"]["role"] == "teacher"
+        }
+        child_teacher = {c.configuration: teachers[c.teacher_key] for c in inserted.plan.children}
+        return {
+            "parent": inserted.parent.experiment["id"],
+            "compare": inserted.parent.stages[0]["id"],
+            "ids": ids,
+            "teacher_of": child_teacher,
+            "sent": {stage_id for stage_id, _queue in inserted.to_send},
+        }
+
+
+def _run(sessions, stage_id: int, ok: bool = True) -> None:
+    with sessions.begin() as s:
+        assert lifecycle.claim(s, stage_id, "w:1", LEASE) is not None
+    with sessions.begin() as s:
+        if ok:
+            lifecycle.succeed(
+                s, stage_id, "w:1", result={"m": 1}, model_key=f"k{stage_id}", wandb=None
+            )
+        else:
+            lifecycle.fail(s, stage_id, "w:1", "diverged at step 3 (loss=nan)")
+
+
+def _status(sessions, exp_id: str) -> StageStatus:
+    with sessions() as s:
+        return s.get(Experiment, exp_id).status
+
+
+def test_children_wait_for_their_teacher_and_get_its_model(sessions, sweep) -> None:
+    ids, teacher_of = sweep["ids"], sweep["teacher_of"]
+    child_a = ids[("child", "a")]
+    # sent at submission: both teachers and the baseline, not the children nor the comparison
+    assert sweep["sent"] == {ids[k] for k in ids if k[0] != "child"}
+    with sessions.begin() as s:
+        assert lifecycle.claim(s, child_a, "w:1", LEASE) is None  # its teacher is queued
+        waiting = {st.id for st in lifecycle.requeue_lost(s, datetime.now(UTC), 0)}
+    assert child_a not in waiting and sweep["compare"] not in waiting
+    assert _status(sessions, sweep["parent"]) == StageStatus.queued
+    _run(sessions, teacher_of["a"])
+    assert _status(sessions, sweep["parent"]) == StageStatus.running
+    with sessions() as s:
+        assert [st.id for st in lifecycle.ready_after(s, teacher_of["a"])] == [child_a]
+    with sessions.begin() as s:
+        claimed = lifecycle.claim(s, child_a, "w:1", LEASE)
+    (part,) = claimed.needed
+    assert (part.name, part.status, part.model_key) == (
+        "teacher",
+        "succeeded",
+        f"k{teacher_of['a']}",
+    )
+
+
+def test_a_failed_teacher_fails_only_its_children_and_the_parent_is_partial(
+    sessions, sweep
+) -> None:
+    ids, teacher_of, compare = sweep["ids"], sweep["teacher_of"], sweep["compare"]
+    _run(sessions, teacher_of["b"], ok=False)
+    with sessions() as s:
+        child_b = s.get(Stage, ids[("child", "b")])
+        assert child_b.status == StageStatus.failed and child_b.attempts == 0
+        assert child_b.error.startswith("not run: it needs stage teacher")
+        assert child_b.experiment.status == StageStatus.failed
+        assert s.get(Stage, ids[("child", "a")]).status == StageStatus.queued
+        assert lifecycle.ready_after(s, teacher_of["b"]) == []  # others still run
+    _run(sessions, teacher_of["a"])
+    baseline = next(v for k, v in ids.items() if k[0] == "baseline")
+    _run(sessions, baseline)
+    _run(sessions, ids[("child", "a")])
+    with sessions() as s:  # the last member ended: the comparison may run, despite a failure
+        assert [st.id for st in lifecycle.ready_after(s, ids[("child", "a")])] == [compare]
+    assert _status(sessions, sweep["parent"]) == StageStatus.running
+    _run(sessions, compare)
+    assert _status(sessions, sweep["parent"]) == StageStatus.partial
+    with sessions() as s:
+        assert lifecycle.member_counts(s, sweep["parent"]) == {"succeeded": 3, "failed": 2}
+
+
+def test_every_member_succeeded_is_a_succeeded_sweep_and_none_is_failed(sessions, sweep) -> None:
+    ids, compare = sweep["ids"], sweep["compare"]
+    for key in sorted(ids, key=lambda k: k[0] == "child"):  # shared stages first
+        _run(sessions, ids[key])
+    _run(sessions, compare)
+    assert _status(sessions, sweep["parent"]) == StageStatus.succeeded
+    with sessions.begin() as s, pytest.raises(ValueError):  # nothing to retry
+        lifecycle.retry_sweep(s, s.get(Experiment, sweep["parent"]))
+
+
+def test_no_child_succeeded_is_a_failed_sweep_and_a_retry_requeues_the_failed(
+    sessions, sweep
+) -> None:
+    ids, teacher_of, compare = sweep["ids"], sweep["teacher_of"], sweep["compare"]
+    for config in ("a", "b"):
+        _run(sessions, teacher_of[config], ok=False)
+    baseline = next(v for k, v in ids.items() if k[0] == "baseline")
+    _run(sessions, baseline)
+    _run(sessions, compare)
+    assert _status(sessions, sweep["parent"]) == StageStatus.failed
+    with sessions.begin() as s:
+        to_send = {st.id for st in lifecycle.retry_sweep(s, s.get(Experiment, sweep["parent"]))}
+    # the teachers are sent again; the children and the comparison wait for them
+    assert to_send == set(teacher_of.values())
+    assert (
+        _status(sessions, sweep["parent"]) == StageStatus.queued
+        or _status(sessions, sweep["parent"]) == StageStatus.running
+    )
+    with sessions() as s:
+        assert s.get(Stage, ids[("child", "a")]).status == StageStatus.queued
+        assert s.get(Stage, compare).status == StageStatus.queued
