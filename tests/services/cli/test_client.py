@@ -295,3 +295,31 @@ def test_cli_share_lists_adds_and_takes_back(gateway_url, make_user, tmp_path):
     assert r.exit_code == 1 and "no user 'nobody-here'" in r.output
     r = cli("share", exp_id, "erin", "--remove", *opts)
     assert r.exit_code == 0 and "shared with nobody" in r.output
+
+
+def test_cli_submits_a_sweep_and_shows_its_members(gateway_url, make_user, tmp_path):
+    token = make_user("erin")
+    opts = ["--url", gateway_url, "--token", token]
+    spec = dict(
+        SPEC,
+        name="cli-sweep",
+        stages=["teacher", "student", "distill"],
+        sweep={"seeds": [0, 1], "grid": {"distillation.losses.1.temperature": [1, 4]}},
+    )
+    spec_path = tmp_path / "sweep.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    r = cli("submit", str(spec_path), *opts)
+    assert r.exit_code == 0, r.output
+    assert "submitted sweep" in r.output and "7 member experiments" in r.output
+    assert "teacher 1 (of 4), student 2 (of 4), distill 4 (of 4)" in r.output
+    parent_id = r.output.split("submitted sweep ")[1].split()[0]
+
+    r = cli("status", parent_id, *opts)
+    assert r.exit_code == 0, r.output
+    assert "compare" in r.output and "members: 7 queued" in r.output
+    for part in ("child temperature-1 seed 0", "child temperature-4 seed 1", "shared teacher"):
+        assert part in r.output, part
+    r = cli("cancel", parent_id, *opts)
+    assert r.exit_code == 0, r.output
+    r = cli("status", parent_id, *opts)
+    assert "members: 7 cancelled" in r.output, r.output
