@@ -1,16 +1,18 @@
-"""`compare`: a sweep's comparison table, once every member has ended (sweep level).
+"""`compare`: a sweep's comparison table and report, once every member has ended (sweep level).
 
 Planned once for a sweep's parent (`distillery.stages.sweep_plan`), on the profiler queue; it
 needs every stage of every member (`stage_needs`) and runs `after_failures`: a failed child is
 a row with its error, not the end of the sweep. It downloads each member's stage results
-(metrics, history) and results table, builds the table of `distillery.stages.sweep_results`
-(the one `distillery run` writes for a local sweep) and stores ``results.json`` (with
-``configurations``, ``baseline``, ``plan``, ``parts``) and ``report.md`` as the parent's
-artifacts; the table is also the parent's `results`.
+(metrics, history), exported models and results table into a folder laid out like the artifacts
+store, builds the table of `distillery.stages.sweep_results` (the one `distillery run` writes
+for a local sweep: statistics, bias–variance over seeds, each teacher's entropy and ECE) and
+stores ``results.json`` (``configurations``, ``baseline``, ``plan``, ``parts``, ...) and
+``report.md`` as the parent's artifacts, with the report's Markdown and PNGs under
+``report/`` (`distillery.research.report`); the table is also the parent's `results`.
 
-Not done here (yet), unlike a local sweep: the analyses that need the models and the data
-(bias–variance over seeds, teacher entropy and calibration, sample predictions) and the
-compute-matched baselines.
+If the analyses that read the models and the data fail (the data unreachable from the profiler
+worker, say), the table is built without them and ``analyses_error`` says why. Not done here,
+unlike a local sweep: sample predictions and the compute-matched baselines.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ class CompareStage(StageKind):
         return json.loads(ctx.retrying(f"download {key}", lambda: ctx.storage.get_bytes(key)))
 
     def run(self, ctx: StageContext) -> StageOutput:
-        from distillery.research.summary import sweep_markdown
         from distillery.stages.sweep_results import Outcome, summarize
         from distillery.sweeps import plan_sweep
 
@@ -67,20 +68,43 @@ class CompareStage(StageKind):
             key = (child.configuration, child.seed)
             if key not in children:
                 children[key] = Outcome(ctx.workdir, None, "its experiment is gone", 0.0)
-        results = summarize(ctx.spec, plan, teachers, baselines, children, analyses=False)
+        resolve = getattr(ctx.hooks, "resolve_root", None)
+        try:
+            results = summarize(ctx.spec, plan, teachers, baselines, children, resolve_root=resolve)
+            results["analyses_error"] = None
+        except Exception as e:  # noqa: BLE001 - the table stands without the analyses
+            results = summarize(ctx.spec, plan, teachers, baselines, children, analyses=False)
+            results["analyses_error"] = f"{type(e).__name__}: {e}"
         results["experiment_id"] = ctx.experiment_id
-        results["analyses"] = None  # bias-variance, entropy/ECE, samples: `distillery run` only
+        return StageOutput(result=results, artifacts=self._store(ctx, results))
+
+    def _store(self, ctx: StageContext, results: dict[str, Any]) -> list[Any]:
+        """``results.json``, ``report.md`` and ``report/`` (Markdown and PNGs) of the sweep."""
+        from distillery.research.report import write_report
+        from distillery.research.summary import sweep_markdown
+
+        exp = ctx.experiment_id
         table = json.dumps(results, indent=2, default=str).encode()
-        report = sweep_markdown(results).encode()
-        jkey, rkey = keys.results_key(ctx.experiment_id), keys.report_key(ctx.experiment_id)
-        ctx.retrying(
-            f"upload {jkey}", lambda: ctx.storage.put_bytes(jkey, table, "application/json")
-        )
-        ctx.retrying(f"upload {rkey}", lambda: ctx.storage.put_bytes(rkey, report, "text/markdown"))
-        return StageOutput(
-            result=results,
-            artifacts=[("results", jkey, len(table)), ("report", rkey, len(report))],
-        )
+        summary = sweep_markdown(results).encode()
+        folder = ctx.workdir / "comparison"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_bytes(table)
+        files = [
+            ("results", keys.results_key(exp), table, "application/json"),
+            ("report", keys.report_key(exp), summary, "text/markdown"),
+        ]
+        report = write_report(folder, folder / "report")
+        for path in sorted(report.parent.glob("*.png")) + [report]:
+            kind = "text/markdown" if path.suffix == ".md" else "image/png"
+            files.append(("report", keys.report_file_key(exp, path.name), path.read_bytes(), kind))
+        artifacts = []
+        for kind, key, data, content_type in files:
+            ctx.retrying(
+                f"upload {key}",
+                lambda k=key, d=data, c=content_type: ctx.storage.put_bytes(k, d, c),
+            )
+            artifacts.append((kind, key, len(data)))
+        return artifacts
 
     def _outcome(self, ctx: StageContext, member: str, parts: list[Part]) -> Any:
         """The member as an `Outcome`: its stage results downloaded into a folder laid out like
@@ -92,11 +116,16 @@ class CompareStage(StageKind):
         for part in parts:
             if part.status != "succeeded" or part.name not in TRAINED:
                 continue
-            key = keys.stage_results_key(member, part.name)
-            path = folder / key
-            if not path.is_file():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                ctx.retrying(f"download {key}", lambda k=key, p=path: ctx.storage.get_file(k, p))
+            wanted = [keys.stage_results_key(member, part.name)]
+            if part.model_key:
+                wanted.append(keys.model_key(member, part.name))
+            for key in wanted:
+                path = folder / key
+                if not path.is_file():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    ctx.retrying(
+                        f"download {key}", lambda k=key, p=path: ctx.storage.get_file(k, p)
+                    )
         table = self._download_json(ctx, keys.results_key(member)) or {}
         error = next(
             (f"{p.name} {p.status}: {p.error}" for p in parts if p.status != "succeeded"), None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distillery.research.summary import ConfigResult, SeedResult, sweep_summary
-from distillery.spec import ExperimentSpec
+from distillery.spec import DatasetRef, ExperimentSpec
 from distillery.stages import keys
 from distillery.sweeps import SweepPlan, content_hash, teacher_identity
 
@@ -85,6 +85,7 @@ def summarize(
     *,
     analyses: bool = True,
     say: Callable[[str], None] = lambda _m: None,
+    resolve_root: Callable[[DatasetRef], Path] | None = None,
 ) -> dict[str, Any]:
     """The parent's results from its parts' outcomes (see `distillery.research.summary`)."""
     from distillery.research.predict import evaluate_model, seeds_bias_variance, teacher_calibration
@@ -99,16 +100,18 @@ def summarize(
         facts: dict[str, Any] = {"teacher_key": key, "teacher_error": outcome.error}
         if analyses and path is not None:
             say(f"teacher {key}: entropy and calibration")
-            cal = teacher_calibration(path, spec.data)
+            cal = teacher_calibration(path, spec.data, resolve_root=resolve_root)
             facts.update(teacher_entropy=cal.normalized_entropy, teacher_ece=cal.ece)
         teacher_facts[key] = facts
     given = spec.teacher.model.checkpoint
     if not teachers and given and Path(given).is_file():
         say("teacher checkpoint: evaluating its mIoU")
-        teacher_miou[None] = float(evaluate_model(given, spec.data)["miou"])  # type: ignore[arg-type]
+        teacher_miou[None] = float(
+            evaluate_model(given, spec.data, resolve_root=resolve_root)["miou"]
+        )  # type: ignore[arg-type]
         facts = {"teacher_key": None}
         if analyses:
-            cal = teacher_calibration(given, spec.data)
+            cal = teacher_calibration(given, spec.data, resolve_root=resolve_root)
             facts.update(teacher_entropy=cal.normalized_entropy, teacher_ece=cal.ece)
         teacher_facts[None] = facts
     base_ident = teacher_identity(spec.model_copy(update={"sweep": None}), spec.seed)
@@ -188,13 +191,14 @@ def summarize(
     if analyses:
         if len(baseline_paths) >= 2:
             say("baseline: bias and variance over seeds")
-            bv = seeds_bias_variance(baseline_paths, spec.data)
+            bv = seeds_bias_variance(baseline_paths, spec.data, resolve_root=resolve_root)
             results["baseline"]["bias_variance"] = bv.as_dict()
         for row in results["configurations"]:
             paths = paths_by_config.get(row["name"], [])
             if len(paths) >= 2:
                 say(f"{row['name']}: bias and variance over seeds")
-                row["bias_variance"] = seeds_bias_variance(paths, spec.data).as_dict()
+                bv = seeds_bias_variance(paths, spec.data, resolve_root=resolve_root)
+                row["bias_variance"] = bv.as_dict()
     results["plan"] = plan.as_dict()
     results["parts"] = {
         "teachers": {k: _part(o) for k, o in teachers.items()},

@@ -99,8 +99,16 @@ def test_a_sweep_trains_shared_stages_once_and_the_parent_ends_with_the_comparis
     storage = make_storage(settings, settings.artifacts_bucket)
     stored = json.loads(storage.get_bytes(f"artifacts/{parent_id}/results.json"))
     assert stored["configurations"] == results["configurations"]
-    kinds = {a["kind"] for a in parent["artifacts"]}
-    assert {"results", "report"} <= kinds
+    # the analyses over the members' models: bias-variance over the seeds, the teacher's ECE
+    assert results["analyses_error"] is None
+    assert results["baseline"]["bias_variance"]["pixels"] > 0
+    for row in rows.values():
+        assert 0 <= row["bias_variance"]["bias"] <= 1
+        assert 0 <= row["teacher_ece"] <= 1
+    listed = {a["key"]: a["kind"] for a in parent["artifacts"]}
+    assert listed[f"artifacts/{parent_id}/results.json"] == "results"
+    assert listed[f"artifacts/{parent_id}/report/report.md"] == "report"
+    assert f"artifacts/{parent_id}/report/gains.png" in listed
 
 
 def test_a_failed_shared_teacher_fails_only_its_children_and_the_parent_is_partial(
