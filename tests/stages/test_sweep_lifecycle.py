@@ -90,8 +90,11 @@ def test_children_wait_for_their_teacher_and_get_its_model(sessions, sweep) -> N
         waiting = {st.id for st in lifecycle.requeue_lost(s, datetime.now(UTC), 0)}
     assert child_a not in waiting and sweep["compare"] not in waiting
     assert _status(sessions, sweep["parent"]) == StageStatus.queued
-    _run(sessions, teacher_of["a"])
-    assert _status(sessions, sweep["parent"]) == StageStatus.running
+    with sessions.begin() as s:
+        assert lifecycle.claim(s, teacher_of["a"], "w:1", LEASE) is not None
+    assert _status(sessions, sweep["parent"]) == StageStatus.running  # a member runs
+    with sessions.begin() as s:
+        lifecycle.succeed(s, teacher_of["a"], "w:1", result={}, model_key="k", wandb=None)
     with sessions() as s:
         assert [st.id for st in lifecycle.ready_after(s, teacher_of["a"])] == [child_a]
     with sessions.begin() as s:
@@ -100,7 +103,7 @@ def test_children_wait_for_their_teacher_and_get_its_model(sessions, sweep) -> N
     assert (part.name, part.status, part.model_key) == (
         "teacher",
         "succeeded",
-        f"k{teacher_of['a']}",
+        "k",
     )
 
 

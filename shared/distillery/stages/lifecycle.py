@@ -190,6 +190,7 @@ def claim(s: Session, stage_id: int, worker: str, lease: timedelta) -> Claimed |
     stage.attempts += 1
     stage.error = None
     exp.status = StageStatus.running
+    _roll_up_parent(exp)  # a sweep runs once a member does
     return Claimed(
         stage_id=stage.id,
         name=stage.name,
@@ -648,12 +649,20 @@ def _roll_up(exp: Experiment) -> None:
         _roll_up_sweep(exp)
     else:
         _roll_up_stages(exp)
+    _roll_up_parent(exp)
+
+
+def _roll_up_parent(exp: Experiment) -> None:
+    """Roll up the sweep `exp` is a member of, if any. The parent's row is locked first, so
+    members ending at once roll it up one after another (the last sees every other's end);
+    a deadlock with a concurrent cancel is detected by Postgres and the worker's transaction
+    retried (`backoff.retrying`)."""
     s = object_session(exp)
     if exp.parent_id is not None and s is not None:
         parent = s.execute(
             select(Experiment)
             .where(Experiment.id == exp.parent_id)
-            .with_for_update()  # members ending at once roll the parent up one after another
+            .with_for_update()
             .execution_options(populate_existing=True)
         ).scalar_one_or_none()
         if parent is not None:
