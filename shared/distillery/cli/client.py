@@ -359,12 +359,18 @@ def results(
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
 ) -> None:
-    """The comparison table: teacher, student baseline, distilled student."""
+    """The comparison table: teacher, student baseline, distilled student (a sweep: its
+    configurations' gains with their intervals)."""
     exp = _call(_gateway(url, token).get, f"/experiments/{experiment_id}")
     res = exp.get("results")
     if not res:
         _fail(f"experiment {experiment_id} has no results yet (status {exp['status']})")
-    console.print(results_table(res))
+    if res.get("kind") == "sweep":  # a sweep's comparison: configurations x seeds
+        from distillery.research.summary import sweep_markdown
+
+        console.print(sweep_markdown(res), highlight=False)
+    else:
+        console.print(results_table(res))
     links = [a for a in exp.get("artifacts", []) if a["kind"] in ("report", "results", "profile")]
     if links:
         table = Table(title="reports (links valid for an hour)", title_justify="left")

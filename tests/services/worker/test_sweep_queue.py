@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from distillery.cli.main import app
 from distillery.db import Experiment, Stage
 from distillery.s3 import make_storage
 from tests.support.experiments import tiny_spec
@@ -59,7 +61,8 @@ def test_a_sweep_trains_shared_stages_once_and_the_parent_ends_with_the_comparis
     settings, gateway_url, make_user, session_factory, start_worker, start_reconciler, tmp_path,
     poll,
 ):  # fmt: skip
-    alice = _client(gateway_url, make_user("alice"))
+    token = make_user("alice")
+    alice = _client(gateway_url, token)
     spec = _sweep(
         "sweep-ok",
         tmp_path / "data",
@@ -109,6 +112,13 @@ def test_a_sweep_trains_shared_stages_once_and_the_parent_ends_with_the_comparis
     assert listed[f"artifacts/{parent_id}/results.json"] == "results"
     assert listed[f"artifacts/{parent_id}/report/report.md"] == "report"
     assert f"artifacts/{parent_id}/report/gains.png" in listed
+    # `distillery results` prints the sweep's table, `status` its members
+    runner = CliRunner(env={"COLUMNS": "200"})
+    opts = ["--url", gateway_url, "--token", token]
+    out = runner.invoke(app, ["results", parent_id, *opts], catch_exceptions=False).output
+    assert "temperature-1" in out and "temperature-4" in out, out
+    out = runner.invoke(app, ["status", parent_id, *opts], catch_exceptions=False).output
+    assert "members: 7 succeeded" in out, out
 
 
 def test_a_failed_shared_teacher_fails_only_its_children_and_the_parent_is_partial(
