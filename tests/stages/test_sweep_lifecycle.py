@@ -163,3 +163,16 @@ def test_no_child_succeeded_is_a_failed_sweep_and_a_retry_requeues_the_failed(
     with sessions() as s:
         assert s.get(Stage, ids[("child", "a")]).status == StageStatus.queued
         assert s.get(Stage, compare).status == StageStatus.queued
+
+
+def test_the_reconciler_sends_a_waiting_child_once_its_teacher_has_ended(sessions, sweep) -> None:
+    """If the worker that ended the teacher died before sending the children, the reconciler
+    finds them: runnable since the teacher's end, never sent."""
+    child_a, teacher = sweep["ids"][("child", "a")], sweep["teacher_of"]["a"]
+    _run(sessions, teacher)
+    with sessions() as s:
+        stage = s.get(Stage, child_a)
+        ended = lifecycle.aware(s.get(Stage, teacher).finished_at)
+        assert lifecycle.runnable_since(s, stage) == ended
+        lost = {st.id for st in lifecycle.requeue_lost(s, datetime.now(UTC), 30)}
+    assert child_a in lost and sweep["compare"] not in lost
