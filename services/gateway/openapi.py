@@ -27,7 +27,7 @@ EXTRA: dict[tuple[str, str], dict[int, str]] = {
     },
     ("post", "/experiments/{experiment_id}/retry"): {
         403: "only the owner or an admin may retry",
-        409: "nothing to retry: the experiment has not failed or been cancelled",
+        409: "nothing to retry: the experiment has not failed, been cancelled or ended partial",
     },
     ("put", "/experiments/{experiment_id}/shares/{user_name}"): {
         403: "only the owner or an admin may share",

@@ -203,16 +203,18 @@ def cancel_experiment(session: Session, experiment_id: str, dispatcher: Dispatch
 
 def retry_experiment(session: Session, experiment_id: str, dispatcher: Dispatcher) -> Experiment:
     """Queue a failed or cancelled experiment's unfinished stages again (succeeded stages are
-    kept; each resumes from its last checkpoint) and enqueue the first of them."""
+    kept; each resumes from its last checkpoint) and enqueue the first of them. A failed,
+    cancelled or partial sweep retries its failed and cancelled members, then its comparison
+    (`lifecycle.retry_sweep`)."""
     experiment = session.get(
         Experiment, experiment_id, with_for_update=True, populate_existing=True
     )
     if experiment is None:
         raise LookupError(experiment_id)
-    if experiment.status not in (StageStatus.failed, StageStatus.cancelled):
+    if experiment.status not in (StageStatus.failed, StageStatus.cancelled, StageStatus.partial):
         raise Conflict(
-            f"experiment {experiment_id} is {experiment.status.value}: only a failed or "
-            "cancelled experiment can be retried"
+            f"experiment {experiment_id} is {experiment.status.value}: only a failed, "
+            "cancelled or partial experiment can be retried"
         )
     if lifecycle.is_sweep(experiment):  # its failed members, then its comparison
         to_send = lifecycle.retry_sweep(session, experiment)

@@ -212,6 +212,15 @@ def test_cancel_and_delete_of_a_sweep_apply_to_its_members(
     assert detail["status"] == "cancelled"
     assert detail["sweep"]["counts"] == {"cancelled": 7}
     assert celery_messages(queues.gpu) == []  # their waiting messages were dropped
+    # a retry queues every member again; the shared stages are sent, the children wait
+    r = alice.post(f"/experiments/{parent['id']}/retry")
+    assert r.status_code == 200, r.text
+    detail = alice.get(f"/experiments/{parent['id']}").json()
+    assert detail["status"] == "queued" and detail["sweep"]["counts"] == {"queued": 7}
+    shared = {m["stages"][0]["name"] for m in detail["sweep"]["members"] if m["role"] != "child"}
+    assert shared == {"teacher", "student"}
+    assert len(celery_messages(queues.gpu)) == 3  # one teacher, two baselines
+    assert alice.post(f"/experiments/{parent['id']}/cancel").status_code == 200
     assert alice.delete(f"/experiments/{parent['id']}").status_code == 204
     with session_factory() as s:
         left = s.scalars(select(Experiment.id).where(Experiment.id.in_(member_ids))).all()
