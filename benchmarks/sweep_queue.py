@@ -116,6 +116,13 @@ def main(argv: list[str] | None = None) -> None:
                 for st in stages
                 if st.started_at and st.finished_at
             )
+            # the gpu worker's idle time between one stage's end and the next one's claim
+            runs = sorted(
+                (aware(st.started_at), aware(st.finished_at))
+                for st in stages
+                if st.queue == settings.gpu_queue and st.started_at and st.finished_at
+            )
+            gaps = [(b[0] - a[1]).total_seconds() for a, b in zip(runs, runs[1:], strict=False)]
             trained = {k: sum(st.name == k for st in stages) for k in ("teacher", "student")}
             trained["distill"] = sum(st.name == "distill" for st in stages)
             status = s.get(Experiment, parent["id"]).status.value
@@ -145,6 +152,10 @@ def main(argv: list[str] | None = None) -> None:
     rows += [
         ("queue: POST to parent ended (1 gpu + 1 profiler worker)", f"{queue_wall:.1f} s"),
         ("queue: the stages' own time (claim to end, summed)", f"{busy:.1f} s"),
+        (
+            "queue: gpu worker idle between stages (median, max)",
+            f"{statistics.median(gaps):.1f} s, {max(gaps):.1f} s",
+        ),
         ("local `distillery run` of the same sweep", f"{local_wall:.1f} s"),
     ]
     print("| measure | value |\n|---|---|")
