@@ -176,3 +176,16 @@ def test_the_reconciler_sends_a_waiting_child_once_its_teacher_has_ended(session
         assert lifecycle.runnable_since(s, stage) == ended
         lost = {st.id for st in lifecycle.requeue_lost(s, datetime.now(UTC), 30)}
     assert child_a in lost and sweep["compare"] not in lost
+
+
+def test_a_shared_teacher_cancelled_alone_fails_its_children_at_once(sessions, sweep) -> None:
+    ids, teacher_of = sweep["ids"], sweep["teacher_of"]
+    with sessions.begin() as s:
+        teacher = s.get(Stage, teacher_of["b"]).experiment
+        assert lifecycle.request_cancel(s, teacher) == [teacher_of["b"]]
+    with sessions() as s:
+        child_b = s.get(Stage, ids[("child", "b")])
+        assert child_b.status == StageStatus.failed
+        assert child_b.error.endswith("which cancelled")
+        assert s.get(Stage, ids[("child", "a")]).status == StageStatus.queued
+    assert _status(sessions, sweep["parent"]) == StageStatus.running

@@ -260,12 +260,14 @@ def _fail_needing(stage: Stage, bad: Stage) -> None:
 
 def _end_needing(ended: list[Stage]) -> None:
     """After `ended` stages failed or were cancelled: fail the queued stages that need them
-    (except kinds that run `after_failures`)."""
+    (except kinds that run `after_failures`, and stages being cancelled themselves)."""
     for stage in ended:
         s = object_session(stage)
         if s is None:
             continue
         for other in needing_stages(s, stage.id):
+            if other.experiment.cancel_requested:
+                continue  # being cancelled itself
             if other.status == StageStatus.queued and not _after_failures(other):
                 _fail_needing(other, stage)
 
@@ -457,9 +459,11 @@ def request_cancel(s: Session, experiment: Experiment) -> list[int]:
     sweep's parent cancels its members too."""
     ids: list[int] = []
     if is_sweep(experiment):
-        for member in members(s, experiment.id):
-            if not member.status.finished:
-                ids += request_cancel(s, member)
+        live = [m for m in members(s, experiment.id) if not m.status.finished]
+        for member in live:  # first, so that no member fails for another's cancel
+            member.cancel_requested = True
+        for member in live:
+            ids += request_cancel(s, member)
     experiment.cancel_requested = True
     ids += [st.id for st in experiment.stages if st.status == StageStatus.queued]
     s.execute(
@@ -474,6 +478,7 @@ def request_cancel(s: Session, experiment: Experiment) -> list[int]:
     for st in experiment.stages:
         s.refresh(st)
     _roll_up(experiment)
+    _end_needing([st for st in experiment.stages if st.id in ids])
     return ids
 
 
