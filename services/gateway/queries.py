@@ -39,6 +39,9 @@ BRIEF_COLUMNS = ("name", "position", "status", "queue", "epoch", "epochs", "step
 STAGE_COLUMNS = tuple(c.key for c in S.columns)
 #: What a summary shows of an experiment.
 SUMMARY_COLUMNS = ("id", "name", "status", "cancel_requested", "created_at", "updated_at")
+#: A list item's fields before its stages, in `ExperimentSummary`'s order (`owner` is a column
+#: of the page query).
+ITEM_COLUMNS = ("id", "name", "owner", "status", "cancel_requested", "created_at", "updated_at")
 
 
 def plain(column: Column[Any], name: str | None = None) -> ColumnElement[Any]:
