@@ -35,11 +35,15 @@ def model_response(
     )
 
 
-def rows_response(content: Mapping[str, Any]) -> Response:
+def rows_response(content: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Response:
     """`content` as `application/json`, encoded as `model_response` encodes a model (JSON
     datetimes, strings as they are). The route builds it in its `response_model`'s shape from its
     own rows (`tests/services/gateway/test_schemathesis.py` checks every answer against it)."""
-    return Response(content=to_json(content), media_type="application/json")
+    return Response(
+        content=to_json(content, inf_nan_mode="null"),
+        headers=dict(headers or {}),
+        media_type="application/json",
+    )
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:

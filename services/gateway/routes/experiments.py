@@ -26,7 +26,6 @@ from services.gateway.deps import (
 from services.gateway.limits import MAX_OFFSET, check_submission_allowed
 from services.gateway.responses import etag_matches, model_response, not_modified, rows_response
 from services.gateway.schemas import (
-    ArtifactOut,
     ExperimentDetail,
     ExperimentMetrics,
     ExperimentPage,
@@ -36,6 +35,11 @@ from services.gateway.schemas import (
     StageMetrics,
     StageOut,
 )
+
+#: A detail's stage fields (`StageOut`) other than its latest metrics (`MetricPoint`), all
+#: columns of `queries.detail_query`.
+STAGE_FIELDS = tuple(n for n in StageOut.model_fields if n != "latest_metrics")
+METRIC_FIELDS = tuple(MetricPoint.model_fields)
 
 #: Presigned artifact URLs live an hour; a detail's ETag changes every half hour, so a client
 #: that keeps a body because of a 304 never holds a link with less than half an hour left.
@@ -210,34 +214,21 @@ def get_experiment(
             latest = {m.stage_id: m for m in metric_rows}
         stages = []
         for s in stage_rows:
-            out = StageOut.model_validate(s)
-            if s["id"] in latest:
-                out.latest_metrics = MetricPoint.model_validate(latest[s["id"]])
+            out = {n: s[n] for n in STAGE_FIELDS}
+            m = latest.get(s["id"])
+            out["latest_metrics"] = None if m is None else {n: getattr(m, n) for n in METRIC_FIELDS}
             stages.append(out)
         stored = []
         if head.n_artifacts:
             params = {"experiment_id": experiment_id}
             stored = conn.execute(queries.artifacts_query(), params).all()
         artifacts = [
-            ArtifactOut(
-                stage=a.stage,
-                kind=a.kind,
-                key=a.key,
-                size=a.size,
-                created_at=a.created_at,
-                url=storage.url(a.key),
-            )
+            {**a._asdict(), "url": storage.url(a.key)}
             for a in sorted(stored, key=lambda a: (a.stage or "", a.key))
         ]
-    detail = ExperimentDetail(
-        **{n: getattr(head, n) for n in queries.SUMMARY_COLUMNS},
-        owner=head.owner,
-        spec=head.spec,
-        stages=stages,
-        results=head.results,
-        artifacts=artifacts,
-    )
-    return model_response(detail, headers={"ETag": etag})
+    detail = {n: getattr(head, n) for n in queries.ITEM_COLUMNS}
+    detail.update(stages=stages, spec=head.spec, results=head.results, artifacts=artifacts)
+    return rows_response(detail, headers={"ETag": etag})
 
 
 @router.get("/{experiment_id}/metrics", response_model=ExperimentMetrics)

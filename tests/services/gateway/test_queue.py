@@ -10,6 +10,7 @@ from distillery.db import Stage, StageStatus
 from distillery.db.models import utcnow
 from distillery.spec import ExperimentSpec
 from distillery.stages.plan import create_experiment
+from services.gateway.schemas import QueueOut
 
 from .helpers import spec_dict
 
@@ -74,6 +75,8 @@ def test_the_queue_is_paged_and_counts_the_whole_view(as_user, session_factory):
         s.commit()
 
     default = as_user("bob").get("/queue").json()
+    # Built from rows, not through the model: exactly the model's fields and JSON.
+    assert QueueOut.model_validate(default).model_dump(mode="json") == default
     assert (default["total"], default["running"], default["queued"]) == (53, 1, 52)
     assert (default["limit"], default["offset"]) == (50, 0)
     assert [e["experiment_id"] for e in default["entries"]] == ids[:50]
