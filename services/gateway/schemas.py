@@ -125,8 +125,15 @@ class QueueEntry(BaseModel):
 
 
 class QueueOut(BaseModel):
+    """One page of the queue view; the counts are of the whole view."""
+
+    #: Stages running, and stages waiting on a queue (all of them, not only this page's).
     running: int
     queued: int
+    #: Entries in the whole view (`running + queued`); a page holds at most `limit` of them.
+    total: int
+    limit: int
+    offset: int
     entries: list[QueueEntry]
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from distillery.db import Artifact, Dataset, Experiment, Metric, Stage, StageStatus
 from distillery.db.models import utcnow
 from services.celery_app import RUN_STAGE_TASK
+from services.gateway.schemas import ExperimentDetail
 
 from .helpers import spec_dict
 
@@ -296,6 +297,8 @@ def test_detail_has_stages_metrics_results_artifacts_and_wandb(as_user, session_
         s.commit()
 
     d = as_user("bob").get(f"/experiments/{exp_id}").json()  # everyone reads everything
+    # Built from rows, not through the model: exactly the model's fields and JSON.
+    assert ExperimentDetail.model_validate(d).model_dump(mode="json") == d
     assert d["owner"] == "alice" and d["status"] == "running"
     assert d["spec"]["name"] == "detail"
     t = d["stages"][0]
