@@ -4,18 +4,18 @@ reads and submits.
     python benchmarks/gateway_load.py [--clients 1,10,50,100] [--duration 10] [--workers 2]
                                       [--mix submit=1]  # one kind of request: its own cost
 
-Starts its own uvicorn (`--workers`, with `tests.support.devstack`; its log is printed if the run
-fails), in a throwaway Postgres schema, with the Celery dispatcher
-sending to throwaway Redis queues that are deleted afterwards. For each client count in the
-sweep (one gateway for the whole sweep, levels run one after the other), each client loops over
-a weighted mix: POST /experiments (20%), GET /experiments?limit=20 (40%), GET /experiments/{id}
-(30%), GET /queue (10%). Prints, per level, requests/s and p50/p99 latency per kind, then one
-line per level so the knee shows, with the gateway's CPU time per request (its processes, from
-/proc: steadier than latency on a shared machine). The number of 5xx answers must be zero and
-every submitted experiment must have put exactly one message on the GPU queue (the exit status
-is 1 otherwise). Each client is one keep-alive HTTP/1.1 connection driven by a minimal asyncio
-client (`KeepAlive`), so the load generator's own CPU stays small next to the gateway's.
-Traffic goes to 127.0.0.1 only; the run is bounded in time.
+Starts its own uvicorn (`--workers`, with `tests.support.devstack`; its log is printed if the
+run fails), in a throwaway Postgres schema, with the Celery dispatcher sending to throwaway
+Redis queues that are deleted afterwards. For each client count in the sweep (one gateway for
+the whole sweep, levels run one after the other), each client loops over a weighted mix: POST
+/experiments (20%), GET /experiments?limit=20 (40%), GET /experiments/{id} (30%), GET /queue
+(10%; its default page of 50 entries). Prints, per level, requests/s and p50/p99 latency per
+kind, then one line per level so the knee shows, with the gateway's CPU time per request (its
+processes, from /proc: steadier than latency on a shared machine). The number of 5xx answers
+must be zero and every submitted experiment must have put exactly one message on the GPU queue
+(the exit status is 1 otherwise). Each client is one keep-alive HTTP/1.1 connection driven by a
+minimal asyncio client (`KeepAlive`), so the load generator's own CPU stays small next to the
+gateway's. Traffic goes to 127.0.0.1 only; the run is bounded in time.
 """
 
 from __future__ import annotations

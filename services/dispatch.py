@@ -12,10 +12,17 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import socket
+import threading
 import time
+import uuid
 from typing import Any, Protocol
 
+import redis
 from celery import Celery
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from sqlalchemy.orm import Session
 
 from distillery.checking import lifecycle as checks
@@ -44,17 +51,108 @@ class Dispatcher(Protocol):
     def drop(self, queue: str, stage_ids: set[int]) -> int: ...
 
 
+#: The body's third part: no callbacks, errbacks, chain or chord.
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def task_message(task: str, args: list[Any], queue: str, *, origin: str, reply_to: str) -> dict:
+    """The message `Celery.send_task(task, args=args, queue=queue)` puts on a Redis broker:
+    Celery's task protocol 2 (JSON, no kwargs) in kombu's envelope (the body base64-encoded,
+    the queue as the default exchange's routing key, priority 0). Fresh task and delivery ids."""
+    task_id = str(uuid.uuid4())
+    body = json.dumps([args, {}, _EMBED]).encode()
+    return {
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": task,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": task_id,
+            "parent_id": None,
+            "argsrepr": repr(args),
+            "kwargsrepr": "{}",
+            "origin": origin,
+            "ignore_result": None,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "reply_to": reply_to,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+
+
+class RedisPublisher:
+    """Puts task messages on their queues' Redis lists (LPUSH, as kombu does; workers BRPOP)
+    over one kept connection pool.
+
+    `Celery.send_task` builds its message through several layers and kombu's Redis channel a new
+    `redis.Redis` client per message: about 0.5 ms of CPU per message, a third of a submission's
+    work in the gateway. This sends the same message (`task_message`) for about a tenth of that.
+    A refused connection is retried twice (0.1 s, 0.2 s) before the error reaches the caller."""
+
+    def __init__(self, url: str, transport_options: dict[str, Any]) -> None:
+        if not url.startswith(("redis://", "rediss://")):
+            raise ValueError(
+                f"broker_url: the dispatcher sends to Redis (redis:// or rediss://), not {url!r}"
+            )
+        self.client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=transport_options.get("socket_connect_timeout", 5),
+            socket_timeout=transport_options.get("socket_timeout", 30),
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 2),
+        )
+        self.origin = f"gen{os.getpid()}@{socket.gethostname()}"
+        self.reply_to = str(uuid.uuid4())
+
+    def publish(self, task: str, args: list[Any], queue: str) -> None:
+        message = task_message(task, args, queue, origin=self.origin, reply_to=self.reply_to)
+        self.client.lpush(queue, json.dumps(message))
+
+
+_publishers: dict[str, RedisPublisher] = {}
+_publishers_lock = threading.Lock()
+
+
+def publisher_for(app: Celery) -> RedisPublisher:
+    """This process's `RedisPublisher` for `app`'s broker (one per broker URL, kept)."""
+    url = app.conf.broker_url
+    with _publishers_lock:
+        pub = _publishers.get(url)
+        if pub is None:
+            pub = _publishers[url] = RedisPublisher(url, app.conf.broker_transport_options or {})
+        return pub
+
+
 class CeleryDispatcher:
-    """Sends `distillery.run_stage(stage_id)` by name to `queue` (no worker import)."""
+    """Sends `distillery.run_stage(stage_id)` by name to `queue` (no worker import), as a normal
+    Celery task message put on the Redis broker directly (`RedisPublisher`)."""
 
     def __init__(self, celery: Celery) -> None:
         self.celery = celery
+        self.publisher = publisher_for(celery)
 
     def enqueue(self, stage_id: int, queue: str) -> None:
-        self.celery.send_task(RUN_STAGE_TASK, args=[stage_id], queue=queue)
+        self.publisher.publish(RUN_STAGE_TASK, [stage_id], queue)
 
     def enqueue_check(self, dataset_id: str, queue: str) -> None:
-        self.celery.send_task(CHECK_DATASET_TASK, args=[dataset_id], queue=queue)
+        self.publisher.publish(CHECK_DATASET_TASK, [dataset_id], queue)
 
     def drop(self, queue: str, stage_ids: set[int]) -> int:
         """Remove the waiting messages of `stage_ids` from `queue` (Redis); returns how many."""

@@ -47,6 +47,18 @@ SUMMARY_COLUMNS = (
     "created_at",
     "updated_at",
 )
+#: A list item's fields before its stages, in `ExperimentSummary`'s order (`owner` is a column
+#: of the page query).
+ITEM_COLUMNS = (
+    "id",
+    "name",
+    "owner",
+    "status",
+    "cancel_requested",
+    "parent_id",
+    "created_at",
+    "updated_at",
+)
 
 
 def plain(column: Column[Any], name: str | None = None) -> ColumnElement[Any]:
@@ -178,10 +190,27 @@ def artifacts_query() -> Select[Any]:
     return select(*cols).where(A.c.experiment_id == bindparam("experiment_id"))
 
 
+#: A stage is on the queue's view while it runs, or while it waits with its message sent.
+ON_QUEUE = (S.c.status == StageStatus.running) | (
+    (S.c.status == StageStatus.queued) & S.c.enqueued_at.is_not(None)
+)
+
+
+def _queue_counts(*, window: bool) -> list[ColumnElement[Any]]:
+    """How many stages the whole queue view holds (`total`), and how many of them run
+    (`running`); with `window`, as window functions over the rows before LIMIT/OFFSET."""
+    counts = {
+        "total": func.count(),
+        "running": func.count().filter(S.c.status == StageStatus.running),
+    }
+    return [(c.over() if window else c).label(name) for name, c in counts.items()]
+
+
 @cache
 def queue_query() -> Select[Any]:
-    """Running stages and stages waiting on a queue, by enqueue time, with their experiment's
-    name and owner."""
+    """One page of the running stages and stages waiting on a queue, by enqueue time, with their
+    experiment's name and owner, and the counts of the whole view (`total`, `running`) on every
+    row. Parameters: `limit`, `offset`."""
     return (
         select(
             S.c.experiment_id,
@@ -198,15 +227,22 @@ def queue_query() -> Select[Any]:
             S.c.epochs,
             S.c.step,
             S.c.steps,
+            *_queue_counts(window=True),
         )
         .join(E, S.c.experiment_id == E.c.id)
         .outerjoin(U, E.c.owner_id == U.c.id)
-        .where(
-            (S.c.status == StageStatus.running)
-            | ((S.c.status == StageStatus.queued) & S.c.enqueued_at.is_not(None))
-        )
+        .where(ON_QUEUE)
         .order_by(S.c.enqueued_at.asc().nulls_last(), S.c.id)
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
     )
+
+
+@cache
+def queue_count_query() -> Select[Any]:
+    """`total` and `running` of the whole queue view (for a page past its end, whose rows carry
+    no counts)."""
+    return select(*_queue_counts(window=False)).select_from(S).where(ON_QUEUE)
 
 
 def rows_etag(rows: Sequence[Row[Any]], salt: str = "") -> str:

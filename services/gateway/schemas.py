@@ -79,7 +79,7 @@ class SweepMember(BaseModel):
 
 
 class SweepOut(BaseModel):
-    """A sweep's part of an experiment (see `ExperimentSummary.sweep`)."""
+    """An experiment's part in a sweep (`ExperimentDetail.sweep`, `ExperimentSubmitted.sweep`)."""
 
     role: Literal["sweep", "teacher", "baseline", "child"]
     #: The parent's: the expansion and the stages shared (as `distillery submit --dry-run`).
@@ -105,8 +105,12 @@ class ExperimentSummary(_Out):
     created_at: datetime
     updated_at: datetime
     stages: list[StageBrief]
-    #: A sweep: its part (`role`: sweep, teacher, baseline, child); for the parent also the
-    #: expansion and sharing `plan`, its members' status `counts` and the `members`.
+
+
+class ExperimentSubmitted(ExperimentSummary):
+    """The answer to a submission: a summary and, for a sweep, its parent's part (the
+    expansion and sharing `plan` and the `members` created with it)."""
+
     sweep: SweepOut | None = None
 
 
@@ -126,9 +130,13 @@ class ExperimentPage(BaseModel):
 class ExperimentDetail(ExperimentSummary):
     spec: dict[str, Any]
     stages: list[StageOut]  # type: ignore[assignment]
-    #: The final comparison table (teacher / student baseline / distilled student).
+    #: The final comparison table (teacher / student baseline / distilled student; a sweep's
+    #: parent: its configurations, `distillery.research.summary`).
     results: dict[str, Any] | None
     artifacts: list[ArtifactOut]
+    #: A sweep: its part (`role`: sweep, teacher, baseline, child); for the parent also the
+    #: expansion and sharing `plan`, its members' status `counts` and the `members`.
+    sweep: SweepOut | None = None
 
 
 class StageMetrics(BaseModel):
@@ -159,8 +167,15 @@ class QueueEntry(BaseModel):
 
 
 class QueueOut(BaseModel):
+    """One page of the queue view; the counts are of the whole view."""
+
+    #: Stages running, and stages waiting on a queue (all of them, not only this page's).
     running: int
     queued: int
+    #: Entries in the whole view (`running + queued`); a page holds at most `limit` of them.
+    total: int
+    limit: int
+    offset: int
     entries: list[QueueEntry]
 
 

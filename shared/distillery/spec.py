@@ -29,6 +29,14 @@ from pydantic import (
     model_validator,
 )
 
+
+def fresh(cls: type[BaseModel]) -> Any:
+    """A sub-spec's default: a new `cls()` per spec (a model instance given as the default is
+    deep-copied on every validation instead, most of the time a spec took to validate), shown as
+    the default in the JSON schema as before."""
+    return Field(default_factory=cls, json_schema_extra={"default": cls().model_dump(mode="json")})
+
+
 # Integers are strict (`true`, `5.0` or `"5"` is not an integer); floats accept integers but not
 # booleans or strings, and refuse NaN and infinities; booleans are strict.
 Bool = Annotated[bool, Strict()]
@@ -138,7 +146,7 @@ class DataSpec(_Strict):
     #: null = `image_size` (the framing of the training crops at scale 1), `native` = no resize.
     #: Scores are always taken at the label's native resolution (logits upsampled to it).
     val_input_size: HW | Literal["native"] | None = None
-    augment: AugmentSpec = AugmentSpec()
+    augment: AugmentSpec = fresh(AugmentSpec)
     num_workers: Annotated[int, Strict(), Field(ge=0, le=32)] = 0
     synthetic: SyntheticSpec | None = None
 
@@ -352,8 +360,8 @@ class TrainSpec(_Strict):
 class ModelStageSpec(_Strict):
     """A model and how it is trained on its own."""
 
-    model: ModelSpec = ModelSpec()
-    train: TrainSpec = TrainSpec()
+    model: ModelSpec = fresh(ModelSpec)
+    train: TrainSpec = fresh(TrainSpec)
     losses: list[LossTerm] = Field(
         default_factory=lambda: [CrossEntropyTerm()], min_length=1, max_length=16
     )
@@ -410,7 +418,7 @@ class DistillationSpec(_Strict):
     #: Training settings; default: the student's.
     train: TrainSpec | None = None
     alternate: AlternateSpec | None = None
-    teacher_cache: TeacherCacheSpec = TeacherCacheSpec()
+    teacher_cache: TeacherCacheSpec = fresh(TeacherCacheSpec)
 
     @model_validator(mode="after")
     def _checks(self) -> DistillationSpec:
@@ -585,9 +593,9 @@ class ExperimentSpec(_Strict):
     data: DataSpec
     teacher: ModelStageSpec = ModelStageSpec(model=ModelSpec(width=32))
     student: ModelStageSpec = ModelStageSpec(model=ModelSpec(width=8))
-    distillation: DistillationSpec = DistillationSpec()
-    profiling: ProfilingSpec = ProfilingSpec()
-    tracking: TrackingSpec = TrackingSpec()
+    distillation: DistillationSpec = fresh(DistillationSpec)
+    profiling: ProfilingSpec = fresh(ProfilingSpec)
+    tracking: TrackingSpec = fresh(TrackingSpec)
     #: Stage kinds to run (`distillery.registry.STAGES`), run in the registry's order;
     #: `student` is the baseline (the student trained alone).
     stages: list[Annotated[str, Field(max_length=32)]] = Field(

@@ -158,8 +158,6 @@ def log_sweep(
     )
     if not tracker.active:
         return None
-    import wandb
-
     summary: dict[str, Any] = {
         "teacher_miou": results.get("teacher_miou"),
         "baseline/miou_mean": results["baseline"].get("miou_mean"),
@@ -176,9 +174,7 @@ def log_sweep(
             }
         )
     tracker.summary({k: v for k, v in summary.items() if v is not None})
-    images = {f"report/{p.stem}": wandb.Image(str(p)) for p in sorted(report_dir.glob("*.png"))}
-    if images:
-        tracker.log(images, step=0)
+    tracker.log_pngs("report", sorted(report_dir.glob("*.png")), step=0)
     info = {"id": tracker.run_id, "dir": str(tracker.run_dir), "url": tracker.url}
     tracker.finish()
     return info

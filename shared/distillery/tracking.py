@@ -250,6 +250,14 @@ class Tracker:
         table = wandb.Table(columns=columns, data=[[_plain(v) for v in row] for row in rows])
         self._run.log({key: table}, step=step)
 
+    def log_pngs(self, prefix: str, paths: list[Path], step: int | None = None) -> None:
+        """Log image files as ``<prefix>/<file stem>`` images (a report's plots)."""
+        if self._run is None or not paths:
+            return
+        import wandb
+
+        self._run.log({f"{prefix}/{p.stem}": wandb.Image(str(p)) for p in paths}, step=step)
+
     def summary(self, values: Mapping[str, Any]) -> None:
         """Set final values shown in the run table (e.g. best mIoU, latency)."""
         if self._run is None:

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
@@ -26,14 +25,13 @@ from services.gateway.deps import (
     ensure_owner_or_admin,
 )
 from services.gateway.limits import MAX_OFFSET, check_submission_allowed
-from services.gateway.responses import etag_matches, model_response, not_modified
+from services.gateway.responses import etag_matches, model_response, not_modified, rows_response
 from services.gateway.schemas import (
-    ArtifactOut,
     ExperimentDetail,
     ExperimentMetrics,
     ExperimentPage,
+    ExperimentSubmitted,
     ExperimentSummary,
-    ExperimentWithSpec,
     MetricPoint,
     StageBrief,
     StageMetrics,
@@ -42,9 +40,10 @@ from services.gateway.schemas import (
     SweepOut,
 )
 
-#: A page's items become models in one pydantic call each.
-SUMMARY_ITEMS = TypeAdapter(list[ExperimentSummary])
-WITH_SPEC_ITEMS = TypeAdapter(list[ExperimentWithSpec])
+#: A detail's stage fields (`StageOut`) other than its latest metrics (`MetricPoint`), all
+#: columns of `queries.detail_query`.
+STAGE_FIELDS = tuple(n for n in StageOut.model_fields if n != "latest_metrics")
+METRIC_FIELDS = tuple(MetricPoint.model_fields)
 
 #: Presigned artifact URLs live an hour; a detail's ETag changes every half hour, so a client
 #: that keeps a body because of a 304 never holds a link with less than half an hour left.
@@ -62,7 +61,6 @@ def summary(experiment: Experiment, owner: User | None = None) -> ExperimentSumm
         status=experiment.status,
         cancel_requested=experiment.cancel_requested,
         parent_id=experiment.parent_id,
-        sweep=sweep_part(experiment.sweep),
         created_at=experiment.created_at,
         updated_at=experiment.updated_at,
         stages=[StageBrief.model_validate(s) for s in experiment.stages],
@@ -95,7 +93,8 @@ def sweep_part(
             seed=info.get("seed"),
             key=info.get("key"),
         )
-    members = members or []
+    if members is None:  # not read (an idempotent replay of the submission)
+        return SweepOut(role="sweep", plan=info.get("plan"))
     counts: dict[str, int] = {}
     for m in members:
         counts[m.status.value] = counts.get(m.status.value, 0) + 1
@@ -126,10 +125,10 @@ def submitted_sweep(inserted: InsertedSweep) -> list[SweepMember]:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    response_model=ExperimentSummary,
+    response_model=ExperimentSubmitted,
     responses={
         200: {
-            "model": ExperimentSummary,
+            "model": ExperimentSubmitted,
             "description": "an earlier submission with "
             "the same Idempotency-Key: that experiment, unchanged",
         }
@@ -174,13 +173,17 @@ def submit_experiment(
         except planning.PlanError as e:
             raise RequestValidationError(e.errors) from None
         if inserted is None:
-            return model_response(summary(load_experiment(session, experiment_id)))
+            earlier = load_experiment(session, experiment_id)
+            replay = ExperimentSubmitted(
+                **summary(earlier).model_dump(), sweep=sweep_part(earlier.sweep)
+            )
+            return model_response(replay)
     if isinstance(inserted, InsertedSweep):
         parent = inserted.parent
         sweep = sweep_part(parent.experiment["sweep"], submitted_sweep(inserted))
     else:
         parent, sweep = inserted, None
-    created = ExperimentSummary(
+    created = ExperimentSubmitted(
         **{n: parent.experiment[n] for n in queries.SUMMARY_COLUMNS},
         owner=user.name,
         stages=[StageBrief.model_validate(s) for s in parent.stages],
@@ -213,22 +216,16 @@ def list_experiments(
         for row in found:
             item = items.get(row.id)
             if item is None:
-                item = items[row.id] = {n: getattr(row, n) for n in queries.SUMMARY_COLUMNS}
-                item.update(owner=row.owner, stages=[])
+                item = items[row.id] = {n: getattr(row, n) for n in queries.ITEM_COLUMNS}
+                item["stages"] = []
                 if with_spec:
                     item["spec"] = row.spec
             if row.s_name is not None:
                 item["stages"].append(brief(row))
         # Past the last page no row carries the count.
         total = found[0].total if found else conn.scalar(queries.count_query(**filters), params)
-    adapter = WITH_SPEC_ITEMS if with_spec else SUMMARY_ITEMS
-    page = ExperimentPage(
-        items=adapter.validate_python(list(items.values())),
-        total=total or 0,
-        limit=limit,
-        offset=offset,
-    )
-    return model_response(page, serialize_as_any=True)
+    page = {"items": list(items.values()), "total": total or 0, "limit": limit, "offset": offset}
+    return rows_response(page)
 
 
 @router.get(
@@ -274,35 +271,23 @@ def get_experiment(
             latest = {m.stage_id: m for m in metric_rows}
         stages = []
         for s in stage_rows:
-            out = StageOut.model_validate(s)
-            if s["id"] in latest:
-                out.latest_metrics = MetricPoint.model_validate(latest[s["id"]])
+            out = {n: s[n] for n in STAGE_FIELDS}
+            m = latest.get(s["id"])
+            out["latest_metrics"] = None if m is None else {n: getattr(m, n) for n in METRIC_FIELDS}
             stages.append(out)
         stored = []
         if head.n_artifacts:
             params = {"experiment_id": experiment_id}
             stored = conn.execute(queries.artifacts_query(), params).all()
         artifacts = [
-            ArtifactOut(
-                stage=a.stage,
-                kind=a.kind,
-                key=a.key,
-                size=a.size,
-                created_at=a.created_at,
-                url=storage.url(a.key),
-            )
+            {**a._asdict(), "url": storage.url(a.key)}
             for a in sorted(stored, key=lambda a: (a.stage or "", a.key))
         ]
-    detail = ExperimentDetail(
-        **{n: getattr(head, n) for n in queries.SUMMARY_COLUMNS},
-        owner=head.owner,
-        spec=head.spec,
-        stages=stages,
-        results=head.results,
-        artifacts=artifacts,
-        sweep=sweep_part(head.sweep, members),
-    )
-    return model_response(detail, headers={"ETag": etag})
+    sweep = sweep_part(head.sweep, members)
+    detail = {n: getattr(head, n) for n in queries.ITEM_COLUMNS}
+    detail.update(stages=stages, spec=head.spec, results=head.results, artifacts=artifacts)
+    detail["sweep"] = None if sweep is None else sweep.model_dump(mode="json")
+    return rows_response(detail, headers={"ETag": etag})
 
 
 def _members(rows: list[Any]) -> list[SweepMember]:

@@ -436,10 +436,16 @@ def share(
     console.print(f"{experiment_id}: shared with {shared}", highlight=False)
 
 
-def queue(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
-    """The team's shared queue: what runs and what waits, for whom, where, since when."""
-    q = _call(_gateway(url, token).get, "/queue")
-    table = Table(title=f"{q['running']} running, {q['queued']} queued", title_justify="left")
+def queue(
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, limit: int = 50, offset: int = 0
+) -> None:
+    """The team's shared queue: what runs and what waits, for whom, where, since when (`limit`
+    entries from `offset`, in enqueue order)."""
+    q = _call(_gateway(url, token).get, "/queue", params={"limit": limit, "offset": offset})
+    title = f"{q['running']} running, {q['queued']} queued"
+    if len(q["entries"]) < q["total"]:
+        title += f" (showing {len(q['entries'])} of {q['total']} from #{offset + 1})"
+    table = Table(title=title, title_justify="left")
     for col in ("experiment", "owner", "stage", "queue", "status", "worker", "since", "progress"):
         table.add_column(col)
     for e in q["entries"]:

@@ -30,11 +30,15 @@ The comparison run (job type ``comparison``, once per succeeded experiment): tab
 ``comparison`` (teacher, baseline and distilled student: mIoU, params, GFLOPs, latency), summary
 ``gap_closed``, ``student_width``, ``<stage>/{miou,params,gflops,latency_ms}``,
 ``budget/{verdict,margin_ms}``.
+
+The report run (job type ``report``, the `report` stage): the same ``comparison`` table and
+summary, plus the report's plots as images ``report/<plot>`` (``per_class_iou``, ``pareto``,
+``samples``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,17 +195,20 @@ def log_comparison(
     run_dir: Path,
     *,
     group: str,
+    job_type: str = "comparison",
+    plots: Sequence[Path] = (),
 ) -> dict[str, Any] | None:
     """Log the experiment's comparison (`distillery.stages.results.build_results`) as the
-    ``comparison`` table, so wandb can plot mIoU against latency across a group's models."""
+    ``comparison`` table, so wandb can plot mIoU against latency across a group's models, and
+    `plots` as images ``report/<file stem>`` (the `report` stage: ``job_type="report"``)."""
     rows = list(results.get("rows") or [])
     tracker = Tracker(
         spec.tracking,
         run_dir,
-        name=f"{spec.name}-comparison",
+        name=f"{spec.name}-{job_type}",
         group=group,
-        config=_base_config("comparison", spec),
-        job_type="comparison",
+        config=_base_config(job_type, spec),
+        job_type=job_type,
     )
     with tracker:
         summary: dict[str, Any] = {
@@ -218,6 +225,7 @@ def log_comparison(
         tracker.log_table(
             "comparison", COMPARISON_COLUMNS, [[r.get(c) for c in COMPARISON_COLUMNS] for r in rows]
         )
+        tracker.log_pngs("report", list(plots))
     return tracker.info
 
 

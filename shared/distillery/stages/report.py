@@ -4,7 +4,8 @@ Planned when `stages` lists `report`; runs last, on the profiler queue. Reads th
 of the training stages and the profile and writes ``report/report.md`` with ``per_class_iou.png``
 (teacher, baseline, distilled), ``pareto.png`` (mIoU vs latency) and ``samples.png`` (the
 models' predictions on validation images), each an artifact of kind ``report`` (so
-``GET /experiments/{id}`` links them).
+``GET /experiments/{id}`` links them), and logs the comparison table and the plots to a wandb run
+(job type ``report``, stored under ``wandb/`` like every stage's run).
 """
 
 from __future__ import annotations
@@ -72,14 +73,26 @@ class ReportStage(StageKind):
             resolve = getattr(ctx.hooks, "resolve_root", None)
             sample_predictions(models, ctx.spec.data, folder / "samples.png", resolve_root=resolve)
         report = write_report(folder, folder)
+        plots = sorted(folder.glob("*.png"))
         artifacts = []
-        for path in sorted(folder.glob("*.png")) + [report]:
+        for path in [*plots, report]:
             key = keys.report_file_key(exp, path.name)
             ctx.retrying(f"upload {key}", lambda k=key, p=path: ctx.storage.put_file(k, p))
             artifacts.append(("report", key, path.stat().st_size))
+        from distillery.stages.profile_tracking import log_comparison
+
+        run = log_comparison(
+            results,
+            ctx.spec,
+            ctx.workdir / "report-run",
+            group=ctx.tracker_group,
+            job_type="report",
+            plots=plots,
+        )
         return StageOutput(
             result={"files": [a[1] for a in artifacts]},
-            artifacts=artifacts,
+            wandb=run,
+            artifacts=[*artifacts, *ctx.store_wandb(run)],
         )
 
 

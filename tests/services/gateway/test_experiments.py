@@ -11,6 +11,7 @@ from distillery.db import Artifact, Dataset, Experiment, Metric, Stage, StageSta
 from distillery.db.models import utcnow
 from distillery.stages import lifecycle
 from services.celery_app import RUN_STAGE_TASK
+from services.gateway.schemas import ExperimentDetail
 
 from .helpers import spec_dict
 
@@ -67,6 +68,7 @@ def test_the_submit_answer_is_what_was_stored(as_user):
 
     alice = as_user("alice")
     created = alice.post("/experiments", json=spec_dict("stored")).json()
+    assert created.pop("sweep") is None  # the answer's own field: a sweep's plan and members
     listed = alice.get("/experiments").json()["items"]
     assert [parsed(i) for i in listed if i["id"] == created["id"]] == [parsed(created)]
     detail = alice.get(f"/experiments/{created['id']}").json()
@@ -383,6 +385,8 @@ def test_detail_has_stages_metrics_results_artifacts_and_wandb(as_user, session_
         s.commit()
 
     d = as_user("bob").get(f"/experiments/{exp_id}").json()  # everyone reads everything
+    # Built from rows, not through the model: exactly the model's fields and JSON.
+    assert ExperimentDetail.model_validate(d).model_dump(mode="json") == d
     assert d["owner"] == "alice" and d["status"] == "running"
     assert d["spec"]["name"] == "detail"
     t = d["stages"][0]

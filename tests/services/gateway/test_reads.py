@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 
 from distillery.db import ApiToken, Artifact, Metric, Stage, StageStatus
+from services.gateway.schemas import ExperimentSummary, ExperimentWithSpec
 
 from .helpers import auth, spec_dict
 
@@ -71,6 +72,9 @@ def test_list_items_are_summaries_and_carry_specs_on_request(as_user):
     ]
     page = as_user("bob").get("/experiments").json()
     assert [e["id"] for e in page["items"]] == ids[::-1]
+    # Built from rows, not through the models: exactly the models' fields and JSON.
+    for item in page["items"]:
+        assert ExperimentSummary.model_validate(item).model_dump(mode="json") == item
     for item in page["items"]:
         assert "spec" not in item and "results" not in item
         assert [s["name"] for s in item["stages"]] == ["teacher", "student", "distill", "profile"]
@@ -82,6 +86,8 @@ def test_list_items_are_summaries_and_carry_specs_on_request(as_user):
     assert [e["spec"]["name"] for e in page["items"]] == ["s2", "s1"]
     assert page["items"][0]["spec"]["student"]["model"]["width"] == 4
     assert page["total"] == 3 and len(page["items"][0]["stages"]) == 4
+    for item in page["items"]:
+        assert ExperimentWithSpec.model_validate(item).model_dump(mode="json") == item
 
     past = as_user("bob").get("/experiments", params={"offset": 10, "owner": "alice"}).json()
     assert past["items"] == [] and past["total"] == 3
