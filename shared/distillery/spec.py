@@ -92,7 +92,10 @@ class DatasetRef(_Strict):
     format: Literal["cityscapes", "bdd100k"]
     #: A folder; on the platform only inside `DISTILLERY_ALLOWED_DATA_ROOTS`.
     root: PathStr | None = None
-    dataset_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    #: A dataset's id (`GET /datasets`): letters, digits, `.`, `_`, `-`.
+    dataset_id: (
+        Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] | None
+    ) = None
 
     @model_validator(mode="after")
     def _one_location(self) -> DatasetRef:
