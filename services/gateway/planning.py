@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from distillery.access import spec_access_errors
@@ -19,6 +19,7 @@ from distillery.db import Dataset, Experiment, Stage, StageStatus, User
 from distillery.settings import Settings
 from distillery.spec import ExperimentSpec
 from distillery.stages import keys, lifecycle
+from distillery.stages.backoff import is_deadlock
 from distillery.stages.plan import InsertedExperiment, insert_experiment, planned_kinds
 from distillery.stages.sweep_plan import InsertedSweep, insert_sweep
 from services.dispatch import Dispatcher, enqueue_stage, send_inserted
@@ -177,10 +178,30 @@ def _create_sweep(
     return inserted.parent.experiment["id"], inserted
 
 
+#: Times a cancel runs again after Postgres broke a deadlock by aborting it.
+CANCEL_ATTEMPTS = 3
+
+
 def cancel_experiment(session: Session, experiment_id: str, dispatcher: Dispatcher) -> Experiment:
     """Request cancellation: queued stages are cancelled now and their waiting messages dropped;
     a running stage stops at its next step (the worker reads `cancel_requested`) and the worker
-    then marks the experiment. A sweep's members are cancelled with it."""
+    then marks the experiment. A sweep's members are cancelled with it.
+
+    A sweep's cancel locks the parent, then its members' stages; a worker ending a member's
+    stage holds that stage, then locks the parent to roll it up. When the two cross, Postgres
+    aborts one transaction: the worker's is retried by `backoff.retrying`, this one here."""
+    for attempt in range(1, CANCEL_ATTEMPTS + 1):
+        try:
+            return _cancel_once(session, experiment_id, dispatcher)
+        except OperationalError as e:
+            session.rollback()
+            if not is_deadlock(e) or attempt == CANCEL_ATTEMPTS:
+                raise
+            log.warning("cancel of %s crossed a worker (deadlock); again", experiment_id)
+    raise AssertionError("unreachable")
+
+
+def _cancel_once(session: Session, experiment_id: str, dispatcher: Dispatcher) -> Experiment:
     experiment = session.get(
         Experiment, experiment_id, with_for_update=True, populate_existing=True
     )

@@ -32,6 +32,11 @@ def is_transient(exc: BaseException) -> bool:
     return code in ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout")
 
 
+def is_deadlock(exc: BaseException) -> bool:
+    """Postgres aborted this transaction to break a deadlock (SQLSTATE 40P01): run it again."""
+    return isinstance(exc, OperationalError) and getattr(exc.orig, "sqlstate", None) == "40P01"
+
+
 def retrying(
     what: str,
     fn: Callable[[], T],

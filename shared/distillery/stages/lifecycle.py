@@ -660,8 +660,8 @@ def _roll_up(exp: Experiment) -> None:
 def _roll_up_parent(exp: Experiment) -> None:
     """Roll up the sweep `exp` is a member of, if any. The parent's row is locked first, so
     members ending at once roll it up one after another (the last sees every other's end);
-    a deadlock with a concurrent cancel is detected by Postgres and the worker's transaction
-    retried (`backoff.retrying`)."""
+    a deadlock with a concurrent cancel is detected by Postgres and the aborted transaction run
+    again (the worker's by `backoff.retrying`, the gateway's by `planning.cancel_experiment`)."""
     s = object_session(exp)
     if exp.parent_id is not None and s is not None:
         parent = s.execute(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import httpx
@@ -228,6 +230,32 @@ def test_cancel_and_delete_of_a_sweep_apply_to_its_members(
         left = s.scalars(select(Experiment.id).where(Experiment.id.in_(member_ids))).all()
         stages = s.scalars(select(Stage.id).where(Stage.experiment_id.in_(member_ids))).all()
     assert left == [] and stages == []
+
+
+def test_a_sweep_cancel_that_deadlocks_with_a_worker_runs_again(
+    as_user, session_factory, queues, celery_messages
+):
+    alice = as_user("alice")
+    parent = alice.post("/experiments", json=_sweep_spec()).json()
+    child = next(m for m in parent["sweep"]["members"] if m["role"] == "child")
+    # A worker ending the child's stage: it holds the stage's row, then wants the parent's (to
+    # roll the sweep up). The cancel holds the parent's row and then wants the child's stage.
+    worker = session_factory()
+    worker.execute(select(Stage).where(Stage.experiment_id == child["id"]).with_for_update()).all()
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(alice.post, f"/experiments/{parent['id']}/cancel")
+        time.sleep(0.5)  # the cancel now waits for the child's stage
+        # Postgres breaks the cycle by aborting the first waiter (the cancel) after its
+        # deadlock_timeout (1 s); the worker gets the parent and commits.
+        worker.execute(
+            select(Experiment).where(Experiment.id == parent["id"]).with_for_update()
+        ).all()
+        worker.commit()
+        r = answer.result(timeout=60)
+    worker.close()
+    assert r.status_code == 200, r.text
+    detail = alice.get(f"/experiments/{parent['id']}").json()
+    assert detail["status"] == "cancelled" and detail["sweep"]["counts"] == {"cancelled": 7}
 
 
 def test_invalid_spec_is_422_naming_each_bad_field(as_user, queues, celery_messages):
