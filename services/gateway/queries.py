@@ -82,10 +82,11 @@ def stage_reader(keys: Sequence[str], names: tuple[str, ...]) -> Callable[[Row[A
 
 
 @cache
-def page_query(*, by_status: bool, by_owner: bool, with_spec: bool) -> Select[Any]:
+def page_query(*, by_status: bool, by_owner: bool, top_level: bool, with_spec: bool) -> Select[Any]:
     """One page of experiments (newest first) with owner names and the total, joined to their
     stages in order: one row per stage (a stage-less experiment gives one row of NULLs).
-    Parameters: `status`, `owner` (as asked for), `limit`, `offset`."""
+    Parameters: `status`, `owner` (as asked for), `limit`, `offset`; `top_level` leaves out
+    the members of sweeps."""
     cols = [plain(E.c[n]) for n in SUMMARY_COLUMNS]
     if with_spec:
         cols.append(E.c.spec)
@@ -100,6 +101,8 @@ def page_query(*, by_status: bool, by_owner: bool, with_spec: bool) -> Select[An
         page = page.where(E.c.status == bindparam("status"))
     if by_owner:
         page = page.where(U.c.name == bindparam("owner"))
+    if top_level:
+        page = page.where(E.c.parent_id.is_(None))
     p = page.subquery("page")
     return (
         select(p, *_stage_cols(*BRIEF_COLUMNS))
@@ -109,13 +112,15 @@ def page_query(*, by_status: bool, by_owner: bool, with_spec: bool) -> Select[An
 
 
 @cache
-def count_query(*, by_status: bool, by_owner: bool) -> Select[Any]:
+def count_query(*, by_status: bool, by_owner: bool, top_level: bool) -> Select[Any]:
     """How many experiments match (for a page past the last one, whose rows carry no total)."""
     query = select(func.count()).select_from(E).outerjoin(U, E.c.owner_id == U.c.id)
     if by_status:
         query = query.where(E.c.status == bindparam("status"))
     if by_owner:
         query = query.where(U.c.name == bindparam("owner"))
+    if top_level:
+        query = query.where(E.c.parent_id.is_(None))
     return query
 
 

@@ -201,13 +201,21 @@ def list_experiments(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     with_spec: Annotated[bool, Query(description="include each experiment's full spec")] = False,
+    top_level: Annotated[
+        bool, Query(description="leave out the members of sweeps (their parents stay)")
+    ] = False,
 ) -> Response:
-    """Everyone's experiments, newest first, optionally of one status and/or one owner.
+    """Everyone's experiments, newest first, optionally of one status and/or one owner, and
+    without sweeps' members (`top_level=true`).
 
     Items are summaries (stages and their progress); `with_spec=true` adds each full spec (the
     detail route always has it). One query: the page, its owners and stages, and the total."""
     with rows() as conn:
-        filters = {"by_status": status_ is not None, "by_owner": owner is not None}
+        filters = {
+            "by_status": status_ is not None,
+            "by_owner": owner is not None,
+            "top_level": top_level,
+        }
         params = {"status": status_, "owner": owner, "limit": limit, "offset": offset}
         result = conn.execute(queries.page_query(**filters, with_spec=with_spec), params)
         brief = queries.stage_reader(list(result.keys()), queries.BRIEF_COLUMNS)

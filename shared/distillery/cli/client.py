@@ -265,9 +265,13 @@ def list_experiments(
     owner: Annotated[str | None, typer.Option(help="owner's user name")] = None,
     limit: int = 20,
     offset: int = 0,
+    members: Annotated[
+        bool, typer.Option("--members", help="also list the members of sweeps")
+    ] = False,
 ) -> None:
-    """Everyone's experiments, newest first."""
-    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    """Everyone's experiments, newest first (a sweep as one row, its parent; `--members` lists
+    its members too)."""
+    params: dict[str, Any] = {"limit": limit, "offset": offset, "top_level": not members}
     if status:
         params["status"] = status
     if owner:

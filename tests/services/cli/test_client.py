@@ -319,6 +319,10 @@ def test_cli_submits_a_sweep_and_shows_its_members(gateway_url, make_user, tmp_p
     assert "compare" in r.output and "members: 7 queued" in r.output
     for part in ("child temperature-1 seed 0", "child temperature-4 seed 1", "shared teacher"):
         assert part in r.output, part
+    r = cli("list", "--owner", "erin", *opts)  # the sweep as one row
+    assert r.exit_code == 0 and "of 1" in r.output and parent_id[:8] in r.output, r.output
+    r = cli("list", "--owner", "erin", "--members", *opts)
+    assert r.exit_code == 0 and "of 8" in r.output, r.output
     r = cli("cancel", parent_id, *opts)
     assert r.exit_code == 0, r.output
     r = cli("status", parent_id, *opts)

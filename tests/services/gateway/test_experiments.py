@@ -202,6 +202,13 @@ def test_a_sweep_is_one_parent_and_its_members_with_shared_stages_planned_once(
     assert detail["sweep"]["counts"] == {"queued": 7}
     child = as_user("alice").get(f"/experiments/{children[0].id}").json()
     assert child["parent_id"] == body["id"] and child["sweep"]["role"] == "child"
+    # the list: the parent and its 7 members; top_level=true the parent alone
+    every = as_user("alice").get("/experiments").json()
+    assert every["total"] == 8 and body["id"] in {e["id"] for e in every["items"]}
+    top = as_user("alice").get("/experiments", params={"top_level": True}).json()
+    assert top["total"] == 1 and [e["id"] for e in top["items"]] == [body["id"]]
+    past = as_user("alice").get("/experiments", params={"top_level": True, "offset": 5}).json()
+    assert past["total"] == 1 and past["items"] == []
 
 
 def test_cancel_and_delete_of_a_sweep_apply_to_its_members(
