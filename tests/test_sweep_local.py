@@ -139,7 +139,7 @@ def test_sweep_runs_children_sharing_stages(tmp_path: Path) -> None:
 def test_the_sweep_table_and_report_go_to_wandb(tmp_path: Path) -> None:
     from distillery.research.report import write_report
     from distillery.spec import ExperimentSpec
-    from distillery.sweep_local import log_sweep
+    from distillery.stages.sweep_results import log_sweep
     from tests.research.test_report import _results
     from tests.support.wandb_runs import read_offline_run
 
@@ -149,7 +149,7 @@ def test_the_sweep_table_and_report_go_to_wandb(tmp_path: Path) -> None:
     raw = json.loads(json.dumps(TINY).replace("CS", str(tmp_path / "cs")))
     raw["tracking"] = {"mode": "offline", "project": "test"}
     spec = ExperimentSpec.model_validate(raw)
-    info = log_sweep(spec, results, report.parent, tmp_path)
+    info = log_sweep(spec, results, report.parent, tmp_path, group=spec.name)
     assert info is not None
     run = read_offline_run(Path(info["dir"]))
     assert run.job_type == "sweep" and run.name == "tiny-sweep"
@@ -161,7 +161,7 @@ def test_the_sweep_table_and_report_go_to_wandb(tmp_path: Path) -> None:
     off = spec.model_copy(
         update={"tracking": spec.tracking.model_copy(update={"mode": "disabled"})}
     )
-    assert log_sweep(off, results, report.parent, tmp_path / "off") is None
+    assert log_sweep(off, results, report.parent, tmp_path / "off", group="g") is None
 
 
 def test_children_share_one_teacher_cache(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from distillery.research.stats import paired_interval
 from distillery.research.summary import sweep_markdown
 from distillery.spec import ExperimentSpec
-from distillery.stages.sweep_results import Outcome, profile_key, summarize
+from distillery.stages.sweep_results import Outcome, log_sweep, profile_key, summarize
 from distillery.sweeps import SweepPlan, baseline_identity, content_hash, plan_sweep
 
 
@@ -136,48 +136,9 @@ def run_sweep(
     from distillery.research.report import write_report
 
     report = write_report(run_dir)
-    results["wandb"] = log_sweep(spec, results, report.parent, run_dir)
+    results["wandb"] = log_sweep(spec, results, report.parent, run_dir, group=spec.name)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
-
-
-def log_sweep(
-    spec: ExperimentSpec, results: dict[str, Any], report_dir: Path, run_dir: Path
-) -> dict[str, Any] | None:
-    """Log the sweep's table (run summary: per configuration mIoU, gain, its CI, gap closed)
-    and the report's PNGs to one wandb run (``job_type: sweep``); None when tracking is off."""
-    from distillery.tracking import Tracker
-
-    tracker = Tracker(
-        spec.tracking,
-        run_dir,
-        name=f"{spec.name}-sweep",
-        group=spec.name,
-        config=spec.model_dump(mode="json"),
-        job_type="sweep",
-    )
-    if not tracker.active:
-        return None
-    summary: dict[str, Any] = {
-        "teacher_miou": results.get("teacher_miou"),
-        "baseline/miou_mean": results["baseline"].get("miou_mean"),
-    }
-    for c in results["configurations"]:
-        ci = c.get("gain_ci95") or [None, None]
-        summary.update(
-            {
-                f"{c['name']}/miou_mean": c["miou_mean"],
-                f"{c['name']}/gain_mean": c["gain_mean"],
-                f"{c['name']}/gain_ci95_low": ci[0],
-                f"{c['name']}/gain_ci95_high": ci[1],
-                f"{c['name']}/gap_closed_mean": c["gap_closed_mean"],
-            }
-        )
-    tracker.summary({k: v for k, v in summary.items() if v is not None})
-    tracker.log_pngs("report", sorted(report_dir.glob("*.png")), step=0)
-    info = {"id": tracker.run_id, "dir": str(tracker.run_dir), "url": tracker.url}
-    tracker.finish()
-    return info
 
 
 def _compute_matched(

@@ -8,7 +8,8 @@ store, builds the table of `distillery.stages.sweep_results` (the one `distiller
 for a local sweep: statistics, bias–variance over seeds, each teacher's entropy and ECE) and
 stores ``results.json`` (``configurations``, ``baseline``, ``plan``, ``parts``, ...) and
 ``report.md`` as the parent's artifacts, with the report's Markdown and PNGs under
-``report/`` (`distillery.research.report`); the table is also the parent's `results`.
+``report/`` (`distillery.research.report`); the table is also the parent's `results`. The table
+and the PNGs are logged to a wandb run (job type ``sweep``, as `distillery run` of a sweep logs).
 
 If the analyses that read the models and the data fail (the data unreachable from the profiler
 worker, say), the table is built without them and ``analyses_error`` says why. Not done here,
@@ -45,7 +46,7 @@ class CompareStage(StageKind):
         return json.loads(ctx.retrying(f"download {key}", lambda: ctx.storage.get_bytes(key)))
 
     def run(self, ctx: StageContext) -> StageOutput:
-        from distillery.stages.sweep_results import Outcome, summarize
+        from distillery.stages.sweep_results import Outcome, log_sweep, summarize
         from distillery.sweeps import plan_sweep
 
         plan = plan_sweep(ctx.spec)
@@ -76,7 +77,15 @@ class CompareStage(StageKind):
             results = summarize(ctx.spec, plan, teachers, baselines, children, analyses=False)
             results["analyses_error"] = f"{type(e).__name__}: {e}"
         results["experiment_id"] = ctx.experiment_id
-        return StageOutput(result=results, artifacts=self._store(ctx, results))
+        artifacts = self._store(ctx, results)
+        run = log_sweep(
+            ctx.spec,
+            results,
+            ctx.workdir / "comparison" / "report",
+            ctx.workdir / "sweep-run",
+            group=ctx.tracker_group,
+        )
+        return StageOutput(result=results, wandb=run, artifacts=[*artifacts, *ctx.store_wandb(run)])
 
     def _store(self, ctx: StageContext, results: dict[str, Any]) -> list[Any]:
         """``results.json``, ``report.md`` and ``report/`` (Markdown and PNGs) of the sweep."""

@@ -237,3 +237,43 @@ def _part(outcome: Outcome) -> dict[str, Any]:
         "error": outcome.error,
         "wall_time_s": outcome.wall_time_s,
     }
+
+
+def log_sweep(
+    spec: ExperimentSpec, results: dict[str, Any], report_dir: Path, run_dir: Path, *, group: str
+) -> dict[str, Any] | None:
+    """Log the sweep's table (run summary: per configuration mIoU, gain, its CI, gap closed)
+    and the report's PNGs to one wandb run (``job_type: sweep``) of `group`; None when
+    tracking is off. `distillery run` and the queue's `compare` stage both call it."""
+    from distillery.tracking import Tracker
+
+    tracker = Tracker(
+        spec.tracking,
+        run_dir,
+        name=f"{spec.name}-sweep",
+        group=group,
+        config=spec.model_dump(mode="json"),
+        job_type="sweep",
+    )
+    if not tracker.active:
+        return None
+    summary: dict[str, Any] = {
+        "teacher_miou": results.get("teacher_miou"),
+        "baseline/miou_mean": results["baseline"].get("miou_mean"),
+    }
+    for c in results["configurations"]:
+        ci = c.get("gain_ci95") or [None, None]
+        summary.update(
+            {
+                f"{c['name']}/miou_mean": c["miou_mean"],
+                f"{c['name']}/gain_mean": c["gain_mean"],
+                f"{c['name']}/gain_ci95_low": ci[0],
+                f"{c['name']}/gain_ci95_high": ci[1],
+                f"{c['name']}/gap_closed_mean": c["gap_closed_mean"],
+            }
+        )
+    tracker.summary({k: v for k, v in summary.items() if v is not None})
+    tracker.log_pngs("report", sorted(report_dir.glob("*.png")), step=0)
+    info = {"id": tracker.run_id, "dir": str(tracker.run_dir), "url": tracker.url}
+    tracker.finish()
+    return info

@@ -20,7 +20,9 @@ from typer.testing import CliRunner
 from distillery.cli.main import app
 from distillery.db import Experiment, Stage
 from distillery.s3 import make_storage
+from distillery.storage import get_dir
 from tests.support.experiments import tiny_spec
+from tests.support.wandb_runs import read_offline_run
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +70,7 @@ def test_a_sweep_trains_shared_stages_once_and_the_parent_ends_with_the_comparis
         tmp_path / "data",
         {"seeds": [0, 1], "grid": {"distillation.losses.1.temperature": [1, 4]}},
     )
+    spec["tracking"] = {"mode": "offline"}
     r = alice.post("/experiments", json=spec)
     assert r.status_code == 201, r.text
     parent_id = r.json()["id"]
@@ -112,6 +115,14 @@ def test_a_sweep_trains_shared_stages_once_and_the_parent_ends_with_the_comparis
     assert listed[f"artifacts/{parent_id}/results.json"] == "results"
     assert listed[f"artifacts/{parent_id}/report/report.md"] == "report"
     assert f"artifacts/{parent_id}/report/gains.png" in listed
+    # the comparison's wandb run (job type sweep): the table's numbers and the plots
+    (run_key,) = [k for k in listed if k.startswith(f"artifacts/{parent_id}/compare/wandb/")]
+    get_dir(storage, run_key, tmp_path / "sweep-run")
+    run = read_offline_run(tmp_path / "sweep-run")
+    assert run.job_type == "sweep" and run.exit_code == 0
+    for name, row in rows.items():
+        assert run.summary[f"{name}/gain_mean"] == pytest.approx(row["gain_mean"])
+    assert any("report/gains" in f for f in run.files), run.files
     # `distillery results` prints the sweep's table, `status` its members
     runner = CliRunner(env={"COLUMNS": "200"})
     opts = ["--url", gateway_url, "--token", token]
