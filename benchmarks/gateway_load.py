@@ -317,6 +317,28 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
+def worker_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds of each child (uvicorn worker) of `pid`: how evenly the workers share the
+    load (they share one listening socket; see `UV_TCP_SINGLE_ACCEPT` in the gateway)."""
+    try:
+        children = [
+            int(c)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()
+        ]
+    except (OSError, ValueError):
+        return {}
+    return {c: tree_cpu_s(c) for c in children}
+
+
+def shares(before: dict[int, float], after: dict[int, float], workers: int) -> str:
+    """Each worker's share of the CPU the workers used between two `worker_cpu_s` readings
+    (the `workers` busiest children: uvicorn also starts a multiprocessing helper)."""
+    used = sorted((after[p] - before.get(p, 0.0) for p in after), reverse=True)[:workers]
+    total = sum(used)
+    return " / ".join(f"{100 * u / total:.0f}%" for u in used) if total > 0 else "-"
+
+
 def client_counts(text: str) -> list[int]:
     """`"1,10,50"` -> [1, 10, 50]; each between 1 and 500."""
     try:
@@ -442,6 +464,7 @@ def main() -> int:
                 tree_cpu_s(gateway.popen.pid),
                 time.process_time(),
             )
+            split0 = worker_cpu_s(gateway.popen.pid)
             t0 = time.monotonic()
             results = asyncio.run(
                 run_load(url, token, clients, args.duration, args.seed, args.mix, ids)
@@ -455,7 +478,8 @@ def main() -> int:
             level["client_cpu_ms"] = 1e3 * client_cpu / max(level["requests"], 1)
             print(
                 f"CPU per request: gateway {level['cpu_ms']:.2f} ms, "
-                f"load generator {level['client_cpu_ms']:.2f} ms"
+                f"load generator {level['client_cpu_ms']:.2f} ms; the workers' shares of it: "
+                f"{shares(split0, worker_cpu_s(gateway.popen.pid), args.workers)}"
             )
             levels.append((clients, level))
         sweep_table(args.workers, levels)

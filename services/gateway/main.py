@@ -7,6 +7,7 @@ buckets and the dataset cache onto `app.state.gateway`; tests pass their own set
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +34,12 @@ from services.gateway.docs import mount_docs
 from services.gateway.limits import BodySizeLimit
 from services.gateway.routes import datasets, experiments, health, queue, shares
 from services.gateway.token_cache import TokenCache
+
+# uvicorn's workers share one listening socket, and libuv (uvloop) accepts every pending connection
+# in one go: one worker took 44 of 50 keep-alive clients in `benchmarks/gateway_load.py` while the
+# other sat idle. One connection per wake-up lets the other workers take their share (28/22).
+# libuv reads it at the first accept, after this import (set it to 0 to turn it off).
+os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
 
 DESCRIPTION = """\
 Submit segmentation-distillation experiments to the team's shared queue, register datasets
