@@ -39,13 +39,22 @@ def test_two_profiles_of_one_model_agree(conv_stack):
     while profiling (load average above its CPU count, recorded in the report and flagged by
     `report.busy`), the share of a core this process gets changes from second to second and
     medians cannot agree; then the fastest calls (other work only adds time) must agree within
-    50% instead."""
+    50% instead. A third profile is taken when the first two disagree, and two of the three must
+    agree: another process's burst (a test's leftover worker) can slow one whole profile down
+    without raising the load average (seen: 9.0 ms steady, then 5.7 ms)."""
     model = conv_stack(4, 32)
-    (a, ra), (b, rb) = latency(model), latency(model)
-    if ra.busy or rb.busy:
-        assert max(a.min, b.min) / min(a.min, b.min) < 1.5, (a, b)
-    else:
-        assert max(a.p50, b.p50) / min(a.p50, b.p50) < 1.5, (a, b)
+
+    def agree(x: tuple, y: tuple) -> bool:
+        (a, ra), (b, rb) = x, y
+        if ra.busy or rb.busy:
+            return max(a.min, b.min) / min(a.min, b.min) < 1.5
+        return max(a.p50, b.p50) / min(a.p50, b.p50) < 1.5
+
+    first, second = latency(model), latency(model)
+    if agree(first, second):
+        return
+    third = latency(model)
+    assert agree(first, third) or agree(second, third), (first[0], second[0], third[0])
 
 
 class RandomSleep(nn.Module):
