@@ -113,8 +113,27 @@ def create_experiment(
         )
     if errors:
         raise PlanError(errors)
+    inserted, existing = _insert(session, insert_experiment, spec, owner, settings, idempotency_key)
+    if inserted is None:
+        return existing, None
+    first = inserted.stages[0]
+    send_inserted(session, dispatcher, first["id"], first["queue"])
+    return inserted.experiment["id"], inserted
+
+
+def _insert(
+    session: Session,
+    insert: Any,
+    spec: ExperimentSpec,
+    owner: User,
+    settings: Settings,
+    idempotency_key: str | None,
+) -> tuple[Any, str]:
+    """`insert` (`insert_experiment` or `insert_sweep`) and commit: ``(inserted, "")``, or
+    ``(None, id)`` when the same idempotency key was submitted concurrently and the other
+    request won."""
     try:
-        inserted = insert_experiment(
+        inserted = insert(
             session,
             spec,
             owner_id=owner.id,
@@ -122,15 +141,13 @@ def create_experiment(
             idempotency_key=idempotency_key,
         )
         session.commit()
-    except IntegrityError:  # the same key, submitted concurrently: the other request won
+    except IntegrityError:
         session.rollback()
         existing = find_submission(session, owner, idempotency_key) if idempotency_key else None
         if existing is None:
             raise
-        return existing.id, None
-    first = inserted.stages[0]
-    send_inserted(session, dispatcher, first["id"], first["queue"])
-    return inserted.experiment["id"], inserted
+        return None, existing.id
+    return inserted, ""
 
 
 def _create_sweep(
@@ -158,21 +175,9 @@ def _create_sweep(
     unique = {repr(e): e for e in errors}
     if unique:
         raise PlanError(list(unique.values()))
-    try:
-        inserted = insert_sweep(
-            session,
-            spec,
-            owner_id=owner.id,
-            queues={"gpu": settings.gpu_queue, "profiler": settings.profiler_queue},
-            idempotency_key=idempotency_key,
-        )
-        session.commit()
-    except IntegrityError:  # the same key, submitted concurrently: the other request won
-        session.rollback()
-        existing = find_submission(session, owner, idempotency_key) if idempotency_key else None
-        if existing is None:
-            raise
-        return existing.id, None
+    inserted, existing = _insert(session, insert_sweep, spec, owner, settings, idempotency_key)
+    if inserted is None:
+        return existing, None
     for stage_id, queue in inserted.to_send:
         send_inserted(session, dispatcher, stage_id, queue)
     return inserted.parent.experiment["id"], inserted

@@ -490,14 +490,19 @@ def retry(s: Session, experiment: Experiment) -> Stage | None:
     experiment.cancel_requested = False
     for st in experiment.stages:
         if st.status in (StageStatus.failed, StageStatus.cancelled):
-            st.status = StageStatus.queued
-            st.finished_at = None
-            st.worker_id = None
-            st.lease_expires_at = None
-            st.enqueued_at = None
-            st.error = None
+            _requeue(st)
     _roll_up(experiment)
     return next((st for st in experiment.stages if st.status == StageStatus.queued), None)
+
+
+def _requeue(stage: Stage) -> None:
+    """A finished stage queued again, as it was before it was first sent."""
+    stage.status = StageStatus.queued
+    stage.finished_at = None
+    stage.worker_id = None
+    stage.lease_expires_at = None
+    stage.enqueued_at = None
+    stage.error = None
 
 
 def retry_sweep(s: Session, parent: Experiment) -> list[Stage]:
@@ -515,12 +520,7 @@ def retry_sweep(s: Session, parent: Experiment) -> list[Stage]:
     parent.cancel_requested = False
     for st in parent.stages:
         if st.status.finished:
-            st.status = StageStatus.queued
-            st.finished_at = None
-            st.worker_id = None
-            st.lease_expires_at = None
-            st.enqueued_at = None
-            st.error = None
+            _requeue(st)
     s.flush()
     _roll_up(parent)
     first = next((st for st in parent.stages if st.status == StageStatus.queued), None)
