@@ -18,7 +18,7 @@ from sqlalchemy import select
 from distillery.db import Experiment, StageStatus, make_engine, make_session_factory, migrate
 from distillery.spec import ExperimentSpec
 from distillery.stages import lifecycle
-from distillery.stages.plan import create_experiment
+from distillery.stages.plan import insert_experiment
 from distillery.stages.results import results_markdown
 from distillery.stages.runner import StageRunner
 from distillery.storage import LocalStorage
@@ -69,9 +69,12 @@ def run_local(
         if exp is not None and exp.status in (StageStatus.failed, StageStatus.cancelled):
             lifecycle.retry(s, exp)
         if exp is None:
-            exp = create_experiment(s, spec)
-        experiment_id = exp.id
-        stages = [(st.id, st.name) for st in exp.stages]
+            inserted = insert_experiment(s, spec, send_first=False)  # nothing is sent here
+            experiment_id = inserted.experiment["id"]
+            stages = [(st["id"], st["name"]) for st in inserted.stages]
+        else:
+            experiment_id = exp.id
+            stages = [(st.id, st.name) for st in exp.stages]
 
     names = dict(stages)
     runner = StageRunner(

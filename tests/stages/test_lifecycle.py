@@ -14,7 +14,7 @@ from distillery.db import Experiment, Stage, StageStatus
 from distillery.spec import ExperimentSpec
 from distillery.stages import lifecycle
 from distillery.stages.lifecycle import StageLost
-from distillery.stages.plan import create_experiment
+from distillery.stages.plan import insert_experiment
 
 LEASE = timedelta(seconds=30)
 SPEC = {
@@ -30,8 +30,8 @@ SPEC = {
 @pytest.fixture
 def stage_ids(sessions) -> list[int]:
     with sessions.begin() as s:
-        exp = create_experiment(s, ExperimentSpec.model_validate(SPEC))
-        return [st.id for st in exp.stages]
+        inserted = insert_experiment(s, ExperimentSpec.model_validate(SPEC), send_first=False)
+        return [st["id"] for st in inserted.stages]
 
 
 def test_a_stage_is_claimed_once_and_only_its_holder_writes(sessions, stage_ids) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distillery.db import Experiment, StageStatus
+from distillery.db import Experiment, Stage, StageStatus
 from distillery.spec import ExperimentSpec
-from distillery.stages.plan import create_experiment
+from distillery.stages.plan import insert_experiment
 from services.celery_app import make_celery
 from services.dispatch import CeleryDispatcher, enqueue_stage
 
@@ -45,12 +45,16 @@ def tiny_spec(
 def submit(session_factory, settings, spec: ExperimentSpec) -> tuple[str, list[int]]:
     """What the gateway does: store the experiment and its stages, send the first stage."""
     with session_factory() as s:
-        exp = create_experiment(
-            s, spec, queues={"gpu": settings.gpu_queue, "profiler": settings.profiler_queue}
+        inserted = insert_experiment(
+            s,
+            spec,
+            queues={"gpu": settings.gpu_queue, "profiler": settings.profiler_queue},
+            send_first=False,
         )
         s.commit()
-        assert enqueue_stage(s, CeleryDispatcher(make_celery(settings)), exp.stages[0])
-        return exp.id, [st.id for st in exp.stages]
+        ids = [st["id"] for st in inserted.stages]
+        assert enqueue_stage(s, CeleryDispatcher(make_celery(settings)), s.get(Stage, ids[0]))
+        return inserted.experiment["id"], ids
 
 
 def experiment_status(session_factory, exp_id: str) -> StageStatus:

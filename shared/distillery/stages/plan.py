@@ -1,9 +1,9 @@
 """A spec becomes an experiment and its ordered stages, read from the stage registry (for the
 gateway and `distillery run` alike).
 
-`create_experiment` adds ORM objects (`distillery run`, tests); `insert_experiment` writes the
-same rows with two Core INSERTs and no ORM objects, the first stage already marked as sent (the
-gateway's submission: one transaction, then the message).
+`insert_experiment` is the one way an experiment is written: two Core INSERTs and no ORM objects,
+the first stage marked as sent unless told otherwise (the gateway's submission: one transaction,
+then the message; `distillery run`, which sends nothing, passes `send_first=False`).
 """
 
 from __future__ import annotations
@@ -51,29 +51,6 @@ def planned_stages(
     ]
 
 
-def create_experiment(
-    session: Session,
-    spec: ExperimentSpec,
-    *,
-    owner_id: int | None = None,
-    queues: dict[str, str] | None = None,
-    idempotency_key: str | None = None,
-) -> Experiment:
-    """Add an experiment with one queued stage per planned kind, each on its kind's queue
-    (`planned_stages`)."""
-    exp = Experiment(
-        name=spec.name,
-        spec=spec.model_dump(mode="json"),
-        owner_id=owner_id,
-        idempotency_key=idempotency_key,
-    )
-    for stage in planned_stages(spec, queues):
-        exp.stages.append(Stage(**stage))
-    session.add(exp)
-    session.flush()
-    return exp
-
-
 @dataclass(frozen=True)
 class InsertedExperiment:
     """What `insert_experiment` wrote: the experiment's columns and each stage's (with its id)."""
@@ -97,8 +74,9 @@ def insert_experiment(
     sweep: dict[str, Any] | None = None,
     send_first: bool = True,
 ) -> InsertedExperiment:
-    """`create_experiment` as two Core INSERTs in the session's transaction (no ORM objects):
-    the experiment, then its stages in one statement returning their ids. The first stage
+    """An experiment with one queued stage per planned kind (`planned_stages`, each on its
+    kind's queue), as two Core INSERTs in the session's transaction (no ORM objects): the
+    experiment, then its stages in one statement returning their ids. The first stage
     starts as sent (`lifecycle.new_stage(sent=True)`): commit, then send its message, and
     `lifecycle.mark_unsent` it if the broker refuses. Every column is given here, so the rows
     returned are what is stored. An `Idempotency-Key` the owner already used raises

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from distillery.db import Stage, StageStatus
 from distillery.db.models import utcnow
 from distillery.spec import ExperimentSpec
-from distillery.stages.plan import create_experiment
+from distillery.stages.plan import insert_experiment
 from services.gateway.schemas import QueueOut
 
 from .helpers import spec_dict
@@ -63,7 +63,10 @@ def test_the_queue_is_paged_and_counts_the_whole_view(as_user, session_factory):
     unless asked), in enqueue order; the counts are of the whole view, also past its end."""
     spec = ExperimentSpec.model_validate(spec_dict("q"))
     with session_factory() as s:  # stored as `distillery run` would (the caps stay out of it)
-        ids = [create_experiment(s, spec, queues={"gpu": "gpu"}).id for _ in range(53)]
+        ids = [
+            insert_experiment(s, spec, queues={"gpu": "gpu"}, send_first=False).experiment["id"]
+            for _ in range(53)
+        ]
         s.commit()
     t0 = utcnow()
     with session_factory() as s:

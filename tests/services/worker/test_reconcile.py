@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from distillery.db import Stage, StageStatus
+from distillery.db import Experiment, Stage, StageStatus
 from distillery.spec import ExperimentSpec
-from distillery.stages.plan import create_experiment
+from distillery.stages.plan import insert_experiment
 from services.celery_app import RUN_STAGE_TASK, make_celery
 from services.worker.reconcile import pending_stage_ids, reconcile_once, run_loop
 from services.worker.runtime import heartbeat
@@ -33,14 +33,16 @@ def app(settings):
 def _experiment(session_factory, settings, age_s: float = 0) -> list[int]:
     """A submitted experiment whose first stage was never sent, submitted `age_s` ago."""
     with session_factory.begin() as s:
-        exp = create_experiment(
+        inserted = insert_experiment(
             s,
             ExperimentSpec.model_validate(SPEC),
             queues={"gpu": settings.gpu_queue, "profiler": settings.profiler_queue},
+            send_first=False,
         )
-        exp.created_at = datetime.now(UTC) - timedelta(seconds=age_s)
-        s.flush()
-        return [st.id for st in exp.stages]
+        s.get(Experiment, inserted.experiment["id"]).created_at = datetime.now(UTC) - timedelta(
+            seconds=age_s
+        )
+        return [st["id"] for st in inserted.stages]
 
 
 def _age_enqueued(session_factory, stage_id: int, age_s: float) -> None:
