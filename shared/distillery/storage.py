@@ -6,6 +6,7 @@ Keys are POSIX paths inside a bucket, e.g. `artifacts/<experiment>/<stage>/model
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,14 +101,28 @@ class LocalStorage:
         return self._path(key).is_file()
 
     def list(self, prefix: str) -> list[ObjectInfo]:
+        """The objects whose key starts with `prefix`, by key.
+
+        Only the folder the prefix names is walked, not the whole root: a run folder also holds
+        the training's working folder, whose checkpoints come and go during the walk (a walk of
+        the root once failed on a checkpoint folder deleted under it). A file or folder that
+        disappears during the walk is left out."""
+        folder = prefix.rpartition("/")[0]
+        start = self._path(folder) if folder else self.root
         out = []
-        for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
-            key = path.relative_to(self.root).as_posix()
-            if key.startswith(prefix):
-                stat = path.stat()
+        for dirpath, _, filenames in os.walk(start):  # a folder gone meanwhile is skipped
+            for name in filenames:
+                path = Path(dirpath, name)
+                key = path.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # removed since the folder was read (or a dead link)
+                    continue
                 etag = hashlib.md5(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
                 out.append(ObjectInfo(key, stat.st_size, etag))
-        return out
+        return sorted(out, key=lambda o: o.key)
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete the objects under `prefix` and the folders they leave empty."""
