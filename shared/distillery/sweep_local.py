@@ -26,7 +26,13 @@ from typing import Any
 from distillery.research.stats import paired_interval
 from distillery.research.summary import sweep_markdown
 from distillery.spec import ExperimentSpec
-from distillery.stages.sweep_results import Outcome, log_sweep, profile_key, summarize
+from distillery.stages.sweep_results import (
+    Outcome,
+    log_sweep,
+    profile_key,
+    summarize,
+    write_samples,
+)
 from distillery.sweeps import SweepPlan, baseline_identity, content_hash, plan_sweep
 
 
@@ -127,7 +133,9 @@ def run_sweep(
         matched = _compute_matched(plan, baselines, children, run_dir, fresh, say, on_progress)
     results = summarize(spec, plan, teachers, baselines, children, analyses=analyses, say=say)
     if analyses:
-        samples = _samples(spec, plan, teachers, baselines, children, results, run_dir)
+        samples = write_samples(
+            spec, plan, teachers, baselines, children, results, run_dir / "samples.png"
+        )
         results["samples_png"] = samples.name if samples else None
     if matched:
         add_compute_matched(results, matched)
@@ -180,41 +188,6 @@ def _compute_matched(
             say(f"compute-matched baseline {key}: {status}")
         out[(child.configuration, child.seed)] = (epochs, runs[key])
     return out
-
-
-def _samples(
-    spec: ExperimentSpec,
-    plan: SweepPlan,
-    teachers: dict[str, Outcome],
-    baselines: dict[str, Outcome],
-    children: dict[tuple[str, int], Outcome],
-    results: dict[str, Any],
-    run_dir: Path,
-) -> Path | None:
-    """``samples.png``: teacher, baseline and best configuration on two validation images (the
-    first seed of each)."""
-    from distillery.research.predict import sample_predictions
-
-    models: dict[str, Path] = {}
-    teacher = next(
-        (o.model_path("teacher") for o in teachers.values() if o.model_path("teacher")), None
-    )
-    if teacher is not None:
-        models["teacher"] = teacher
-    first = plan.children[0] if plan.children else None
-    base = baselines.get(first.baseline_key or "") if first else None
-    if base is not None and (path := base.model_path("student")) is not None:
-        models[f"baseline (seed {first.seed})"] = path  # type: ignore[union-attr]
-    best = results.get("best")
-    for child in plan.children:
-        if child.configuration == best:
-            path = children[(best, child.seed)].model_path("distill")
-            if path is not None:
-                models[f"{best} (seed {child.seed})"] = path
-                break
-    if not models:
-        return None
-    return sample_predictions(models, spec.data, run_dir / "samples.png")
 
 
 def matched_epochs(epochs: int, t_distill: float, t_baseline: float) -> int:

@@ -189,3 +189,36 @@ def test_a_shared_teacher_cancelled_alone_fails_its_children_at_once(sessions, s
         assert child_b.error.endswith("which cancelled")
         assert s.get(Stage, ids[("child", "a")]).status == StageStatus.queued
     assert _status(sessions, sweep["parent"]) == StageStatus.running
+
+
+def test_a_member_retried_alone_queues_the_ended_comparison_again(sessions, sweep) -> None:
+    """The sweep ended `partial` (child a failed); retrying child a queues the comparison
+    again, which waits for it, runs after it, and the parent then sums up anew."""
+    ids, teacher_of, compare = sweep["ids"], sweep["teacher_of"], sweep["compare"]
+    child_a, child_b = ids[("child", "a")], ids[("child", "b")]
+    for config in ("a", "b"):
+        _run(sessions, teacher_of[config])
+    _run(sessions, next(v for k, v in ids.items() if k[0] == "baseline"))
+    _run(sessions, child_a, ok=False)
+    _run(sessions, child_b)
+    _run(sessions, compare)
+    assert _status(sessions, sweep["parent"]) == StageStatus.partial
+    with sessions.begin() as s:
+        member = s.get(Stage, child_a).experiment
+        first = lifecycle.retry(s, member)
+        assert first is not None and first.id == child_a
+    with sessions() as s:
+        stage = s.get(Stage, compare)
+        assert (stage.status, stage.finished_at, stage.error) == (StageStatus.queued, None, None)
+        assert lifecycle.waits_for_others(s, stage)  # for the retried child
+    assert _status(sessions, sweep["parent"]) == StageStatus.running
+    with sessions.begin() as s:
+        assert lifecycle.claim(s, compare, "w:1", LEASE) is None  # not before the child ends
+    _run(sessions, child_a)
+    with sessions() as s:
+        assert [st.id for st in lifecycle.ready_after(s, child_a)] == [compare]
+    assert _status(sessions, sweep["parent"]) == StageStatus.running  # until it compared
+    _run(sessions, compare)
+    assert _status(sessions, sweep["parent"]) == StageStatus.succeeded
+    with sessions() as s:
+        assert s.get(Stage, compare).attempts == 2

@@ -212,6 +212,44 @@ def summarize(
     return results
 
 
+def write_samples(
+    spec: ExperimentSpec,
+    plan: SweepPlan,
+    teachers: dict[str, Outcome],
+    baselines: dict[str, Outcome],
+    children: dict[tuple[str, int], Outcome],
+    results: dict[str, Any],
+    out: Path,
+    *,
+    resolve_root: Callable[[DatasetRef], Path] | None = None,
+) -> Path | None:
+    """The sample-predictions PNG at `out` (the report's ``samples.png``): teacher, baseline
+    and best configuration on two validation images (the first seed of each); None when no
+    part left a model. `distillery run` and the queue's `compare` stage both call it."""
+    from distillery.research.predict import sample_predictions
+
+    models: dict[str, Path] = {}
+    teacher = next(
+        (o.model_path("teacher") for o in teachers.values() if o.model_path("teacher")), None
+    )
+    if teacher is not None:
+        models["teacher"] = teacher
+    first = plan.children[0] if plan.children else None
+    base = baselines.get(first.baseline_key or "") if first else None
+    if base is not None and (path := base.model_path("student")) is not None:
+        models[f"baseline (seed {first.seed})"] = path  # type: ignore[union-attr]
+    best = results.get("best")
+    for child in plan.children:
+        if child.configuration == best:
+            path = children[(best, child.seed)].model_path("distill")
+            if path is not None:
+                models[f"{best} (seed {child.seed})"] = path
+                break
+    if not models:
+        return None
+    return sample_predictions(models, spec.data, out, resolve_root=resolve_root)
+
+
 def _profiled_row(
     plan: SweepPlan, children: dict[tuple[str, int], Outcome], child: Any
 ) -> dict[str, Any]:
