@@ -23,12 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distillery.research.stats import paired_interval
 from distillery.research.summary import sweep_markdown
 from distillery.spec import ExperimentSpec
 from distillery.stages.sweep_results import (
     Outcome,
+    add_compute_matched,
     log_sweep,
+    matched_epochs,
     profile_key,
     summarize,
     write_samples,
@@ -188,46 +189,3 @@ def _compute_matched(
             say(f"compute-matched baseline {key}: {status}")
         out[(child.configuration, child.seed)] = (epochs, runs[key])
     return out
-
-
-def matched_epochs(epochs: int, t_distill: float, t_baseline: float) -> int:
-    """Epochs of a student-alone run that trains as long as the distillation did:
-    ``max(1, round(epochs * t_distill / t_baseline))``."""
-    if t_baseline <= 0:
-        raise ValueError(f"the baseline's training time must be > 0, got {t_baseline}")
-    return max(1, round(epochs * t_distill / t_baseline))
-
-
-def add_compute_matched(
-    results: dict[str, Any], matched: dict[tuple[str, int], tuple[int, Outcome]]
-) -> None:
-    """Add ``compute_matched`` to each configuration row: per seed the matched baseline's epochs
-    and mIoU and the gain over it, with the mean and 95% paired t-interval."""
-    for row in results["configurations"]:
-        per_seed, mine, theirs = [], {}, {}
-        for r in row["per_seed"]:
-            entry = matched.get((row["name"], r["seed"]))
-            if entry is None:
-                continue
-            epochs, outcome = entry
-            metrics = outcome.metrics("student")
-            if metrics is None:
-                continue
-            mine[r["seed"]], theirs[r["seed"]] = r["miou"], metrics["miou"]
-            per_seed.append(
-                {
-                    "seed": r["seed"],
-                    "epochs": epochs,
-                    "miou": metrics["miou"],
-                    "gain": r["miou"] - metrics["miou"],
-                }
-            )
-        if not per_seed:
-            continue
-        interval = paired_interval(mine, theirs)
-        row["compute_matched"] = {
-            "per_seed": per_seed,
-            "gain_mean": interval.mean if interval else None,
-            "gain_ci95": interval.as_list() if interval else None,
-            "distinguishable": bool(interval and interval.excludes_zero),
-        }

@@ -19,8 +19,13 @@ retried member and then compares everything anew, so the table and report includ
 
 If the analyses that read the models and the data fail (the data unreachable from the profiler
 worker, say), the table is built without them (and without sample predictions) and
-``analyses_error`` says why. Not done here, unlike a local sweep: the compute-matched
-baselines.
+``analyses_error`` says why.
+
+With ``sweep.compute_matched_baseline``, each child's compute-matched baseline is a member of
+its own (``matched``: a `student` stage that needed the child's `distill` and its baseline's
+`student` and trained as long as the distillation did); each configuration's row then carries
+``compute_matched`` (`sweep_results.add_compute_matched`, as locally): per seed the matched
+baseline's epochs and mIoU and the gain over it, the mean and its 95% paired t-interval.
 """
 
 from __future__ import annotations
@@ -53,7 +58,13 @@ class CompareStage(StageKind):
         return json.loads(ctx.retrying(f"download {key}", lambda: ctx.storage.get_bytes(key)))
 
     def run(self, ctx: StageContext) -> StageOutput:
-        from distillery.stages.sweep_results import Outcome, log_sweep, summarize, write_samples
+        from distillery.stages.sweep_results import (
+            Outcome,
+            add_compute_matched,
+            log_sweep,
+            summarize,
+            write_samples,
+        )
         from distillery.sweeps import plan_sweep
 
         plan = plan_sweep(ctx.spec)
@@ -63,6 +74,7 @@ class CompareStage(StageKind):
         teachers: dict[str, Outcome] = {}
         baselines: dict[str, Outcome] = {}
         children: dict[tuple[str, int], Outcome] = {}
+        matched: dict[tuple[str, int], tuple[int, Outcome]] = {}
         for member, parts in by_member.items():
             info = parts[0].sweep or {}
             outcome = self._outcome(ctx, member, parts)
@@ -72,6 +84,11 @@ class CompareStage(StageKind):
                 baselines[info["key"]] = outcome
             elif info.get("role") == "child":
                 children[(info["configuration"], int(info["seed"]))] = outcome
+            elif info.get("role") == "matched":
+                student = next((p for p in parts if p.name == "student"), None)
+                epochs = ((student.result if student else None) or {}).get("epochs")
+                if epochs is not None:
+                    matched[(info["configuration"], int(info["seed"]))] = (epochs, outcome)
         for child in plan.children:  # a member that is gone (deleted) is a failed part
             key = (child.configuration, child.seed)
             if key not in children:
@@ -83,6 +100,7 @@ class CompareStage(StageKind):
         except Exception as e:  # noqa: BLE001 - the table stands without the analyses
             results = summarize(ctx.spec, plan, teachers, baselines, children, analyses=False)
             results["analyses_error"] = f"{type(e).__name__}: {e}"
+        add_compute_matched(results, matched)
         results["samples_png"] = None
         if results["analyses_error"] is None:
             folder = ctx.workdir / "comparison"

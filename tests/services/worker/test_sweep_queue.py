@@ -252,3 +252,63 @@ def test_a_child_retried_alone_reruns_the_comparison_which_then_has_its_row(
     assert stored["configurations"] == results["configurations"]
     listed = {a["key"]: a["kind"] for a in parent["artifacts"]}
     _assert_samples(storage, parent_id, results, listed)
+
+
+def test_compute_matched_baselines_train_as_long_as_each_distillation(
+    settings, gateway_url, make_user, session_factory, start_worker, start_reconciler, tmp_path,
+    poll,
+):  # fmt: skip
+    alice = _client(gateway_url, make_user("alice"))
+    # the distillation (4 epochs, a teacher of width 32) takes several times as long as the
+    # baseline (1 epoch, nothing else): its match needs more than 1 epoch
+    four = {"epochs": 4, "batch_size": 2, "max_steps_per_epoch": 2}
+    spec = _sweep(
+        "sweep-matched",
+        tmp_path / "data",
+        {
+            "seeds": [0, 1],
+            "configurations": [{"name": "kd", "overrides": {"distillation.train": four}}],
+            "compute_matched_baseline": True,
+        },
+    )
+    spec["teacher"]["model"] = {"depth": 3, "width": 32}
+    body, parent = _run(alice, spec, start_worker, start_reconciler, poll)
+    assert parent["status"] == "succeeded", parent
+    assert parent["sweep"]["counts"] == {"succeeded": 7}  # teacher, 2 baselines, 2 children, 2
+    members = {(m["role"], m["seed"]): m for m in parent["sweep"]["members"]}
+    storage = make_storage(settings, settings.artifacts_bucket)
+
+    def stage(member: dict[str, Any]) -> tuple[Stage, dict[str, Any]]:
+        """The member's training stage and its stored results (metrics, history)."""
+        with session_factory() as s:
+            (st,) = [x for x in s.get(Experiment, member["id"]).stages if x.name != "profile"]
+        stored = storage.get_bytes(f"artifacts/{member['id']}/{st.name}/results.json")
+        return st, json.loads(stored)
+
+    def train_time(history: list[dict[str, Any]]) -> float:
+        return sum(h["train"]["time_s"] for h in history)
+
+    (row,) = parent["results"]["configurations"]
+    matched = {r["seed"]: r for r in row["compute_matched"]["per_seed"]}
+    assert sorted(matched) == [0, 1]
+    for seed in (0, 1):
+        distill, d_results = stage(members[("child", seed)])
+        base, b_results = stage(members[("baseline", seed)])
+        mine, m_results = stage(members[("matched", seed)])
+        assert mine.name == "student" and mine.started_at >= distill.finished_at
+        assert mine.started_at >= base.finished_at
+        # epochs = max(1, round(epochs * t_distill / t_baseline)) from the recorded times
+        ratio = train_time(d_results["history"]) / train_time(b_results["history"])
+        epochs = max(1, round(spec["student"]["train"]["epochs"] * ratio))
+        assert epochs > spec["student"]["train"]["epochs"] == 1
+        assert mine.result["epochs"] == epochs == len(m_results["history"])
+        assert matched[seed]["epochs"] == epochs
+        assert matched[seed]["miou"] == pytest.approx(m_results["metrics"]["miou"])
+        distilled = d_results["metrics"]["miou"]
+        assert matched[seed]["gain"] == pytest.approx(distilled - m_results["metrics"]["miou"])
+    gains = [matched[s]["gain"] for s in (0, 1)]
+    assert row["compute_matched"]["gain_mean"] == pytest.approx(sum(gains) / 2)
+    low, high = row["compute_matched"]["gain_ci95"]
+    assert low <= sum(gains) / 2 <= high
+    stored = json.loads(storage.get_bytes(f"artifacts/{body['id']}/results.json"))
+    assert stored["configurations"][0]["compute_matched"] == row["compute_matched"]
