@@ -5,7 +5,7 @@ needs every stage of every member (`stage_needs`) and runs `after_failures`: a f
 a row with its error, not the end of the sweep. It downloads each member's stage results
 (metrics, history), exported models and results table into a folder laid out like the artifacts
 store, builds the table of `distillery.stages.sweep_results` (the one `distillery run` writes
-for a local sweep: statistics, bias–variance over seeds, each teacher's entropy and ECE) and
+for a local sweep: statistics, bias–variance over seeds, each teacher's entropy and ECE)
 and draws the sample predictions (teacher, baseline and best configuration on validation
 images, `sweep_results.write_samples`, as a local sweep does), then stores ``results.json``
 (``configurations``, ``baseline``, ``plan``, ``parts``, ``samples_png``, ...) and ``report.md``
