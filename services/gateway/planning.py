@@ -229,9 +229,10 @@ def _cancel_once(session: Session, experiment_id: str, dispatcher: Dispatcher) -
 
 def retry_experiment(session: Session, experiment_id: str, dispatcher: Dispatcher) -> Experiment:
     """Queue a failed or cancelled experiment's unfinished stages again (succeeded stages are
-    kept; each resumes from its last checkpoint) and enqueue the first of them. A failed,
-    cancelled or partial sweep retries its failed and cancelled members, then its comparison
-    (`lifecycle.retry_sweep`)."""
+    kept; each resumes from its last checkpoint) and enqueue the first of them; a sweep's member
+    also queues its parent's ended comparison again, sent once the member's stages end. A
+    failed, cancelled or partial sweep retries its failed and cancelled members, then its
+    comparison (`lifecycle.retry_sweep`)."""
     experiment = session.get(
         Experiment, experiment_id, with_for_update=True, populate_existing=True
     )

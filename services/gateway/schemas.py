@@ -81,13 +81,14 @@ class SweepMember(BaseModel):
 class SweepOut(BaseModel):
     """An experiment's part in a sweep (`ExperimentDetail.sweep`, `ExperimentSubmitted.sweep`)."""
 
-    role: Literal["sweep", "teacher", "baseline", "child"]
+    role: Literal["sweep", "teacher", "baseline", "child", "matched"]
     #: The parent's: the expansion and the stages shared (as `distillery submit --dry-run`).
     plan: dict[str, Any] | None = None
     #: The parent's: how many members are in each status.
     counts: dict[str, int] | None = None
     members: list[SweepMember] | None = None
-    #: A member's: its configuration and seed (a child), its content key (a shared stage).
+    #: A member's: its configuration and seed (a child, a compute-matched baseline), its
+    #: content key (a shared stage).
     configuration: str | None = None
     seed: int | None = None
     key: str | None = None

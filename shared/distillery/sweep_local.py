@@ -23,10 +23,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distillery.research.stats import paired_interval
 from distillery.research.summary import sweep_markdown
 from distillery.spec import ExperimentSpec
-from distillery.stages.sweep_results import Outcome, log_sweep, profile_key, summarize
+from distillery.stages.sweep_results import (
+    Outcome,
+    add_compute_matched,
+    log_sweep,
+    matched_epochs,
+    profile_key,
+    summarize,
+    write_samples,
+)
 from distillery.sweeps import SweepPlan, baseline_identity, content_hash, plan_sweep
 
 
@@ -127,7 +134,9 @@ def run_sweep(
         matched = _compute_matched(plan, baselines, children, run_dir, fresh, say, on_progress)
     results = summarize(spec, plan, teachers, baselines, children, analyses=analyses, say=say)
     if analyses:
-        samples = _samples(spec, plan, teachers, baselines, children, results, run_dir)
+        samples = write_samples(
+            spec, plan, teachers, baselines, children, results, run_dir / "samples.png"
+        )
         results["samples_png"] = samples.name if samples else None
     if matched:
         add_compute_matched(results, matched)
@@ -180,81 +189,3 @@ def _compute_matched(
             say(f"compute-matched baseline {key}: {status}")
         out[(child.configuration, child.seed)] = (epochs, runs[key])
     return out
-
-
-def _samples(
-    spec: ExperimentSpec,
-    plan: SweepPlan,
-    teachers: dict[str, Outcome],
-    baselines: dict[str, Outcome],
-    children: dict[tuple[str, int], Outcome],
-    results: dict[str, Any],
-    run_dir: Path,
-) -> Path | None:
-    """``samples.png``: teacher, baseline and best configuration on two validation images (the
-    first seed of each)."""
-    from distillery.research.predict import sample_predictions
-
-    models: dict[str, Path] = {}
-    teacher = next(
-        (o.model_path("teacher") for o in teachers.values() if o.model_path("teacher")), None
-    )
-    if teacher is not None:
-        models["teacher"] = teacher
-    first = plan.children[0] if plan.children else None
-    base = baselines.get(first.baseline_key or "") if first else None
-    if base is not None and (path := base.model_path("student")) is not None:
-        models[f"baseline (seed {first.seed})"] = path  # type: ignore[union-attr]
-    best = results.get("best")
-    for child in plan.children:
-        if child.configuration == best:
-            path = children[(best, child.seed)].model_path("distill")
-            if path is not None:
-                models[f"{best} (seed {child.seed})"] = path
-                break
-    if not models:
-        return None
-    return sample_predictions(models, spec.data, run_dir / "samples.png")
-
-
-def matched_epochs(epochs: int, t_distill: float, t_baseline: float) -> int:
-    """Epochs of a student-alone run that trains as long as the distillation did:
-    ``max(1, round(epochs * t_distill / t_baseline))``."""
-    if t_baseline <= 0:
-        raise ValueError(f"the baseline's training time must be > 0, got {t_baseline}")
-    return max(1, round(epochs * t_distill / t_baseline))
-
-
-def add_compute_matched(
-    results: dict[str, Any], matched: dict[tuple[str, int], tuple[int, Outcome]]
-) -> None:
-    """Add ``compute_matched`` to each configuration row: per seed the matched baseline's epochs
-    and mIoU and the gain over it, with the mean and 95% paired t-interval."""
-    for row in results["configurations"]:
-        per_seed, mine, theirs = [], {}, {}
-        for r in row["per_seed"]:
-            entry = matched.get((row["name"], r["seed"]))
-            if entry is None:
-                continue
-            epochs, outcome = entry
-            metrics = outcome.metrics("student")
-            if metrics is None:
-                continue
-            mine[r["seed"]], theirs[r["seed"]] = r["miou"], metrics["miou"]
-            per_seed.append(
-                {
-                    "seed": r["seed"],
-                    "epochs": epochs,
-                    "miou": metrics["miou"],
-                    "gain": r["miou"] - metrics["miou"],
-                }
-            )
-        if not per_seed:
-            continue
-        interval = paired_interval(mine, theirs)
-        row["compute_matched"] = {
-            "per_seed": per_seed,
-            "gain_mean": interval.mean if interval else None,
-            "gain_ci95": interval.as_list() if interval else None,
-            "distinguishable": bool(interval and interval.excludes_zero),
-        }

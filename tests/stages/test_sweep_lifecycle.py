@@ -189,3 +189,88 @@ def test_a_shared_teacher_cancelled_alone_fails_its_children_at_once(sessions, s
         assert child_b.error.endswith("which cancelled")
         assert s.get(Stage, ids[("child", "a")]).status == StageStatus.queued
     assert _status(sessions, sweep["parent"]) == StageStatus.running
+
+
+def test_a_member_retried_alone_queues_the_ended_comparison_again(sessions, sweep) -> None:
+    """The sweep ended `partial` (child a failed); retrying child a queues the comparison
+    again, which waits for it, runs after it, and the parent then sums up anew."""
+    ids, teacher_of, compare = sweep["ids"], sweep["teacher_of"], sweep["compare"]
+    child_a, child_b = ids[("child", "a")], ids[("child", "b")]
+    for config in ("a", "b"):
+        _run(sessions, teacher_of[config])
+    _run(sessions, next(v for k, v in ids.items() if k[0] == "baseline"))
+    _run(sessions, child_a, ok=False)
+    _run(sessions, child_b)
+    _run(sessions, compare)
+    assert _status(sessions, sweep["parent"]) == StageStatus.partial
+    with sessions.begin() as s:
+        member = s.get(Stage, child_a).experiment
+        first = lifecycle.retry(s, member)
+        assert first is not None and first.id == child_a
+    with sessions() as s:
+        stage = s.get(Stage, compare)
+        assert (stage.status, stage.finished_at, stage.error) == (StageStatus.queued, None, None)
+        assert lifecycle.waits_for_others(s, stage)  # for the retried child
+    assert _status(sessions, sweep["parent"]) == StageStatus.running
+    with sessions.begin() as s:
+        assert lifecycle.claim(s, compare, "w:1", LEASE) is None  # not before the child ends
+    _run(sessions, child_a)
+    with sessions() as s:
+        assert [st.id for st in lifecycle.ready_after(s, child_a)] == [compare]
+    assert _status(sessions, sweep["parent"]) == StageStatus.running  # until it compared
+    _run(sessions, compare)
+    assert _status(sessions, sweep["parent"]) == StageStatus.succeeded
+    with sessions() as s:
+        assert s.get(Stage, compare).attempts == 2
+
+
+def test_compute_matched_baselines_wait_for_their_child_and_baseline(sessions) -> None:
+    """One matched baseline per child: a `student` stage that needs the child's `distill` and
+    its baseline's `student`; the comparison needs it too."""
+    spec = _spec(TWO_TEACHERS)
+    spec = spec.model_copy(
+        update={"sweep": spec.sweep.model_copy(update={"compute_matched_baseline": True})}
+    )
+    with sessions.begin() as s:
+        inserted = insert_sweep(s, spec)
+        by_role: dict[str, list] = {}
+        for m in inserted.members:
+            by_role.setdefault(m.experiment["sweep"]["role"], []).append(m)
+        sent = {stage_id for stage_id, _queue in inserted.to_send}
+        compare = inserted.parent.stages[0]["id"]
+        (baseline,) = by_role["baseline"]
+        base_stage = baseline.stages[0]["id"]
+        distill = {
+            m.experiment["sweep"]["configuration"]: m.stages[0]["id"] for m in by_role["child"]
+        }
+        assert len(by_role["matched"]) == 2
+        for m in by_role["matched"]:
+            info = m.experiment["sweep"]
+            (stage,) = m.stages
+            assert stage["name"] == "student" and stage["id"] not in sent
+            assert m.experiment["spec"]["student"] == baseline.experiment["spec"]["student"]
+            needs = {x.id for x in lifecycle.needed_stages(s, stage["id"])}
+            assert needs == {distill[info["configuration"]], base_stage}
+            assert stage["id"] in {x.id for x in lifecycle.needed_stages(s, compare)}
+
+
+def test_a_matched_baseline_trains_as_long_as_the_distillation() -> None:
+    from distillery.stages.kinds import StageInputs
+    from distillery.stages.lifecycle import Part
+    from distillery.stages.train import STUDENT
+
+    spec = _spec([{"name": "a", "overrides": {}}]).model_copy(update={"sweep": None})
+    assert spec.student.train.epochs == 10
+
+    def part(name: str, time_s: float | None, status: str = "succeeded") -> Part:
+        result = {"train_time_s": time_s}
+        return Part("e", None, name, status, result, None, None, None)
+
+    inputs = StageInputs(parts=[part("distill", 36.0), part("student", 24.0)])
+    assert STUDENT.prepare(spec, inputs).student.train.epochs == 15  # 10 * 36 / 24
+    inputs = StageInputs(parts=[part("distill", 1.0), part("student", 24.0)])
+    assert STUDENT.prepare(spec, inputs).student.train.epochs == 1  # at least one
+    assert STUDENT.prepare(spec, StageInputs()).student.train.epochs == 10  # a plain baseline
+    inputs = StageInputs(parts=[part("distill", None), part("student", 24.0)])
+    with pytest.raises(ValueError, match="stage distill of experiment e recorded no training"):
+        STUDENT.prepare(spec, inputs)

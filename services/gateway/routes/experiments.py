@@ -354,7 +354,7 @@ def retry_experiment(
 ) -> ExperimentSummary:
     """Owner or admin: queue a failed or cancelled experiment's failed and cancelled stages
     again (409 otherwise). Succeeded stages are kept; each stage resumes from its last
-    checkpoint."""
+    checkpoint. A sweep member's retry also reruns its sweep's comparison after it."""
     experiment = load_experiment(session, experiment_id)
     ensure_owner_or_admin(user, experiment.owner_id, f"experiment {experiment_id}")
     try:

@@ -195,6 +195,8 @@ def print_experiment(exp: dict[str, Any]) -> None:
 def _part_text(part: dict[str, Any]) -> str:
     if part.get("role") == "child":
         return f"child {part.get('configuration')} seed {part.get('seed')}"
+    if part.get("role") == "matched":
+        return f"compute-matched baseline {part.get('configuration')} seed {part.get('seed')}"
     return f"shared {part.get('role')} {part.get('key') or ''}".strip()
 
 

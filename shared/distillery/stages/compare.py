@@ -5,15 +5,27 @@ needs every stage of every member (`stage_needs`) and runs `after_failures`: a f
 a row with its error, not the end of the sweep. It downloads each member's stage results
 (metrics, history), exported models and results table into a folder laid out like the artifacts
 store, builds the table of `distillery.stages.sweep_results` (the one `distillery run` writes
-for a local sweep: statistics, bias–variance over seeds, each teacher's entropy and ECE) and
-stores ``results.json`` (``configurations``, ``baseline``, ``plan``, ``parts``, ...) and
-``report.md`` as the parent's artifacts, with the report's Markdown and PNGs under
-``report/`` (`distillery.research.report`); the table is also the parent's `results`. The table
-and the PNGs are logged to a wandb run (job type ``sweep``, as `distillery run` of a sweep logs).
+for a local sweep: statistics, bias–variance over seeds, each teacher's entropy and ECE)
+and draws the sample predictions (teacher, baseline and best configuration on validation
+images, `sweep_results.write_samples`, as a local sweep does), then stores ``results.json``
+(``configurations``, ``baseline``, ``plan``, ``parts``, ``samples_png``, ...) and ``report.md``
+as the parent's artifacts, with the report's Markdown and PNGs (``samples.png`` among them)
+under ``report/`` (`distillery.research.report`); the table is also the parent's `results`.
+The table and the PNGs are logged to a wandb run (job type ``sweep``, as `distillery run` of a
+sweep logs).
+
+A member retried on its own (`lifecycle.retry`) queues this stage again; it waits for the
+retried member and then compares everything anew, so the table and report include it.
 
 If the analyses that read the models and the data fail (the data unreachable from the profiler
-worker, say), the table is built without them and ``analyses_error`` says why. Not done here,
-unlike a local sweep: sample predictions and the compute-matched baselines.
+worker, say), the table is built without them (and without sample predictions) and
+``analyses_error`` says why.
+
+With ``sweep.compute_matched_baseline``, each child's compute-matched baseline is a member of
+its own (``matched``: a `student` stage that needed the child's `distill` and its baseline's
+`student` and trained as long as the distillation did); each configuration's row then carries
+``compute_matched`` (`sweep_results.add_compute_matched`, as locally): per seed the matched
+baseline's epochs and mIoU and the gain over it, the mean and its 95% paired t-interval.
 """
 
 from __future__ import annotations
@@ -46,7 +58,13 @@ class CompareStage(StageKind):
         return json.loads(ctx.retrying(f"download {key}", lambda: ctx.storage.get_bytes(key)))
 
     def run(self, ctx: StageContext) -> StageOutput:
-        from distillery.stages.sweep_results import Outcome, log_sweep, summarize
+        from distillery.stages.sweep_results import (
+            Outcome,
+            add_compute_matched,
+            log_sweep,
+            summarize,
+            write_samples,
+        )
         from distillery.sweeps import plan_sweep
 
         plan = plan_sweep(ctx.spec)
@@ -56,6 +74,7 @@ class CompareStage(StageKind):
         teachers: dict[str, Outcome] = {}
         baselines: dict[str, Outcome] = {}
         children: dict[tuple[str, int], Outcome] = {}
+        matched: dict[tuple[str, int], tuple[int, Outcome]] = {}
         for member, parts in by_member.items():
             info = parts[0].sweep or {}
             outcome = self._outcome(ctx, member, parts)
@@ -65,6 +84,11 @@ class CompareStage(StageKind):
                 baselines[info["key"]] = outcome
             elif info.get("role") == "child":
                 children[(info["configuration"], int(info["seed"]))] = outcome
+            elif info.get("role") == "matched":
+                student = next((p for p in parts if p.name == "student"), None)
+                epochs = ((student.result if student else None) or {}).get("epochs")
+                if epochs is not None:
+                    matched[(info["configuration"], int(info["seed"]))] = (epochs, outcome)
         for child in plan.children:  # a member that is gone (deleted) is a failed part
             key = (child.configuration, child.seed)
             if key not in children:
@@ -76,6 +100,19 @@ class CompareStage(StageKind):
         except Exception as e:  # noqa: BLE001 - the table stands without the analyses
             results = summarize(ctx.spec, plan, teachers, baselines, children, analyses=False)
             results["analyses_error"] = f"{type(e).__name__}: {e}"
+        add_compute_matched(results, matched)
+        results["samples_png"] = None
+        if results["analyses_error"] is None:
+            folder = ctx.workdir / "comparison"
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                samples = write_samples(
+                    ctx.spec, plan, teachers, baselines, children, results,
+                    folder / "samples.png", resolve_root=resolve,
+                )  # fmt: skip
+                results["samples_png"] = samples.name if samples else None
+            except Exception as e:  # noqa: BLE001 - the report stands without them
+                results["analyses_error"] = f"sample predictions: {type(e).__name__}: {e}"
         results["experiment_id"] = ctx.experiment_id
         artifacts = self._store(ctx, results)
         run = log_sweep(

@@ -14,7 +14,8 @@ A stage may also need stages of other experiments (`stage_needs`: a sweep's chil
 needs the shared teacher; the sweep's `compare` needs every member's stages): it is not
 claimed before they have ended, and fails (with the stages after it) when one of them did not
 succeed, unless its kind runs `after_failures`. A sweep member's ending rolls up its parent:
-running while members run, then succeeded, `partial` or failed once its comparison has run.
+running while members run, then succeeded, `partial` or failed once its comparison has run. A
+member retried on its own queues its parent's ended comparison again (`retry`).
 
 Every function is a guarded update in the caller's transaction: a stage is changed only from
 the status (and, while running, by the lease holder) the transition expects, so a worker that
@@ -484,15 +485,36 @@ def request_cancel(s: Session, experiment: Experiment) -> list[int]:
 
 def retry(s: Session, experiment: Experiment) -> Stage | None:
     """Queue the failed and cancelled stages of a finished experiment again; succeeded stages
-    are kept and each stage resumes from its last checkpoint. Returns the stage to enqueue."""
+    are kept and each stage resumes from its last checkpoint. A sweep member's retry also
+    queues its parent's ended comparison again (`_reopen_parent`). Returns the stage to
+    enqueue."""
     if not experiment.status.finished or experiment.status == StageStatus.succeeded:
         raise ValueError(f"experiment {experiment.id} is {experiment.status.value}")
     experiment.cancel_requested = False
     for st in experiment.stages:
         if st.status in (StageStatus.failed, StageStatus.cancelled):
             _requeue(st)
+    _reopen_parent(s, experiment)
     _roll_up(experiment)
     return next((st for st in experiment.stages if st.status == StageStatus.queued), None)
+
+
+def _reopen_parent(s: Session, member: Experiment) -> None:
+    """`member` of a sweep is retried: its parent's ended stages (the comparison) are queued
+    again. They need every member's stages (`stage_needs`), so they wait for the retried ones
+    and are sent when those end (`ready_after`); the parent then runs again until they end."""
+    if member.parent_id is None:
+        return
+    parent = s.execute(
+        select(Experiment).where(Experiment.id == member.parent_id).with_for_update()
+    ).scalar_one_or_none()
+    if parent is None:
+        return
+    parent.cancel_requested = False
+    for st in parent.stages:
+        if st.status.finished:
+            _requeue(st)
+    s.flush()  # before `_roll_up_parent` reads the parent's row again
 
 
 def _requeue(stage: Stage) -> None:

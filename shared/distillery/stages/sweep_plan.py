@@ -10,6 +10,10 @@ hash); here each part becomes an experiment whose `parent_id` is the sweep's:
   first child of each student architecture, as `distillery run` does), which needs
   (`stage_needs`) the stage of its shared teacher: it waits for it, reads its model, and fails
   with it;
+- with ``sweep.compute_matched_baseline``, a compute-matched baseline per child (``matched``,
+  a configuration at a seed): its baseline's spec, whose `student` stage needs the child's
+  `distill` and the baseline's `student` and trains as long as the distillation did (epochs
+  from their recorded training times at run time, `StudentStage.prepare`);
 - the parent (``sweep``): the sweep-level kinds (`plan.sweep_kinds`: `compare`), which need
   every member's stages and run once they have all ended, whatever their outcome.
 
@@ -76,10 +80,11 @@ def insert_sweep(
     out = InsertedSweep(plan, parent)
     parent_id = parent.experiment["id"]
 
-    def member(part_spec: ExperimentSpec, info: dict[str, Any], teacher: int | None) -> None:
-        """Insert one member; its stages that read the teacher need `teacher` (a stage id)."""
+    def member(
+        part_spec: ExperimentSpec, info: dict[str, Any], needs: dict[str, list[int]]
+    ) -> InsertedExperiment:
+        """Insert one member; its stage of each kind in `needs` needs those stage ids."""
         kinds = planned_kinds(part_spec)
-        waits = [teacher is not None and "teacher" in kind.reads for kind in kinds]
         inserted = insert_experiment(
             session,
             part_spec,
@@ -88,24 +93,26 @@ def insert_sweep(
             parent_id=parent_id,
             sweep=info,
             kinds=kinds,
-            send_first=not waits[0],
+            send_first=not needs.get(kinds[0].name),
         )
-        for stage, wait in zip(inserted.stages, waits, strict=True):
-            if wait:
-                lifecycle.add_needs(session, stage["id"], [teacher])  # type: ignore[list-item]
+        for stage in inserted.stages:
+            if needs.get(stage["name"]):
+                lifecycle.add_needs(session, stage["id"], needs[stage["name"]])
         first = inserted.stages[0]
         if first["enqueued_at"] is not None:
             out.to_send.append((first["id"], first["queue"]))
         out.members.append(inserted)
+        return inserted
 
     teacher_stage: dict[str, int] = {}
     for key, shared in plan.teachers.items():
         info = {"role": "teacher", "key": key, "seed": shared.seed, "used_by": shared.used_by}
-        member(shared.spec, info, None)
-        teacher_stage[key] = _stage_id(out.members[-1], "teacher")
+        teacher_stage[key] = _stage_id(member(shared.spec, info, {}), "teacher")
+    baseline_stage: dict[str, int] = {}
     for key, shared in plan.baselines.items():
         info = {"role": "baseline", "key": key, "seed": shared.seed, "used_by": shared.used_by}
-        member(shared.spec, info, None)
+        baseline_stage[key] = _stage_id(member(shared.spec, info, {}), "student")
+    matched = spec.sweep is not None and spec.sweep.compute_matched_baseline
     profiled: set[str] = set()
     for child in plan.children:
         stages = ["distill"]
@@ -120,8 +127,23 @@ def insert_sweep(
             "teacher": child.teacher_key,
             "baseline": child.baseline_key,
         }
-        needs = teacher_stage[child.teacher_key] if child.teacher_key else None
-        member(child.spec.model_copy(update={"stages": stages}), info, needs)
+        child_spec = child.spec.model_copy(update={"stages": stages})
+        needs: dict[str, list[int]] = {}
+        if child.teacher_key:
+            teacher = teacher_stage[child.teacher_key]
+            needs = {k.name: [teacher] for k in planned_kinds(child_spec) if "teacher" in k.reads}
+        distill = _stage_id(member(child_spec, info, needs), "distill")
+        if matched and child.baseline_key:
+            info = {
+                "role": "matched",
+                "configuration": child.configuration,
+                "seed": child.seed,
+                "baseline": child.baseline_key,
+            }
+            b_spec = plan.baselines[child.baseline_key].spec
+            name = f"{plan.name}.matched-{child.configuration}.s{child.seed}"[:200]
+            needs = {"student": [distill, baseline_stage[child.baseline_key]]}
+            member(b_spec.model_copy(update={"name": name}), info, needs)
 
     session.flush()
     for stage in parent.stages:

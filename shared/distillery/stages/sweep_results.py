@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distillery.research.stats import paired_interval
 from distillery.research.summary import ConfigResult, SeedResult, sweep_summary
 from distillery.spec import DatasetRef, ExperimentSpec
 from distillery.stages import keys
@@ -51,15 +52,19 @@ class Outcome:
         return (self._payload(stage) or {}).get("metrics")
 
     def train_time_s(self, stage: str) -> float | None:
-        """The stage's training time: the sum of its epochs' ``time_s`` (the same when it was
-        resumed; evaluation left out)."""
-        history = (self._payload(stage) or {}).get("history") or []
-        times = [h.get("train", {}).get("time_s") for h in history]
-        return float(sum(times)) if times and None not in times else None
+        """The stage's training time (`history_train_time`)."""
+        return history_train_time((self._payload(stage) or {}).get("history") or [])
 
     def row(self, stage: str) -> dict[str, Any]:
         rows = (self.results or {}).get("rows", [])
         return next((r for r in rows if r["stage"] == stage), {})
+
+
+def history_train_time(history: list[dict[str, Any]]) -> float | None:
+    """A training's time from its history: the sum of its epochs' ``train.time_s`` (the same
+    when it was resumed; evaluation left out); None without a complete history."""
+    times = [h.get("train", {}).get("time_s") for h in history]
+    return float(sum(times)) if times and None not in times else None
 
 
 def profile_key(spec: ExperimentSpec) -> str:
@@ -212,6 +217,44 @@ def summarize(
     return results
 
 
+def write_samples(
+    spec: ExperimentSpec,
+    plan: SweepPlan,
+    teachers: dict[str, Outcome],
+    baselines: dict[str, Outcome],
+    children: dict[tuple[str, int], Outcome],
+    results: dict[str, Any],
+    out: Path,
+    *,
+    resolve_root: Callable[[DatasetRef], Path] | None = None,
+) -> Path | None:
+    """The sample-predictions PNG at `out` (the report's ``samples.png``): teacher, baseline
+    and best configuration on two validation images (the first seed of each); None when no
+    part left a model. `distillery run` and the queue's `compare` stage both call it."""
+    from distillery.research.predict import sample_predictions
+
+    models: dict[str, Path] = {}
+    teacher = next(
+        (o.model_path("teacher") for o in teachers.values() if o.model_path("teacher")), None
+    )
+    if teacher is not None:
+        models["teacher"] = teacher
+    first = plan.children[0] if plan.children else None
+    base = baselines.get(first.baseline_key or "") if first else None
+    if base is not None and (path := base.model_path("student")) is not None:
+        models[f"baseline (seed {first.seed})"] = path  # type: ignore[union-attr]
+    best = results.get("best")
+    for child in plan.children:
+        if child.configuration == best:
+            path = children[(best, child.seed)].model_path("distill")
+            if path is not None:
+                models[f"{best} (seed {child.seed})"] = path
+                break
+    if not models:
+        return None
+    return sample_predictions(models, spec.data, out, resolve_root=resolve_root)
+
+
 def _profiled_row(
     plan: SweepPlan, children: dict[tuple[str, int], Outcome], child: Any
 ) -> dict[str, Any]:
@@ -277,3 +320,46 @@ def log_sweep(
     info = {"id": tracker.run_id, "dir": str(tracker.run_dir), "url": tracker.url}
     tracker.finish()
     return info
+
+
+def matched_epochs(epochs: int, t_distill: float, t_baseline: float) -> int:
+    """Epochs of a student-alone run that trains as long as the distillation did:
+    ``max(1, round(epochs * t_distill / t_baseline))``."""
+    if t_baseline <= 0:
+        raise ValueError(f"the baseline's training time must be > 0, got {t_baseline}")
+    return max(1, round(epochs * t_distill / t_baseline))
+
+
+def add_compute_matched(
+    results: dict[str, Any], matched: dict[tuple[str, int], tuple[int, Outcome]]
+) -> None:
+    """Add ``compute_matched`` to each configuration row: per seed the matched baseline's epochs
+    and mIoU and the gain over it, with the mean and 95% paired t-interval."""
+    for row in results["configurations"]:
+        per_seed, mine, theirs = [], {}, {}
+        for r in row["per_seed"]:
+            entry = matched.get((row["name"], r["seed"]))
+            if entry is None:
+                continue
+            epochs, outcome = entry
+            metrics = outcome.metrics("student")
+            if metrics is None:
+                continue
+            mine[r["seed"]], theirs[r["seed"]] = r["miou"], metrics["miou"]
+            per_seed.append(
+                {
+                    "seed": r["seed"],
+                    "epochs": epochs,
+                    "miou": metrics["miou"],
+                    "gain": r["miou"] - metrics["miou"],
+                }
+            )
+        if not per_seed:
+            continue
+        interval = paired_interval(mine, theirs)
+        row["compute_matched"] = {
+            "per_seed": per_seed,
+            "gain_mean": interval.mean if interval else None,
+            "gain_ci95": interval.as_list() if interval else None,
+            "distinguishable": bool(interval and interval.excludes_zero),
+        }

@@ -1,8 +1,13 @@
 """The training stages: `teacher`, `student` (the baseline: the student alone) and `distill`.
 
 Each runs `distillery.training.run_stage` on the GPU queue, resuming from the stage's last
-checkpoint in storage, and stores the exported model, its metrics and its wandb run. `distill`
-reads the teacher stage's model (or `teacher.model.checkpoint`).
+checkpoint in storage, and stores the exported model, its metrics and its wandb run; its
+`result` also holds its training time (``train_time_s``, `sweep_results.history_train_time`)
+and ``epochs``. `distill` reads the teacher stage's model (or `teacher.model.checkpoint`).
+
+A sweep's compute-matched baseline (`distillery.stages.sweep_plan`) is a `student` stage that
+needs a child's `distill` and its baseline's `student`: it trains for the epochs that take as
+long as the distillation did (`StudentStage.prepare`, `sweep_results.matched_epochs`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import ClassVar
 
 from distillery.spec import ExperimentSpec
 from distillery.stages import keys
-from distillery.stages.kinds import StageContext, StageKind, StageOutput
+from distillery.stages.kinds import StageContext, StageInputs, StageKind, StageOutput
 from distillery.storage import get_dir
 
 
@@ -21,6 +26,7 @@ class TrainStage(StageKind):
     """A stage that trains a model with `distillery.training.run_stage`."""
 
     def run(self, ctx: StageContext) -> StageOutput:
+        from distillery.stages.sweep_results import history_train_time
         from distillery.training import run_stage
 
         if ctx.checkpoint_key:  # resume: bring the last checkpoint back if this machine lacks it
@@ -61,7 +67,12 @@ class TrainStage(StageKind):
         ]
         artifacts += ctx.store_wandb(result.wandb_run)
         return StageOutput(
-            result={"metrics": result.metrics, "params": result.params},
+            result={
+                "metrics": result.metrics,
+                "params": result.params,
+                "train_time_s": history_train_time(result.history),
+                "epochs": len(result.history),
+            },
             model_key=model_key,
             wandb=result.wandb_run,
             artifacts=artifacts,
@@ -89,6 +100,29 @@ class StudentStage(TrainStage):
     name: ClassVar[str] = "student"
     reads: ClassVar[tuple[str, ...]] = ("size",)
     table_label: ClassVar[str | None] = "student (baseline)"
+
+    def prepare(self, spec: ExperimentSpec, inputs: StageInputs) -> ExperimentSpec:
+        """A compute-matched baseline (it needs a `distill` and a `student` stage of other
+        experiments) trains ``round(epochs * t_distill / t_student)`` epochs (at least 1)
+        from their recorded training times; any other baseline as planned."""
+        from distillery.stages.sweep_results import matched_epochs
+
+        spec = super().prepare(spec, inputs)
+        parts = {p.name: p for p in inputs.parts}
+        if not {"distill", "student"} <= parts.keys():
+            return spec
+        times = {}
+        for name in ("distill", "student"):
+            part = parts[name]
+            times[name] = (part.result or {}).get("train_time_s")
+            if part.status != "succeeded" or not times[name]:
+                raise ValueError(
+                    f"compute-matched baseline: stage {name} of experiment "
+                    f"{part.experiment_id} recorded no training time ({part.status})"
+                )
+        epochs = matched_epochs(spec.student.train.epochs, times["distill"], times["student"])
+        train = spec.student.train.model_copy(update={"epochs": epochs})
+        return spec.model_copy(update={"student": spec.student.model_copy(update={"train": train})})
 
 
 class DistillStage(TrainStage):

@@ -211,6 +211,28 @@ def test_a_sweep_is_one_parent_and_its_members_with_shared_stages_planned_once(
     assert past["total"] == 1 and past["items"] == []
 
 
+def test_a_sweep_with_compute_matched_baselines_plans_one_per_child_and_sends_none(
+    as_user, session_factory, queues, celery_messages
+):
+    spec = _sweep_spec()
+    spec["sweep"]["compute_matched_baseline"] = True
+    r = as_user("alice").post("/experiments", json=spec)
+    assert r.status_code == 201, r.text
+    members = r.json()["sweep"]["members"]
+    matched = sorted((m["configuration"], m["seed"]) for m in members if m["role"] == "matched")
+    assert matched == [(f"temperature-{t}", seed) for t in (1, 4) for seed in (0, 1)]
+    assert all(
+        [st["name"] for st in m["stages"]] == ["student"] for m in members if m["role"] == "matched"
+    )
+    detail = as_user("alice").get(f"/experiments/{r.json()['id']}").json()
+    assert detail["sweep"]["counts"] == {"queued": 11}
+    with session_factory() as s:
+        ids = {m["id"] for m in members if m["role"] == "matched"}
+        stages = [st.id for e in ids for st in s.get(Experiment, e).stages]
+    sent = {args[0] for _task, args in celery_messages(queues.gpu)}
+    assert len(sent) == 3 and not sent & set(stages)  # they wait for their child and baseline
+
+
 def test_cancel_and_delete_of_a_sweep_apply_to_its_members(
     as_user, session_factory, queues, celery_messages
 ):
