@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Annotated
 
+from anyio import CapacityLimiter
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
@@ -52,6 +53,9 @@ class GatewayState:
     datasets_storage: Storage
     artifacts_storage: Storage
     tokens: TokenCache
+    #: The threads dataset uploads run on (`Settings.gateway_upload_concurrency`), apart from
+    #: the default thread pool of the short requests (`Settings.gateway_concurrency`).
+    uploads: CapacityLimiter
 
 
 def state_of(request: Request) -> GatewayState:

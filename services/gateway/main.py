@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -115,7 +115,9 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway. Nothing connects until the first request (or the startup migration)."""
     settings = settings or get_settings()
-    engine = engine_for(settings, pool_size=settings.gateway_concurrency)
+    # one connection per request thread and per upload thread
+    pool_size = settings.gateway_concurrency + settings.gateway_upload_concurrency
+    engine = engine_for(settings, pool_size=pool_size)
     read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
     state = GatewayState(
         settings=settings,
@@ -127,6 +129,7 @@ def create_app(
         datasets_storage=datasets_storage or make_storage(settings, settings.datasets_bucket),
         artifacts_storage=artifacts_storage or make_storage(settings, settings.artifacts_bucket),
         tokens=TokenCache(settings.token_cache_s),
+        uploads=CapacityLimiter(settings.gateway_upload_concurrency),
     )
     do_migrate = settings.migrate_on_start if migrate_on_start is None else migrate_on_start
 

@@ -22,12 +22,13 @@ from sqlalchemy import (
     String,
     bindparam,
     func,
+    literal_column,
     select,
     type_coerce,
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from distillery.db import Artifact, Experiment, Metric, Stage, StageStatus, User
+from distillery.db import Artifact, Experiment, Metric, Stage, User
 
 # Tables, not mapped classes: a statement over plain columns skips the ORM's result machinery.
 E, S, U = Experiment.__table__, Stage.__table__, User.__table__
@@ -86,35 +87,35 @@ def page_query(*, by_status: bool, by_owner: bool, top_level: bool, with_spec: b
     """One page of experiments (newest first) with owner names and the total, joined to their
     stages in order: one row per stage (a stage-less experiment gives one row of NULLs).
     Parameters: `status`, `owner` (as asked for), `limit`, `offset`; `top_level` leaves out
-    the members of sweeps."""
+    the members of sweeps.
+
+    The page walks the index of its filter in list order and stops after `limit` rows; the
+    total is `count_query` as an uncorrelated scalar subquery, computed once per statement
+    (a `count() OVER ()` on the page made Postgres read, join and sort every matching row
+    before the LIMIT: 2 ms per list at 3,000 experiments, growing with the table)."""
     cols = [plain(E.c[n]) for n in SUMMARY_COLUMNS]
     if with_spec:
         cols.append(E.c.spec)
-    page = (
-        select(*cols, U.c.name.label("owner"), func.count().over().label("total"))
-        .outerjoin(U, E.c.owner_id == U.c.id)
-        .order_by(E.c.created_at.desc(), E.c.id.desc())
+    page = select(*cols, U.c.name.label("owner")).outerjoin(U, E.c.owner_id == U.c.id)
+    page = _filtered(page, by_status=by_status, by_owner=by_owner, top_level=top_level)
+    p = (
+        page.order_by(E.c.created_at.desc(), E.c.id.desc())
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
+        .subquery("page")
     )
-    if by_status:
-        page = page.where(E.c.status == bindparam("status"))
-    if by_owner:
-        page = page.where(U.c.name == bindparam("owner"))
-    if top_level:
-        page = page.where(E.c.parent_id.is_(None))
-    p = page.subquery("page")
+    total = count_query(by_status=by_status, by_owner=by_owner, top_level=top_level)
     return (
-        select(p, *_stage_cols(*BRIEF_COLUMNS))
+        select(p, total.scalar_subquery().label("total"), *_stage_cols(*BRIEF_COLUMNS))
         .outerjoin(S, S.c.experiment_id == p.c.id)
         .order_by(p.c.created_at.desc(), p.c.id.desc(), S.c.position)
     )
 
 
-@cache
-def count_query(*, by_status: bool, by_owner: bool, top_level: bool) -> Select[Any]:
-    """How many experiments match (for a page past the last one, whose rows carry no total)."""
-    query = select(func.count()).select_from(E).outerjoin(U, E.c.owner_id == U.c.id)
+def _filtered(
+    query: Select[Any], *, by_status: bool, by_owner: bool, top_level: bool
+) -> Select[Any]:
+    """`query` (over experiments joined to their owners) with the list's filters."""
     if by_status:
         query = query.where(E.c.status == bindparam("status"))
     if by_owner:
@@ -122,6 +123,13 @@ def count_query(*, by_status: bool, by_owner: bool, top_level: bool) -> Select[A
     if top_level:
         query = query.where(E.c.parent_id.is_(None))
     return query
+
+
+@cache
+def count_query(*, by_status: bool, by_owner: bool, top_level: bool) -> Select[Any]:
+    """How many experiments match (also for a page past the last one, which has no rows)."""
+    query = select(func.count()).select_from(E).outerjoin(U, E.c.owner_id == U.c.id)
+    return _filtered(query, by_status=by_status, by_owner=by_owner, top_level=top_level)
 
 
 @cache
@@ -195,27 +203,36 @@ def artifacts_query() -> Select[Any]:
     return select(*cols).where(A.c.experiment_id == bindparam("experiment_id"))
 
 
-#: A stage is on the queue's view while it runs, or while it waits with its message sent.
-ON_QUEUE = (S.c.status == StageStatus.running) | (
-    (S.c.status == StageStatus.queued) & S.c.enqueued_at.is_not(None)
+#: A stage is on the queue's view while it runs, or while it waits with its message sent: the
+#: predicate of the partial index `ix_stages_on_queue` (`distillery.db.models.ON_QUEUE_SQL`), with
+#: the statuses as literals in the SQL, as there, so that Postgres matches the index also under
+#: a generic plan (bound parameters would hide them from the planner).
+ON_QUEUE = (S.c.status == literal_column("'running'")) | (
+    (S.c.status == literal_column("'queued'")) & S.c.enqueued_at.is_not(None)
 )
 
 
-def _queue_counts(*, window: bool) -> list[ColumnElement[Any]]:
+def _queue_counts() -> list[ColumnElement[Any]]:
     """How many stages the whole queue view holds (`total`), and how many of them run
-    (`running`); with `window`, as window functions over the rows before LIMIT/OFFSET."""
-    counts = {
-        "total": func.count(),
-        "running": func.count().filter(S.c.status == StageStatus.running),
-    }
-    return [(c.over() if window else c).label(name) for name, c in counts.items()]
+    (`running`): uncorrelated scalar subqueries (computed once per statement), each a range of
+    `ix_stages_status_enqueued_at`."""
+    status, sent = S.c.status, S.c.enqueued_at.is_not(None)
+    running = select(func.count()).where(status == literal_column("'running'"))
+    waiting = select(func.count()).where(status == literal_column("'queued'"), sent)
+    running_n = running.select_from(S).scalar_subquery()
+    waiting_n = waiting.select_from(S).scalar_subquery()
+    return [(running_n + waiting_n).label("total"), running_n.label("running")]
 
 
 @cache
 def queue_query() -> Select[Any]:
     """One page of the running stages and stages waiting on a queue, by enqueue time, with their
     experiment's name and owner, and the counts of the whole view (`total`, `running`) on every
-    row. Parameters: `limit`, `offset`."""
+    row. Parameters: `limit`, `offset`.
+
+    The page reads the partial index `ix_stages_on_queue` (the view's rows in this order) and
+    stops after `limit` rows; window counts made Postgres read and sort the whole view first
+    (3.7 ms per page at 3,000 waiting stages, growing with the queue)."""
     return (
         select(
             S.c.experiment_id,
@@ -232,7 +249,7 @@ def queue_query() -> Select[Any]:
             S.c.epochs,
             S.c.step,
             S.c.steps,
-            *_queue_counts(window=True),
+            *_queue_counts(),
         )
         .join(E, S.c.experiment_id == E.c.id)
         .outerjoin(U, E.c.owner_id == U.c.id)
@@ -247,7 +264,7 @@ def queue_query() -> Select[Any]:
 def queue_count_query() -> Select[Any]:
     """`total` and `running` of the whole queue view (for a page past its end, whose rows carry
     no counts)."""
-    return select(*_queue_counts(window=False)).select_from(S).where(ON_QUEUE)
+    return select(*_queue_counts())
 
 
 def rows_etag(rows: Sequence[Row[Any]], salt: str = "") -> str:

@@ -52,8 +52,14 @@ class Settings(BaseSettings):
     #: Seconds a gateway process trusts a token it has looked up (0: look up every request).
     token_cache_s: float = 10.0
     #: Requests one gateway process serves at once (its worker threads) and the database
-    #: connections it keeps open for them. More threads than cores only add GIL hand-offs.
-    gateway_concurrency: int = 16
+    #: connections it keeps open for them. A request holds its thread for about a millisecond
+    #: of CPU and a database round trip, so two keep a core busy; more threads only add GIL
+    #: hand-offs and a longer tail: at 50 clients on 2 cores p99 was 162-168 ms with 2,
+    #: 182-205 ms with 4 and 198-272 ms with 16 (`benchmarks/gateway_load.py`, README).
+    gateway_concurrency: int = 2
+    #: Dataset uploads one gateway process handles at once, on threads of their own (copying,
+    #: checking and storing an archive takes seconds, and must not hold up the short requests).
+    gateway_upload_concurrency: int = 2
 
     #: Folders a spec's `data.*.root`, `data.synthetic` output and checkpoint files may use on
     #: the platform (`distillery.access`): `/data/shared:/mnt/cityscapes` or a JSON list. Empty:

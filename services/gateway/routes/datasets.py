@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
+from anyio import to_thread
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import func, select
@@ -23,20 +25,13 @@ from sqlalchemy.orm import Session, selectinload
 
 from distillery.archive_safety import ArchiveError, verify_archive
 from distillery.checking.keys import dataset_prefix, staged_archive_key
-from distillery.db import Dataset
+from distillery.db import Dataset, User
 from distillery.db.models import new_id
 from distillery.settings import Settings
 from distillery.spec import short
 from distillery.storage import Storage
 from services.dispatch import enqueue_check
-from services.gateway.deps import (
-    CurrentUser,
-    DatasetStorageDep,
-    DispatcherDep,
-    ReadDep,
-    SessionDep,
-    SettingsDep,
-)
+from services.gateway.deps import CurrentUser, GatewayState, ReadDep, StateDep
 from services.gateway.schemas import DatasetOut, DatasetPage
 from services.gateway.uploads import UPLOADS, is_upload_prefix, removed_on_error, upload_limits
 
@@ -63,12 +58,9 @@ def _invalid(field: str, msg: str) -> RequestValidationError:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=DatasetOut)
-def create_dataset(
-    session: SessionDep,
+async def create_dataset(
+    state: StateDep,
     user: CurrentUser,
-    settings: SettingsDep,
-    storage: DatasetStorageDep,
-    dispatcher: DispatcherDep,
     name: Annotated[str, Form(min_length=1, max_length=200)],
     format: Annotated[Literal["cityscapes", "bdd100k"], Form()],
     prefix: Annotated[
@@ -90,6 +82,22 @@ def create_dataset(
     unpacked safely (bad names, links, too many or too large entries, a zip of zeros, truncated)
     is a 422 naming the file and the entry, and nothing is stored.
     """
+    # Copying, checking and storing an archive takes seconds: on the upload threads, so that
+    # the short requests keep theirs (`Settings.gateway_upload_concurrency`).
+    register = partial(_register, state, user, name, format, prefix, file)
+    return await to_thread.run_sync(register, limiter=state.uploads)
+
+
+def _register(
+    state: GatewayState,
+    user: User,
+    name: str,
+    format: str,
+    prefix: str | None,
+    file: UploadFile | None,
+) -> DatasetOut:
+    """`create_dataset`'s work, on an upload thread."""
+    settings, storage = state.settings, state.datasets_storage
     if (prefix is None) == (file is None):
         raise _invalid("prefix", "give exactly one of prefix (registered data) or file (upload)")
     dataset_id = new_id()
@@ -105,21 +113,22 @@ def create_dataset(
             raise _invalid("prefix", f"{UPLOADS}/ holds uploads; register your own prefix")
         if not storage.list(key_prefix + "/"):
             raise _invalid("prefix", f"no objects under {key_prefix!r} in the datasets bucket")
-    with removed_on_error(storage, archive_key):
-        session.add(
-            Dataset(
-                id=dataset_id,
-                name=name,
-                format=format,
-                prefix=key_prefix,
-                status="checking",
-                owner_id=user.id,
-                archive_key=archive_key,
+    with state.session_factory() as session:
+        with removed_on_error(storage, archive_key):
+            session.add(
+                Dataset(
+                    id=dataset_id,
+                    name=name,
+                    format=format,
+                    prefix=key_prefix,
+                    status="checking",
+                    owner_id=user.id,
+                    archive_key=archive_key,
+                )
             )
-        )
-        session.commit()
-    enqueue_check(session, dispatcher, dataset_id, settings.cpu_queue)
-    return dataset_out(_load(session, dataset_id))
+            session.commit()
+        enqueue_check(session, state.dispatcher, dataset_id, settings.cpu_queue)
+        return dataset_out(_load(session, dataset_id))
 
 
 def _stage_archive(storage: Storage, file: UploadFile, key: str, settings: Settings) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -63,6 +64,11 @@ class StageStatus(enum.StrEnum):
 
 
 _status = Enum(StageStatus, name="stage_status", native_enum=False, length=16)
+
+#: A stage is on the shared queue's view (`GET /queue`) while it runs, or while it waits with
+#: its message sent. SQL with literal statuses: the predicate of the partial index
+#: `ix_stages_on_queue`, which Postgres uses for a query with the same literal predicate.
+ON_QUEUE_SQL = "status = 'running' OR (status = 'queued' AND enqueued_at IS NOT NULL)"
 _ts = DateTime(timezone=True)
 
 
@@ -183,8 +189,16 @@ class Stage(Base):
     __tablename__ = "stages"
     __table_args__ = (
         UniqueConstraint("experiment_id", "name"),
-        # The shared queue: running stages and queued ones by enqueue time (migration 0003).
+        # Stages by status and enqueue time: the reconciler, the running count (migration 0003).
         Index("ix_stages_status_enqueued_at", "status", "enqueued_at"),
+        # The shared queue's view in its order, a page read without a sort (migration 0008).
+        Index(
+            "ix_stages_on_queue",
+            "enqueued_at",
+            "id",
+            postgresql_where=text(ON_QUEUE_SQL),
+            sqlite_where=text(ON_QUEUE_SQL),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

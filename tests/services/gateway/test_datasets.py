@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -217,3 +218,30 @@ def test_broker_down_keeps_the_check_for_the_reconciler(
     with TestClient(create_app(settings)) as c:
         ds = wait_checked(lambda path: c.get(path, headers=auth(token)), dataset_id)
     assert ds["status"] == "ready", ds
+
+
+def test_uploads_wait_for_their_own_threads_and_leave_the_reads_theirs(
+    app, client, as_user, cityscapes_dir
+):
+    """Every upload thread taken: a new upload waits for one, and reads are still served on
+    the request threads; once a thread is free the upload is accepted."""
+    alice, limiter = as_user("alice"), app.state.gateway.uploads
+    holders = [object() for _ in range(int(limiter.total_tokens))]
+    for h in holders:
+        client.portal.call(limiter.acquire_on_behalf_of, h)
+    answer: dict = {}
+    data = tar_gz(cityscapes_dir, top="cityscapes")
+    waiting = threading.Thread(target=lambda: answer.update(r=upload(alice, data)))
+    try:
+        waiting.start()
+        for _ in range(5):
+            assert alice.get("/experiments").status_code == 200
+            assert alice.get("/datasets").json()["total"] == 0
+        waiting.join(0.5)
+        assert waiting.is_alive() and not answer  # still waiting for an upload thread
+    finally:
+        for h in holders:
+            client.portal.call(limiter.release_on_behalf_of, h)
+    waiting.join(60)
+    assert answer["r"].status_code == 202, answer["r"].text
+    assert alice.get("/datasets").json()["total"] == 1
