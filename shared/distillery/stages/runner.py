@@ -7,8 +7,11 @@ workers (Postgres, S3) alike.
 3. while it runs: progress and a lease renewed, each epoch's metrics written once, checkpoints
    uploaded before the stage points at them, cancel and pause requests polled;
 4. write the outcome: succeeded (results, artifacts), failed with a message naming the cause
-   (`diverged at step N (loss=nan)`), cancelled, or released back to the queue (paused);
-5. return the id of the stage to enqueue next (the same stage after a pause).
+   (`diverged at step N (loss=nan)`), cancelled, or released back to the queue (paused); a
+   stage whose needed stages were retried while it ran is queued again instead, with nothing
+   of this run recorded (`lifecycle.succeed`);
+5. return the id of the stage to enqueue next (the same stage after a pause, or queued again
+   to re-run once it waits for nothing: `lifecycle.next_stage`).
 
 Database and storage calls are retried with bounded backoff (`backoff.retrying`), so a short
 outage of either is waited out; a database that stays away propagates (the message is
@@ -31,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from distillery.db.models import Artifact, Experiment, StageStatus
+from distillery.db.models import Artifact, Experiment, Stage, StageStatus
 from distillery.spec import DatasetRef, ExperimentSpec
 from distillery.stages import keys, lifecycle
 from distillery.stages.backoff import DEFAULT_BUDGET_S, is_transient, retrying
@@ -238,6 +241,8 @@ class StageRunner:
                 model_key=out.model_key,
                 wandb=out.wandb,
             )
+            if _status(s, stage_id) != StageStatus.succeeded:
+                return  # queued to run again (what it needed was retried): nothing recorded
             artifacts = [(ctx.stage, *a) for a in out.artifacts]
             if kind_of(ctx.stage).level == "sweep":  # the sweep's comparison is its results
                 exp.results = lifecycle.finite_json(out.result)
@@ -373,6 +378,10 @@ class StageRunner:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def _status(s: Session, stage_id: int) -> StageStatus | None:
+    return s.scalar(select(Stage.status).where(Stage.id == stage_id))
 
 
 def _cap_tracking(spec: ExperimentSpec, cap: str | None) -> ExperimentSpec:
