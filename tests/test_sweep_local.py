@@ -67,7 +67,8 @@ def test_dry_run_prints_the_expansion_and_runs_nothing(tmp_path: Path) -> None:
         out = result.output
         assert "3 configurations x 2 seeds (0, 1) = 6 children" in out
         # "broken" changes the student's training: its baselines are its own
-        assert "teacher 1 (of 6), student 4 (of 6), distill 6 (of 6)" in out
+        assert "teacher 1 (of 6), student 4 (of 6), distill 6 (of 6), matched 6 (of 6)" in out
+        assert "compute-matched baselines: 6, one per child" in out
     assert not run_dir.exists()
     one = tmp_path / "one.yaml"
     one.write_text(spec.read_text().split("sweep:")[0])

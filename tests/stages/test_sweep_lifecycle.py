@@ -543,3 +543,17 @@ def test_a_comparison_cancelled_after_a_retry_is_cancelled(sessions, sweep) -> N
         lifecycle.fail(s, compare, "w:1", "cancelled by request", status=StageStatus.cancelled)
     assert _stage(sessions, compare)[0] == StageStatus.cancelled
     assert _status(sessions, sweep["parent"]) == StageStatus.cancelled
+
+
+def test_the_stored_plan_lists_and_counts_the_matched_baselines(sessions, matched_sweep) -> None:
+    """The parent's plan (what the API answers a submission with and the dry runs print)
+    lists the compute-matched baselines, one per child, and counts their stages."""
+    with sessions() as s:
+        parent = s.get(Experiment, matched_sweep["parent"])
+        plan = parent.sweep["plan"]
+        members = [m.sweep for m in lifecycle.members(s, parent.id)]
+    matched = sorted((m["configuration"], m["seed"]) for m in members if m["role"] == "matched")
+    assert matched == [("a", 0), ("b", 0)]
+    assert sorted((m["configuration"], m["seed"]) for m in plan["matched"]) == matched
+    assert plan["stage_counts"]["matched"] == [2, 2]
+    assert plan["compute_matched_baseline"] is True
