@@ -7,6 +7,7 @@ queued ──claim──► running ──succeed──► succeeded
   │  │              │ └──cancelled───► cancelled ─┤ retry
   │  └──release─────┘  (preempted: SIGTERM)       │
   │  └──requeue_lost── (lease expired: worker dead)
+  │  └──succeed/fail── (re-run requested: RERUN)  │
   └──────────────────────────────────────────────┘
 ```
 
@@ -23,9 +24,10 @@ A retried experiment (`retry`) queues again, with its own failed and cancelled s
   stages again and are sent when those end (`ready_after`);
 - its sweep's ended comparison (`_reopen_parent`). A comparison still running is not stopped:
   it is marked (its `error` begins with `RERUN`), and when it ends, it is queued again instead
-  of succeeding or failing on what it read before the retry (`_rerun_if_requested`); it is
-  then sent when the retried stages have ended (`ready_after`, or `next_stage` by its own
-  worker when they already have).
+  of succeeding or failing on what it read before the retry (`_rerun_if_requested`; not when
+  it is cancelled); it is then sent when the retried stages have ended (`ready_after`, or
+  `next_stage` by its own worker when they already have). A mark rather than stopping it at
+  once: two runs of one comparison never overlap (the stale one could store its report last).
 
 Every function is a guarded update in the caller's transaction: a stage is changed only from
 the status (and, while running, by the lease holder) the transition expects, so a worker that
@@ -436,7 +438,7 @@ def fail(
     """End the stage as failed (or cancelled) with `error`; later stages will not run. A stage
     another worker holds is left alone when `only_if_mine` (or when this worker lost it). A
     failed stage whose re-run was requested while it ran is queued again instead
-    (`_rerun_if_requested`; the reconciler sends it once it waits for nothing)."""
+    (`_rerun_if_requested`; `next_stage` then returns it)."""
     stage = s.get(Stage, stage_id, with_for_update=True)
     if stage is None or stage.status.finished:
         return False
