@@ -67,7 +67,8 @@ def test_dry_run_prints_the_expansion_and_runs_nothing(tmp_path: Path) -> None:
         out = result.output
         assert "3 configurations x 2 seeds (0, 1) = 6 children" in out
         # "broken" changes the student's training: its baselines are its own
-        assert "teacher 1 (of 6), student 4 (of 6), distill 6 (of 6)" in out
+        assert "teacher 1 (of 6), student 4 (of 6), distill 6 (of 6), matched 6 (of 6)" in out
+        assert "compute-matched baselines: 6, one per child" in out
     assert not run_dir.exists()
     one = tmp_path / "one.yaml"
     one.write_text(spec.read_text().split("sweep:")[0])
@@ -113,6 +114,13 @@ def test_sweep_runs_children_sharing_stages(tmp_path: Path) -> None:
     assert broken["per_seed"] == [] and len(broken["failed"]) == 2
     assert broken["own_baseline"] == [] and configs["kd"]["own_baseline"] is None  # fp16 failed
     assert "fp16" in broken["failed"][0]["error"]
+    # every child's compute-matched baseline is a part, those of the failed children failed
+    parts = {(p["configuration"], p["seed"]): p for p in results["parts"]["matched"]}
+    assert sorted(parts) == sorted((c, s) for c in configs for s in (0, 1))
+    assert all(
+        (p["status"] == "failed") == (c == "broken") and (p["epochs"] is None) == (c == "broken")
+        for (c, _s), p in parts.items()
+    )
     # every child trained only its distillation stage, reading the shared teacher's model
     kd0 = run_dir / "children" / "kd" / "seed-0"
     child = json.loads((kd0 / "results.json").read_text())

@@ -97,6 +97,29 @@ def test_the_issues_sweep_expands_to_4_children_x_3_seeds_sharing_teacher_and_ba
     assert plan.as_dict()["stage_counts"]["student"] == [3, 12]
 
 
+def test_compute_matched_baselines_are_listed_and_counted_one_per_child() -> None:
+    plan = plan_sweep(_spec({**ISSUE_SWEEP, "compute_matched_baseline": True}))
+    assert plan.compute_matched and len(plan.matched) == 12
+    assert plan.stage_counts() == {
+        "teacher": (1, 12),
+        "student": (3, 12),
+        "distill": (12, 12),
+        "matched": (12, 12),
+    }
+    as_dict = plan.as_dict()
+    assert as_dict["compute_matched_baseline"] is True
+    assert as_dict["stage_counts"]["matched"] == [12, 12]
+    t1 = {"configuration": "temperature-1", "seed": 2}
+    (row,) = [m for m in as_dict["matched"] if m.items() >= t1.items()]
+    assert row["baseline"] == next(c.baseline_key for c in plan.children if c.seed == 2)
+    text = describe_plan(plan)
+    assert "compute-matched baselines: 12, one per child" in text
+    assert "distill 12 (of 12), matched 12 (of 12)" in text
+    plain = plan_sweep(_spec(ISSUE_SWEEP))  # without: nothing listed, no count
+    assert plain.matched == [] and plain.as_dict()["matched"] == []
+    assert "matched" not in plain.stage_counts() and "compute-matched" not in describe_plan(plain)
+
+
 def test_a_teacher_override_makes_its_own_teacher() -> None:
     sweep = {
         "seeds": [0, 1],

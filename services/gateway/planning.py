@@ -229,10 +229,12 @@ def _cancel_once(session: Session, experiment_id: str, dispatcher: Dispatcher) -
 
 def retry_experiment(session: Session, experiment_id: str, dispatcher: Dispatcher) -> Experiment:
     """Queue a failed or cancelled experiment's unfinished stages again (succeeded stages are
-    kept; each resumes from its last checkpoint) and enqueue the first of them; a sweep's member
-    also queues its parent's ended comparison again, sent once the member's stages end. A
-    failed, cancelled or partial sweep retries its failed and cancelled members, then its
-    comparison (`lifecycle.retry_sweep`)."""
+    kept; each resumes from its last checkpoint) and enqueue the first of them. The stages of
+    other experiments that failed only because they needed those are queued again too (a
+    compute-matched baseline whose child failed), and a sweep's member also queues its
+    parent's comparison again (a running one runs again when it ends); they are sent once the
+    member's stages end (`lifecycle.retry`). A failed, cancelled or partial sweep retries its
+    failed and cancelled members, then its comparison (`lifecycle.retry_sweep`)."""
     experiment = session.get(
         Experiment, experiment_id, with_for_update=True, populate_existing=True
     )

@@ -129,8 +129,8 @@ def run_sweep(
         children[(child.configuration, child.seed)] = outcome
         step(f"child {name}", outcome)
 
-    matched: dict[tuple[str, int], tuple[int, Outcome]] = {}
-    if spec.sweep is not None and spec.sweep.compute_matched_baseline:
+    matched: dict[tuple[str, int], tuple[int | None, Outcome]] = {}
+    if plan.compute_matched:
         matched = _compute_matched(plan, baselines, children, run_dir, fresh, say, on_progress)
     results = summarize(spec, plan, teachers, baselines, children, analyses=analyses, say=say)
     if analyses:
@@ -138,7 +138,7 @@ def run_sweep(
             spec, plan, teachers, baselines, children, results, run_dir / "samples.png"
         )
         results["samples_png"] = samples.name if samples else None
-    if matched:
+    if plan.compute_matched:
         add_compute_matched(results, matched)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     (run_dir / "results.md").write_text(sweep_markdown(results))
@@ -158,19 +158,24 @@ def _compute_matched(
     fresh: bool,
     say: Callable[[str], None],
     on_progress: Callable[[str, Any], None] | None,
-) -> dict[tuple[str, int], tuple[int, Outcome]]:
-    """Per child: a student-alone baseline given the epochs that take as long to train as the
-    child's distillation did, ``round(epochs * t_distill / t_baseline)`` (at least 1), at the
-    same seed. Baselines of equal epochs are shared (by content hash); equal to the plain
-    baseline's epochs, the plain baseline is that baseline."""
+) -> dict[tuple[str, int], tuple[int | None, Outcome]]:
+    """Per child (`SweepPlan.matched`): a student-alone baseline given the epochs that take as
+    long to train as the child's distillation did, ``round(epochs * t_distill / t_baseline)``
+    (at least 1), at the same seed. Baselines of equal epochs are shared (by content hash);
+    equal to the plain baseline's epochs, the plain baseline is that baseline. One that cannot
+    be trained (the child or the baseline recorded no training time) is a failed outcome with
+    no epochs."""
     runs: dict[str, Outcome] = {}
-    out: dict[tuple[str, int], tuple[int, Outcome]] = {}
-    for child in plan.children:
+    out: dict[tuple[str, int], tuple[int | None, Outcome]] = {}
+    for child in plan.matched:
         base = baselines.get(child.baseline_key or "")
         outcome = children[(child.configuration, child.seed)]
         t_distill = outcome.train_time_s("distill")
         t_base = base.train_time_s("student") if base else None
         if base is None or child.baseline_key is None or not t_distill or not t_base:
+            which = "child's distillation" if not t_distill else "baseline"
+            error = f"not run: its {which} recorded no training time"
+            out[(child.configuration, child.seed)] = (None, Outcome(run_dir, None, error, 0.0))
             continue
         b_spec = plan.baselines[child.baseline_key].spec
         epochs = matched_epochs(b_spec.student.train.epochs, t_distill, t_base)

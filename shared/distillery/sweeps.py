@@ -12,6 +12,9 @@ anything runs, and `distillery.sweep_local` executes it.
   - baseline (the student trained alone): ``data``, ``student``, the seed (and ``profiling``
     when the width is ``auto``): one per seed for all recipes;
   - distill: everything else; one per child and seed.
+- Compute-matched baselines (``sweep.compute_matched_baseline``): one per child that has a
+  baseline, never shared (its epochs depend on the child's measured training time); the plan
+  lists them (`SweepPlan.matched`) and counts their `student` stages as ``matched``.
 """
 
 from __future__ import annotations
@@ -224,11 +227,23 @@ class SweepPlan:
     children: list[ChildRun]
     teachers: dict[str, SharedStage]
     baselines: dict[str, SharedStage]
+    #: ``sweep.compute_matched_baseline``: a compute-matched baseline per child (`matched`).
+    compute_matched: bool = False
+
+    @property
+    def matched(self) -> list[ChildRun]:
+        """The children that get a compute-matched baseline (a `student` stage of their
+        baseline's spec, trained as long as their distillation): each with a baseline, when
+        `compute_matched`."""
+        if not self.compute_matched:
+            return []
+        return [c for c in self.children if c.baseline_key is not None]
 
     def stage_counts(self) -> dict[str, tuple[int, int]]:
-        """kind -> (stages planned, stages the children would train without sharing)."""
+        """kind -> (stages planned, stages the children would train without sharing); with
+        compute-matched baselines also ``matched``: their `student` stages (never shared)."""
         n = len(self.children)
-        return {
+        counts = {
             "teacher": (len(self.teachers), sum(c.teacher_key is not None for c in self.children)),
             "student": (
                 len(self.baselines),
@@ -236,6 +251,9 @@ class SweepPlan:
             ),
             "distill": (len({c.distill_key for c in self.children}), n),
         }
+        if self.compute_matched:
+            counts["matched"] = (len(self.matched), len(self.matched))
+        return counts
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able expansion and sharing (what dry runs print and the API returns)."""
@@ -262,6 +280,11 @@ class SweepPlan:
                 ]
                 for kind, stages in (("teacher", self.teachers), ("student", self.baselines))
             },
+            "compute_matched_baseline": self.compute_matched,
+            "matched": [
+                {"configuration": c.configuration, "seed": c.seed, "baseline": c.baseline_key}
+                for c in self.matched
+            ],
             "stage_counts": {k: list(v) for k, v in self.stage_counts().items()},
         }
 
@@ -302,7 +325,9 @@ def plan_sweep(spec: ExperimentSpec) -> SweepPlan:
 
     sweep = spec.sweep or SweepSpec(seeds=[spec.seed])
     configs = configurations(sweep)
-    plan = SweepPlan(spec.name, list(sweep.seeds), configs, [], {}, {})
+    plan = SweepPlan(
+        spec.name, list(sweep.seeds), configs, [], {}, {}, sweep.compute_matched_baseline
+    )
     for config in configs:
         base = configuration_spec(spec, config)
         for seed in sweep.seeds:
@@ -353,6 +378,12 @@ def describe_plan(plan: SweepPlan) -> str:
                 f"  {kind} {s.key} (seed {s.seed}): used by {len(s.used_by)} children "
                 f"({', '.join(users)})"
             )
+    if plan.matched:
+        lines.append(
+            f"compute-matched baselines: {len(plan.matched)}, one per child: a student trained "
+            "alone as long as the child's distillation took, after it (`distillery run` trains "
+            "those of equal epochs once)"
+        )
     counts = plan.stage_counts()
     lines.append(
         "stages to train: "

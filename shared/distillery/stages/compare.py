@@ -15,7 +15,11 @@ The table and the PNGs are logged to a wandb run (job type ``sweep``, as `distil
 sweep logs).
 
 A member retried on its own (`lifecycle.retry`) queues this stage again; it waits for the
-retried member and then compares everything anew, so the table and report include it.
+retried member (and the members queued again with it: a compute-matched baseline that failed
+for it) and then compares everything anew, so the table and report include it. A member
+retried while this stage runs makes it run again: it ends queued instead of succeeded, with
+nothing of this run recorded (`lifecycle.succeed`), and compares anew once the retried member
+has ended.
 
 If the analyses that read the models and the data fail (the data unreachable from the profiler
 worker, say), the table is built without them (and without sample predictions) and
@@ -25,7 +29,8 @@ With ``sweep.compute_matched_baseline``, each child's compute-matched baseline i
 its own (``matched``: a `student` stage that needed the child's `distill` and its baseline's
 `student` and trained as long as the distillation did); each configuration's row then carries
 ``compute_matched`` (`sweep_results.add_compute_matched`, as locally): per seed the matched
-baseline's epochs and mIoU and the gain over it, the mean and its 95% paired t-interval.
+baseline's epochs and mIoU and the gain over it, the mean and its 95% paired t-interval; and
+``parts.matched`` lists every matched baseline (a failed one too) as ``parts`` lists the others.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ class CompareStage(StageKind):
         teachers: dict[str, Outcome] = {}
         baselines: dict[str, Outcome] = {}
         children: dict[tuple[str, int], Outcome] = {}
-        matched: dict[tuple[str, int], tuple[int, Outcome]] = {}
+        matched: dict[tuple[str, int], tuple[int | None, Outcome]] = {}
         for member, parts in by_member.items():
             info = parts[0].sweep or {}
             outcome = self._outcome(ctx, member, parts)
@@ -87,12 +92,15 @@ class CompareStage(StageKind):
             elif info.get("role") == "matched":
                 student = next((p for p in parts if p.name == "student"), None)
                 epochs = ((student.result if student else None) or {}).get("epochs")
-                if epochs is not None:
-                    matched[(info["configuration"], int(info["seed"]))] = (epochs, outcome)
+                matched[(info["configuration"], int(info["seed"]))] = (epochs, outcome)
         for child in plan.children:  # a member that is gone (deleted) is a failed part
             key = (child.configuration, child.seed)
             if key not in children:
                 children[key] = Outcome(ctx.workdir, None, "its experiment is gone", 0.0)
+        for child in plan.matched:
+            key = (child.configuration, child.seed)
+            if key not in matched:
+                matched[key] = (None, Outcome(ctx.workdir, None, "its experiment is gone", 0.0))
         resolve = getattr(ctx.hooks, "resolve_root", None)
         try:
             results = summarize(ctx.spec, plan, teachers, baselines, children, resolve_root=resolve)

@@ -7,6 +7,7 @@ queued ──claim──► running ──succeed──► succeeded
   │  │              │ └──cancelled───► cancelled ─┤ retry
   │  └──release─────┘  (preempted: SIGTERM)       │
   │  └──requeue_lost── (lease expired: worker dead)
+  │  └──succeed/fail── (re-run requested: RERUN)  │
   └──────────────────────────────────────────────┘
 ```
 
@@ -14,8 +15,19 @@ A stage may also need stages of other experiments (`stage_needs`: a sweep's chil
 needs the shared teacher; the sweep's `compare` needs every member's stages): it is not
 claimed before they have ended, and fails (with the stages after it) when one of them did not
 succeed, unless its kind runs `after_failures`. A sweep member's ending rolls up its parent:
-running while members run, then succeeded, `partial` or failed once its comparison has run. A
-member retried on its own queues its parent's ended comparison again (`retry`).
+running while members run, then succeeded, `partial` or failed once its comparison has run.
+
+A retried experiment (`retry`) queues again, with its own failed and cancelled stages:
+- the stages of other experiments that failed only because they needed one of those (their
+  error begins with `NOT_RUN_NEEDS`, written by `_fail_needing`; a compute-matched baseline
+  whose child failed), and so on for theirs (`_reopen_dependants`): they wait for the retried
+  stages again and are sent when those end (`ready_after`);
+- its sweep's ended comparison (`_reopen_parent`). A comparison still running is not stopped:
+  it is marked (its `error` begins with `RERUN`), and when it ends, it is queued again instead
+  of succeeding or failing on what it read before the retry (`_rerun_if_requested`; not when
+  it is cancelled); it is then sent when the retried stages have ended (`ready_after`, or
+  `next_stage` by its own worker when they already have). A mark rather than stopping it at
+  once: two runs of one comparison never overlap (the stale one could store its report last).
 
 Every function is a guarded update in the caller's transaction: a stage is changed only from
 the status (and, while running, by the lease holder) the transition expects, so a worker that
@@ -43,6 +55,13 @@ from distillery.db.models import Experiment, Metric, Stage, StageNeed, StageStat
 from distillery.registry import STAGES
 
 log = logging.getLogger(__name__)
+
+#: How the error of a stage that failed only because a stage it needs did not succeed begins
+#: (`_fail_needing`); such a stage is queued again when that stage is retried (`retry`).
+NOT_RUN_NEEDS = "not run: it needs stage "
+#: How the error of a running stage begins when a stage it needs was queued again while it ran
+#: (`_reopen_parent`): when it ends it is queued again instead (`_rerun_if_requested`).
+RERUN = "re-run requested: "
 
 
 class StageLost(RuntimeError):
@@ -249,8 +268,7 @@ def _fail_needing(stage: Stage, bad: Stage) -> None:
     _end(
         stage,
         StageStatus.failed,
-        f"not run: it needs stage {bad.name} of experiment {bad.experiment_id}, "
-        f"which {bad.status.value}",
+        f"{NOT_RUN_NEEDS}{bad.name} of experiment {bad.experiment_id}, which {bad.status.value}",
     )
     exp = stage.experiment
     ended = [x for x in exp.stages if x.status == StageStatus.queued]
@@ -392,8 +410,12 @@ def succeed(
     model_key: str | None,
     wandb: dict[str, Any] | None,
 ) -> Experiment:
-    """The stage succeeded; returns its experiment (status `succeeded` once every stage is)."""
+    """The stage succeeded; returns its experiment (status `succeeded` once every stage is).
+    A stage whose re-run was requested while it ran is queued again instead, and nothing of
+    this run is recorded (`_rerun_if_requested`; `next_stage` then returns it)."""
     stage = _require_held(s, stage_id, worker)
+    if _rerun_if_requested(stage):
+        return stage.experiment
     stage.status = StageStatus.succeeded
     stage.finished_at = now()
     stage.lease_expires_at = None
@@ -414,7 +436,9 @@ def fail(
     only_if_mine: bool = False,
 ) -> bool:
     """End the stage as failed (or cancelled) with `error`; later stages will not run. A stage
-    another worker holds is left alone when `only_if_mine` (or when this worker lost it)."""
+    another worker holds is left alone when `only_if_mine` (or when this worker lost it). A
+    failed stage whose re-run was requested while it ran is queued again instead
+    (`_rerun_if_requested`; `next_stage` then returns it)."""
     stage = s.get(Stage, stage_id, with_for_update=True)
     if stage is None or stage.status.finished:
         return False
@@ -422,6 +446,9 @@ def fail(
         return False
     if only_if_mine and stage.status != StageStatus.running:
         return False
+    if status == StageStatus.failed and _rerun_if_requested(stage):
+        log.warning("stage %s failed (%s); it runs again as requested", stage_id, error)
+        return True
     _end(stage, status, error)
     exp = stage.experiment
     ended = [x for x in exp.stages if x.status == StageStatus.queued]
@@ -485,24 +512,64 @@ def request_cancel(s: Session, experiment: Experiment) -> list[int]:
 
 def retry(s: Session, experiment: Experiment) -> Stage | None:
     """Queue the failed and cancelled stages of a finished experiment again; succeeded stages
-    are kept and each stage resumes from its last checkpoint. A sweep member's retry also
-    queues its parent's ended comparison again (`_reopen_parent`). Returns the stage to
-    enqueue."""
+    are kept and each stage resumes from its last checkpoint. The stages of other experiments
+    that failed only for those are queued again too (`_reopen_dependants`), and a sweep
+    member's parent runs its comparison again (`_reopen_parent`). Returns the stage to
+    enqueue (the others wait for what they need and are sent when it ends)."""
     if not experiment.status.finished or experiment.status == StageStatus.succeeded:
         raise ValueError(f"experiment {experiment.id} is {experiment.status.value}")
+    _reopen(s, experiment)
+    return next((st for st in experiment.stages if st.status == StageStatus.queued), None)
+
+
+def _reopen(s: Session, experiment: Experiment) -> None:
+    """`retry`'s work: requeue the experiment's failed and cancelled stages, its parent's
+    comparison and the stages that failed for them; roll the statuses up."""
     experiment.cancel_requested = False
-    for st in experiment.stages:
-        if st.status in (StageStatus.failed, StageStatus.cancelled):
-            _requeue(st)
+    requeued = [
+        st for st in experiment.stages if st.status in (StageStatus.failed, StageStatus.cancelled)
+    ]
+    for st in requeued:
+        _requeue(st)
     _reopen_parent(s, experiment)
     _roll_up(experiment)
-    return next((st for st in experiment.stages if st.status == StageStatus.queued), None)
+    _reopen_dependants(s, requeued)
+
+
+def _reopen_dependants(s: Session, requeued: list[Stage]) -> None:
+    """The stages `requeued` are queued again: reopen (`_reopen`) each experiment with a stage
+    that needs one of them and failed only for a stage it needs (`NOT_RUN_NEEDS`; a
+    compute-matched baseline whose child's `distill` failed), once none of the stages it needs
+    has failed or been cancelled any more, and none of its own stages failed on its own. Its
+    stages then wait for the retried ones (`ready_after` sends them), and so on for the stages
+    that failed for its (transitively)."""
+    for stage in requeued:
+        for other in needing_stages(s, stage.id):
+            exp = other.experiment
+            if not _failed_for_needs(other) or exp.cancel_requested:
+                continue
+            if any(not _failed_for_needs(x) for x in exp.stages if x.status == StageStatus.failed):
+                continue  # a stage of its own failed on its own: retried by request only
+            bad = (StageStatus.failed, StageStatus.cancelled)
+            if any(x.status in bad for x in needed_stages(s, other.id)):
+                continue  # another stage it needs still did not succeed
+            log.info(
+                "stage %s failed for stage %s, which is retried: queued again", other.id, stage.id
+            )
+            _reopen(s, exp)
+
+
+def _failed_for_needs(stage: Stage) -> bool:
+    """Whether `stage` failed only because a stage it needs did not succeed (`_fail_needing`)."""
+    return stage.status == StageStatus.failed and (stage.error or "").startswith(NOT_RUN_NEEDS)
 
 
 def _reopen_parent(s: Session, member: Experiment) -> None:
     """`member` of a sweep is retried: its parent's ended stages (the comparison) are queued
     again. They need every member's stages (`stage_needs`), so they wait for the retried ones
-    and are sent when those end (`ready_after`); the parent then runs again until they end."""
+    and are sent when those end (`ready_after`); the parent then runs again until they end. A
+    parent stage still running is marked to run again when it ends (`RERUN`,
+    `_rerun_if_requested`): what it read is stale."""
     if member.parent_id is None:
         return
     parent = s.execute(
@@ -514,7 +581,24 @@ def _reopen_parent(s: Session, member: Experiment) -> None:
     for st in parent.stages:
         if st.status.finished:
             _requeue(st)
+        elif st.status == StageStatus.running:
+            st.error = f"{RERUN}member {member.id} was retried while it ran"
     s.flush()  # before `_roll_up_parent` reads the parent's row again
+
+
+def _rerun_if_requested(stage: Stage) -> bool:
+    """At the end of running `stage` (held by its worker): if a stage it needs was queued again
+    while it ran (its error begins with `RERUN`) and its experiment is not being cancelled, it
+    is queued again rather than ended (its note kept, no result), to run once what it needs
+    has ended. Returns whether it was."""
+    if not (stage.error or "").startswith(RERUN) or stage.experiment.cancel_requested:
+        return False
+    stage.status = StageStatus.queued
+    stage.worker_id = None
+    stage.lease_expires_at = None
+    stage.enqueued_at = None
+    _roll_up(stage.experiment)
+    return True
 
 
 def _requeue(stage: Stage) -> None:
@@ -533,22 +617,20 @@ def retry_sweep(s: Session, parent: Experiment) -> list[Stage]:
     comparison. Returns the stages to enqueue (a waiting one is sent when what it needs ends)."""
     if not parent.status.finished or parent.status == StageStatus.succeeded:
         raise ValueError(f"experiment {parent.id} is {parent.status.value}")
-    out = []
+    firsts = []
     for member in members(s, parent.id):
+        # a member reopened for another's retry (`_reopen_dependants`) is queued by now
         if member.status in (StageStatus.failed, StageStatus.cancelled):
-            first = retry(s, member)
-            if first is not None and not waits_for_others(s, first):
-                out.append(first)
+            firsts.append(retry(s, member))
     parent.cancel_requested = False
     for st in parent.stages:
         if st.status.finished:
             _requeue(st)
     s.flush()
     _roll_up(parent)
-    first = next((st for st in parent.stages if st.status == StageStatus.queued), None)
-    if first is not None and not waits_for_others(s, first):
-        out.append(first)
-    return out
+    firsts.append(next((st for st in parent.stages if st.status == StageStatus.queued), None))
+    # only once every member is queued again: one retried early may need one retried later
+    return [st for st in firsts if st is not None and not waits_for_others(s, st)]
 
 
 def new_stage(*, sent: bool) -> dict[str, Any]:
@@ -585,8 +667,13 @@ def mark_enqueued(s: Session, stage: Stage) -> None:
 
 
 def next_stage(s: Session, stage_id: int) -> Stage | None:
-    """The queued stage that follows a succeeded one, if any."""
+    """The queued stage that follows a succeeded one, if any; or the stage itself, queued again
+    at its end to run again (`_rerun_if_requested`), once it waits for nothing (else
+    `ready_after` sends it)."""
     stage = s.get(Stage, stage_id)
+    if stage is not None and stage.status == StageStatus.queued:
+        rerun = (stage.error or "").startswith(RERUN)
+        return stage if rerun and not waits_for_others(s, stage) else None
     if stage is None or stage.status != StageStatus.succeeded:
         return None
     later = [x for x in stage.experiment.stages if x.position > stage.position]

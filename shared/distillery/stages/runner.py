@@ -7,8 +7,11 @@ workers (Postgres, S3) alike.
 3. while it runs: progress and a lease renewed, each epoch's metrics written once, checkpoints
    uploaded before the stage points at them, cancel and pause requests polled;
 4. write the outcome: succeeded (results, artifacts), failed with a message naming the cause
-   (`diverged at step N (loss=nan)`), cancelled, or released back to the queue (paused);
-5. return the id of the stage to enqueue next (the same stage after a pause).
+   (`diverged at step N (loss=nan)`), cancelled, or released back to the queue (paused); a
+   stage whose needed stages were retried while it ran is queued again instead, with nothing
+   of this run recorded (`lifecycle.succeed`, `lifecycle.fail`);
+5. return the id of the stage to enqueue next (the same stage after a pause, or queued again
+   to re-run once it waits for nothing: `lifecycle.next_stage`).
 
 Database and storage calls are retried with bounded backoff (`backoff.retrying`), so a short
 outage of either is waited out; a database that stays away propagates (the message is
@@ -31,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from distillery.db.models import Artifact, Experiment, StageStatus
+from distillery.db.models import Artifact, Experiment, Stage, StageStatus
 from distillery.spec import DatasetRef, ExperimentSpec
 from distillery.stages import keys, lifecycle
 from distillery.stages.backoff import DEFAULT_BUDGET_S, is_transient, retrying
@@ -138,8 +141,7 @@ class StageRunner:
             if is_transient(exc):
                 raise
             log.exception("stage %s could not be started", stage_id)  # e.g. a stale stored spec
-            self._end(stage_id, _describe(exc), only_if_mine=True)
-            return None
+            return self._end(stage_id, _describe(exc), only_if_mine=True)
 
         from distillery.tracking import tracker_group
         from distillery.training import StageCancelled, StageDiverged, StagePaused
@@ -183,18 +185,15 @@ class StageRunner:
             released = self._db("release", lambda s: lifecycle.release(s, stage_id, w, reason))
             return stage_id if released else None
         except StageCancelled:
-            self._end(stage_id, "cancelled by request", status=StageStatus.cancelled)
-            return None
+            return self._end(stage_id, "cancelled by request", status=StageStatus.cancelled)
         except StageDiverged as exc:
             log.error("stage %s (%s) %s", stage_id, claimed.name, exc)
-            self._end(stage_id, str(exc))
-            return None
+            return self._end(stage_id, str(exc))
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the stage
             if isinstance(exc, DBAPIError) and is_transient(exc):
                 raise  # the database stayed away: the message is redelivered or re-sent
             log.exception("stage %s (%s) failed", stage_id, claimed.name)
-            self._end(stage_id, _describe(exc))
-            return None
+            return self._end(stage_id, _describe(exc))
         nxt = self._db("next stage", lambda s: lifecycle.next_stage(s, stage_id))
         return nxt.id if nxt is not None else None
 
@@ -215,13 +214,18 @@ class StageRunner:
         error: str,
         status: StageStatus = StageStatus.failed,
         only_if_mine: bool = False,
-    ) -> None:
-        self._db(
-            f"mark stage {status.value}",
-            lambda s: lifecycle.fail(
+    ) -> int | None:
+        """End the stage as failed (or cancelled); returns its id if it was queued again
+        instead, to re-run now (`lifecycle.fail`, `lifecycle.next_stage`)."""
+
+        def write(s: Session) -> int | None:
+            lifecycle.fail(
                 s, stage_id, self.worker_id, error, status=status, only_if_mine=only_if_mine
-            ),
-        )
+            )
+            again = lifecycle.next_stage(s, stage_id)
+            return again.id if again is not None and again.id == stage_id else None
+
+        return self._db(f"mark stage {status.value}", write)
 
     def _succeed(self, stage_id: int, out: StageOutput, ctx: StageContext) -> None:
         """Record the success; the stage that completes the experiment also publishes the
@@ -238,6 +242,8 @@ class StageRunner:
                 model_key=out.model_key,
                 wandb=out.wandb,
             )
+            if _status(s, stage_id) != StageStatus.succeeded:
+                return  # queued to run again (what it needed was retried): nothing recorded
             artifacts = [(ctx.stage, *a) for a in out.artifacts]
             if kind_of(ctx.stage).level == "sweep":  # the sweep's comparison is its results
                 exp.results = lifecycle.finite_json(out.result)
@@ -373,6 +379,10 @@ class StageRunner:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def _status(s: Session, stage_id: int) -> StageStatus | None:
+    return s.scalar(select(Stage.status).where(Stage.id == stage_id))
 
 
 def _cap_tracking(spec: ExperimentSpec, cap: str | None) -> ExperimentSpec:

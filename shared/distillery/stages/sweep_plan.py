@@ -112,7 +112,7 @@ def insert_sweep(
     for key, shared in plan.baselines.items():
         info = {"role": "baseline", "key": key, "seed": shared.seed, "used_by": shared.used_by}
         baseline_stage[key] = _stage_id(member(shared.spec, info, {}), "student")
-    matched = spec.sweep is not None and spec.sweep.compute_matched_baseline
+    matched = {(c.configuration, c.seed) for c in plan.matched}
     profiled: set[str] = set()
     for child in plan.children:
         stages = ["distill"]
@@ -133,7 +133,7 @@ def insert_sweep(
             teacher = teacher_stage[child.teacher_key]
             needs = {k.name: [teacher] for k in planned_kinds(child_spec) if "teacher" in k.reads}
         distill = _stage_id(member(child_spec, info, needs), "distill")
-        if matched and child.baseline_key:
+        if (child.configuration, child.seed) in matched and child.baseline_key:
             info = {
                 "role": "matched",
                 "configuration": child.configuration,

@@ -331,10 +331,16 @@ def matched_epochs(epochs: int, t_distill: float, t_baseline: float) -> int:
 
 
 def add_compute_matched(
-    results: dict[str, Any], matched: dict[tuple[str, int], tuple[int, Outcome]]
+    results: dict[str, Any], matched: dict[tuple[str, int], tuple[int | None, Outcome]]
 ) -> None:
     """Add ``compute_matched`` to each configuration row: per seed the matched baseline's epochs
-    and mIoU and the gain over it, with the mean and 95% paired t-interval."""
+    and mIoU and the gain over it, with the mean and 95% paired t-interval; and list every
+    matched baseline (configuration, seed, epochs, outcome; a failed one or one never trained
+    with epochs None) in ``parts.matched``, as the other parts are."""
+    results.setdefault("parts", {})["matched"] = [
+        {"configuration": c, "seed": s, "epochs": epochs, **_part(o)}
+        for (c, s), (epochs, o) in matched.items()
+    ]
     for row in results["configurations"]:
         per_seed, mine, theirs = [], {}, {}
         for r in row["per_seed"]:
@@ -343,7 +349,7 @@ def add_compute_matched(
                 continue
             epochs, outcome = entry
             metrics = outcome.metrics("student")
-            if metrics is None:
+            if metrics is None or epochs is None:
                 continue
             mine[r["seed"]], theirs[r["seed"]] = r["miou"], metrics["miou"]
             per_seed.append(

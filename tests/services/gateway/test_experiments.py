@@ -221,6 +221,9 @@ def test_a_sweep_with_compute_matched_baselines_plans_one_per_child_and_sends_no
     members = r.json()["sweep"]["members"]
     matched = sorted((m["configuration"], m["seed"]) for m in members if m["role"] == "matched")
     assert matched == [(f"temperature-{t}", seed) for t in (1, 4) for seed in (0, 1)]
+    plan = r.json()["sweep"]["plan"]  # listed and counted in the plan, as the other parts
+    assert sorted((m["configuration"], m["seed"]) for m in plan["matched"]) == matched
+    assert plan["stage_counts"]["matched"] == [4, 4]
     assert all(
         [st["name"] for st in m["stages"]] == ["student"] for m in members if m["role"] == "matched"
     )

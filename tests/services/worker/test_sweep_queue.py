@@ -306,6 +306,13 @@ def test_compute_matched_baselines_train_as_long_as_each_distillation(
         assert matched[seed]["miou"] == pytest.approx(m_results["metrics"]["miou"])
         distilled = d_results["metrics"]["miou"]
         assert matched[seed]["gain"] == pytest.approx(distilled - m_results["metrics"]["miou"])
+    parts = {p["seed"]: p for p in parent["results"]["parts"]["matched"]}  # listed as parts
+    assert {s: (p["status"], p["epochs"]) for s, p in parts.items()} == {
+        s: ("succeeded", matched[s]["epochs"]) for s in (0, 1)
+    }
+    assert {p["experiment_id"] for p in parts.values()} == {
+        members[("matched", s)]["id"] for s in (0, 1)
+    }
     gains = [matched[s]["gain"] for s in (0, 1)]
     assert row["compute_matched"]["gain_mean"] == pytest.approx(sum(gains) / 2)
     low, high = row["compute_matched"]["gain_ci95"]
