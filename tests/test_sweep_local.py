@@ -85,6 +85,8 @@ def test_sweep_runs_children_sharing_stages(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", str(spec), "--run-dir", str(run_dir)])
     assert result.exit_code == 0, result.output
     assert "[11/11]" in result.output  # 1 teacher + 4 baselines + 6 children
+    # progress as lines, also into a log file: each epoch's end of each stage
+    assert "teacher: epoch 1/" in result.output and "distill: epoch 1/" in result.output
     assert "At equal compute" in (run_dir / "results.md").read_text()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "partial"

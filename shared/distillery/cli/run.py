@@ -92,13 +92,7 @@ def run(
 
     def on_progress(name: str, p: Any) -> None:
         if piped:
-            if p.epoch_end:  # the epoch's validation: one line per epoch
-                line = f"{name}: epoch {p.epoch}/{p.epochs}"
-                if "miou" in p.metrics:
-                    line += f"  mIoU {100 * p.metrics['miou']:.1f}"
-                if "loss" in p.metrics:
-                    line += f"  loss {p.metrics['loss']:.3f}"
-                console.print(line, highlight=False)
+            print_epoch_end(name, p)
             return
         total = p.epochs * p.steps
         done = (p.epoch - 1) * p.steps + p.step
@@ -132,14 +126,32 @@ def print_plan(spec: ExperimentSpec) -> None:
     console.print(describe_plan(plan_sweep(spec)), highlight=False)
 
 
+def print_epoch_end(name: str, p: Any) -> None:
+    """One line at the end of each epoch of a stage (its validation mIoU and loss): progress
+    that reads the same in a log file as on a terminal."""
+    if not p.epoch_end:
+        return
+    line = f"{name}: epoch {p.epoch}/{p.epochs}"
+    if "miou" in p.metrics:
+        line += f"  mIoU {100 * p.metrics['miou']:.1f}"
+    if "loss" in p.metrics:
+        line += f"  loss {p.metrics['loss']:.3f}"
+    console.print(line, highlight=False)
+
+
 def run_sweep_here(spec: ExperimentSpec, run_dir: Path, fresh: bool) -> None:
-    """Run every child of a sweep on this machine and print the comparison table."""
+    """Run every child of a sweep on this machine and print the comparison table; each part's
+    start (`on_event`) and each epoch's end (`print_epoch_end`) as a line as it goes."""
     from distillery.sweep_local import run_sweep
     from distillery.sweeps import describe_plan, plan_sweep
 
     console.print(describe_plan(plan_sweep(spec)), highlight=False)
     results = run_sweep(
-        spec, run_dir, fresh=fresh, on_event=lambda msg: console.print(msg, highlight=False)
+        spec,
+        run_dir,
+        fresh=fresh,
+        on_event=lambda msg: console.print(msg, highlight=False),
+        on_progress=print_epoch_end,
     )
     console.print((run_dir / "results.md").read_text(), highlight=False)
     console.print(f"Run folder: {run_dir} (results.json, results.md; `distillery report` plots)")
