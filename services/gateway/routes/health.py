@@ -14,8 +14,9 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=Health)
-def health() -> Health:
-    """The process answers."""
+async def health() -> Health:
+    """The process answers (on the event loop: not behind the request threads, which a stalled
+    database may hold)."""
     return Health()
 
 
