@@ -3,7 +3,8 @@ user may have waiting or running and submit per minute.
 
 - `BodySizeLimit` (ASGI middleware): a body over `Settings.max_request_bytes` (an upload to
   `POST /datasets`: `Settings.max_upload_bytes`) is a 413, refused from `Content-Length` before
-  it is read, or as soon as a streamed body passes the limit.
+  it is read, or as soon as a streamed body passes the limit. A NUL character in the path or a
+  query parameter (Postgres text cannot hold one) is a 422 naming the parameter.
 - `check_submission_allowed`: 429 when the user already has `max_active_experiments`
   queued or running, or submitted `max_submissions_per_minute` in the last minute. Both are
   counted in Postgres (so every gateway process agrees), under a lock on the user's row (so
@@ -44,6 +45,9 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+            await _nul_in(send, scope)
+            return
         limit = self.limit_for(scope)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -79,6 +83,34 @@ async def _too_large(send: Send, limit: int) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _nul_in(send: Send, scope: Scope) -> None:
+    """422 in FastAPI's shape, naming the query parameter (or the path) with a NUL character."""
+    import json
+    from urllib.parse import parse_qsl
+
+    query = scope["query_string"].decode("latin-1")
+    names = [k for k, v in parse_qsl(query, keep_blank_values=True) if "\x00" in k + v]
+    loc = ["query", names[0]] if names and "\x00" not in scope["path"] else ["path"]
+    error = {
+        "loc": loc,
+        "msg": "must not contain a NUL character",
+        "type": "value_error",
+        "field": loc[-1] if len(loc) > 1 else "(path)",
+    }
+    body = json.dumps({"detail": [error]}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 422,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
             ],
         }
     )

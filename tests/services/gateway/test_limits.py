@@ -167,3 +167,14 @@ def test_with_the_caps_off_a_submission_takes_no_lock_on_its_user(
     assert done_while_held, "the submission waited for the lock on its user's row"
     assert answers[0].status_code == 201, answers[0].text
     assert count(session_factory) == 1
+
+
+def test_a_nul_character_in_a_parameter_is_422_naming_it(as_user):
+    """Postgres text cannot hold NUL: a query parameter or path with one is refused up front
+    (it was a 500 from the database for `GET /experiments?owner=a%00b`)."""
+    r = as_user("alice").get("/experiments?top_level=true&owner=a%00b")
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["field"] == "owner"
+    r = as_user("alice").get("/experiments/abc%00def")
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "(path)"
+    assert as_user("alice").get("/experiments?owner=alice").status_code == 200
