@@ -72,18 +72,23 @@ def _message(limit: int) -> str:
 
 
 async def _too_large(send: Send, limit: int) -> None:
+    await _send_json(send, 413, {"detail": _message(limit)}, [(b"connection", b"close")])
+
+
+async def _send_json(
+    send: Send, status_code: int, payload: Any, headers: list[tuple[bytes, bytes]] = ()
+) -> None:
+    """A whole JSON answer, from the middleware (before the app)."""
     import json
 
-    body = json.dumps({"detail": _message(limit)}).encode()
+    body = json.dumps(payload).encode()
+    length = str(len(body)).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
+            "status": status_code,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", length)]
+            + list(headers),
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -91,7 +96,6 @@ async def _too_large(send: Send, limit: int) -> None:
 
 async def _nul_in(send: Send, scope: Scope) -> None:
     """422 in FastAPI's shape, naming the query parameter (or the path) with a NUL character."""
-    import json
     from urllib.parse import parse_qsl
 
     query = scope["query_string"].decode("latin-1")
@@ -103,18 +107,7 @@ async def _nul_in(send: Send, scope: Scope) -> None:
         "type": "value_error",
         "field": loc[-1] if len(loc) > 1 else "(path)",
     }
-    body = json.dumps({"detail": [error]}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 422,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await _send_json(send, 422, {"detail": [error]})
 
 
 def check_submission_allowed(session: Session, user: User, settings: Settings) -> None:
